@@ -1,0 +1,112 @@
+"""The one exception tree of provisioner.
+
+ProvisionerError
+  + SpecError              a spec file is wrong: file, line, field, what is wrong, what to write (exit 2)
+  + PolicyViolation        a blocked or unapproved version was asked for (exit 3, HTTP 409)
+  + ReleaseError           a release is unknown, or a stored release/artifact would be changed (exit 4)
+    - ArtifactMismatch     an artifact's bytes do not hash to its name
+  + StoreError             the store is unreachable or its schema is not migrated (exit 5)
+  + AuditError             the audit chain is broken (exit 6)
+  + DriverError            a BMC operation failed; `.retryable` says whether to try again (exit 7)
+    - BmcUnreachable       retryable: no answer from the BMC
+    - BmcBusy              retryable: the BMC is running another operation
+    - BmcTimeout           retryable: the operation did not finish in time
+    - BmcAuthError         fatal: credentials refused
+    - Unsupported          fatal: the BMC or component cannot do this
+    - ImageRejected        fatal: the image's digest differs from the release, or the BMC refused it
+  + NetbootError           a boot file cannot be produced (template render error, unknown profile)
+  + RolloutHalted          a rollout stopped by its failure threshold or by a block (exit 8)
+
+User errors print one line and exit with `exit_code`; anything else is a bug and gets a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ProvisionerError(Exception):
+    exit_code = 1
+
+
+class SpecError(ProvisionerError):
+    """One or more problems in a spec directory; each is one line: `file:line: field: what; expected`."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[SpecProblem] | SpecProblem):
+        if isinstance(problems, SpecProblem):
+            problems = [problems]
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class SpecProblem:
+    __slots__ = ("file", "line", "field", "message", "expected")
+
+    def __init__(self, file: str, line: int | None, field: str, message: str, expected: str = ""):
+        self.file, self.line, self.field, self.message, self.expected = file, line, field, message, expected
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        tail = f"; expected {self.expected}" if self.expected else ""
+        return f"{where}: {self.field}: {self.message}{tail}"
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "line": self.line, "field": self.field,
+                "message": self.message, "expected": self.expected}
+
+
+class PolicyViolation(ProvisionerError):
+    exit_code = 3
+
+
+class ReleaseError(ProvisionerError):
+    exit_code = 4
+
+
+class ArtifactMismatch(ReleaseError):
+    pass
+
+
+class StoreError(ProvisionerError):
+    exit_code = 5
+
+
+class AuditError(ProvisionerError):
+    exit_code = 6
+
+
+class DriverError(ProvisionerError):
+    exit_code = 7
+    retryable = False
+
+
+class BmcUnreachable(DriverError):
+    retryable = True
+
+
+class BmcBusy(DriverError):
+    retryable = True
+
+
+class BmcTimeout(DriverError):
+    retryable = True
+
+
+class BmcAuthError(DriverError):
+    pass
+
+
+class Unsupported(DriverError):
+    pass
+
+
+class ImageRejected(DriverError):
+    pass
+
+
+class NetbootError(ProvisionerError):
+    pass
+
+
+class RolloutHalted(ProvisionerError):
+    exit_code = 8
