@@ -1,0 +1,69 @@
+"""Settings and the lazily opened parts (spec, store, artifact store) shared by the CLI and servers."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from provisioner.releases.artifacts import ArtifactStore
+from provisioner.spec.loader import load_spec
+from provisioner.spec.models import Spec
+from provisioner.store.db import Database, default_url
+from provisioner.store.repo import Store
+
+
+def default_actor() -> str:
+    return os.environ.get("PROVISIONER_USER") or getpass.getuser()
+
+
+@dataclass
+class Settings:
+    spec_dir: Path = field(default_factory=lambda: Path("."))
+    data_dir: Path = field(default_factory=lambda: Path(".provisioner"))
+    db_url: str | None = None
+    actor: str = field(default_factory=default_actor)
+
+    @property
+    def url(self) -> str:
+        return self.db_url or default_url(self.data_dir)
+
+
+class Context:
+    """What a command needs, opened on first use and passed down explicitly (no globals)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @cached_property
+    def spec(self) -> Spec:
+        return load_spec(self.settings.spec_dir)
+
+    @cached_property
+    def store(self) -> Store:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return Store(Database(self.settings.url))
+
+    @cached_property
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.settings.data_dir / "artifacts")
+
+    def secret(self, credentials_name: str) -> tuple[str, str]:
+        """(username, password) for a credentials reference: env var, file, or <data>/secrets/<name>."""
+        from provisioner.errors import SpecError, SpecProblem
+
+        cred = self.spec.inventory.credentials[credentials_name]
+        if cred.password_env and os.environ.get(cred.password_env):
+            return cred.username, os.environ[cred.password_env]
+        candidates = []
+        if cred.password_file:
+            candidates.append(self.settings.spec_dir / cred.password_file)
+        candidates.append(self.settings.data_dir / "secrets" / credentials_name)
+        for c in candidates:
+            if c.is_file():
+                return cred.username, c.read_text().strip()
+        raise SpecError(SpecProblem("inventory.yaml", None, f"credentials.{credentials_name}",
+                                    "no password found", f"${cred.password_env or 'ENV'} set or a file at "
+                                    f"{candidates[-1]}"))

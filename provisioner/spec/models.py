@@ -1,0 +1,196 @@
+"""Pydantic models of the spec files: inventory, firmware manifests, boot profiles, policy.
+
+All models are frozen and forbid unknown keys, so a typo in a spec file is an error, not a
+silently ignored field.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+MAC = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+Version = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,31}$")]
+Component = Literal["bmc", "bios", "nic", "raid", "cpld", "psu", "disk", "gpu"]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ArtifactRef(Frozen):
+    """A file of the spec directory named by its content: path (relative to the spec) + sha256 + size."""
+
+    file: str
+    sha256: str
+    size: int = Field(ge=0)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not SHA256_HEX.match(v):
+            raise ValueError("must be 64 lowercase hex digits (a sha256)")
+        return v
+
+
+class Credentials(Frozen):
+    """A reference to BMC credentials; the secret itself never lives in the spec."""
+
+    username: str
+    password_env: str | None = None
+    password_file: str | None = None
+
+    @field_validator("password_file")
+    @classmethod
+    def _one_source(cls, v, info):
+        if v and info.data.get("password_env"):
+            raise ValueError("give password_env or password_file, not both")
+        return v
+
+
+class Bmc(Frozen):
+    driver: Name = "ipmi"
+    address: str
+    port: int = Field(default=623, ge=1, le=65535)
+    credentials: Name
+
+
+class Node(Frozen):
+    name: Name
+    macs: list[str] = Field(min_length=1)
+    model: Name
+    environment: Name
+    boot_profile: Name
+    firmware: Literal["uefi", "bios"] = "uefi"
+    bmc: Bmc
+
+    @field_validator("macs")
+    @classmethod
+    def _macs(cls, v: list[str]) -> list[str]:
+        out = []
+        for mac in v:
+            m = mac.lower().replace("-", ":")
+            if not MAC.match(m):
+                raise ValueError(f"{mac!r} is not a MAC address")
+            out.append(m)
+        return out
+
+
+class Rack(Frozen):
+    name: Name
+    nodes: list[Node] = Field(min_length=1)
+
+
+class Inventory(Frozen):
+    site: Name
+    credentials: dict[Name, Credentials]
+    racks: list[Rack] = Field(min_length=1)
+
+
+class FirmwareComponent(Frozen):
+    name: Component
+    version: Version
+    image: ArtifactRef
+    method: Literal["hpm", "inband"] = "inband"
+    order: int = Field(default=0, ge=0)
+
+
+class BlockedVersion(Frozen):
+    component: Component
+    version: Version
+    reason: str = Field(min_length=3)
+    incident: str | None = None
+    by: str
+    at: datetime
+    model: Name | None = None  # None: blocked on every model
+
+
+class FirmwareManifest(Frozen):
+    model: Name
+    vendor: str
+    components: list[FirmwareComponent] = Field(min_length=1)
+    allowed: dict[Component, list[Version]] = Field(default_factory=dict)
+    blocked: list[BlockedVersion] = Field(default_factory=list)
+
+
+class DenyList(Frozen):
+    blocked: list[BlockedVersion] = Field(default_factory=list)
+
+
+class BootProfile(Frozen):
+    name: Name
+    kind: Literal["install", "flash"]
+    os: str
+    kernel: ArtifactRef
+    initrd: ArtifactRef
+    rootfs: ArtifactRef | None = None
+    kernel_args: str = ""
+    template: str
+
+
+class BootProfiles(Frozen):
+    profiles: list[BootProfile] = Field(min_length=1)
+    flasher: Name
+
+
+class Timeouts(Frozen):
+    power: float = Field(default=60, gt=0)
+    boot: float = Field(default=600, gt=0)
+    flash: float = Field(default=1800, gt=0)
+    callback: float = Field(default=900, gt=0)
+
+
+class RolloutPolicy(Frozen):
+    canary: int = Field(default=1, ge=1)
+    wave_size: int = Field(default=4, ge=1)
+    max_unavailable_per_rack: int = Field(default=1, ge=1)
+    max_concurrency: int = Field(default=16, ge=1)
+    failure_threshold: int = Field(default=1, ge=1, description="failed nodes that halt the rollout")
+    timeouts: Timeouts = Timeouts()
+    drift_action: Literal["report", "reprovision"] = "reprovision"
+
+
+class StagingGate(Frozen):
+    environment: Name = "staging"
+    min_nodes: int = Field(default=2, ge=1)
+    soak_seconds: float = Field(default=3600, ge=0)
+    success_ratio: float = Field(default=1.0, ge=0, le=1)
+    approvals: int = Field(default=2, ge=1)
+
+
+class Policy(Frozen):
+    rollout: RolloutPolicy = RolloutPolicy()
+    staging_gate: StagingGate = StagingGate()
+    environments: list[Name] = Field(default_factory=lambda: ["staging", "production"])
+
+
+class Spec(Frozen):
+    """A loaded, cross-checked spec directory."""
+
+    inventory: Inventory
+    manifests: dict[Name, FirmwareManifest]
+    deny_list: DenyList
+    boot: BootProfiles
+    policy: Policy
+    templates: dict[str, str]  # template file name -> sha256 of its bytes
+
+    def nodes(self) -> list[tuple[str, Node]]:
+        return [(rack.name, node) for rack in self.inventory.racks for node in rack.nodes]
+
+    def node(self, name: str) -> Node | None:
+        return next((n for _, n in self.nodes() if n.name == name), None)
+
+    def blocked(self) -> list[BlockedVersion]:
+        out = list(self.deny_list.blocked)
+        for m in self.manifests.values():
+            out.extend(b if b.model else b.model_copy(update={"model": m.model}) for b in m.blocked)
+        return out
+
+    def profile(self, name: str) -> BootProfile | None:
+        return next((p for p in self.boot.profiles if p.name == name), None)

@@ -1,0 +1,104 @@
+"""SQLAlchemy tables of the store. The schema itself is created by Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ReleaseRow(Base):
+    """A frozen release. Rows are insert-only: an update or delete is refused by a trigger."""
+
+    __tablename__ = "releases"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    document: Mapped[bytes] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    parent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class EnvironmentRow(Base):
+    __tablename__ = "environments"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    release_id: Mapped[str | None] = mapped_column(ForeignKey("releases.id"), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EnvironmentHistoryRow(Base):
+    __tablename__ = "environment_history"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    environment: Mapped[str] = mapped_column(String(64), index=True)
+    release_id: Mapped[str] = mapped_column(ForeignKey("releases.id"))
+    previous_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class NodeRow(Base):
+    __tablename__ = "nodes"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rack: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))
+    environment: Mapped[str] = mapped_column(String(64), index=True)
+    macs: Mapped[list] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(32), default="unknown")
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    release_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # release it last verified at
+    observed: Mapped[dict] = mapped_column(JSON, default=dict)  # component -> version, last BMC read
+    observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    installed_release: Mapped[str | None] = mapped_column(String(64), nullable=True)  # from the callback
+    healthy_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApprovalRow(Base):
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("release_id", "approver"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    release_id: Mapped[str] = mapped_column(ForeignKey("releases.id"), index=True)
+    approver: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    comment: Mapped[str] = mapped_column(Text, default="")
+
+
+class BlockedVersionRow(Base):
+    __tablename__ = "blocked_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    component: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    incident: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    by: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    unblocked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    unblocked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditRow(Base):
+    """Append-only, hash-chained: hash = sha256(prev_hash || canonical(entry))."""
+
+    __tablename__ = "audit_log"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    subject: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class MetaRow(Base):
+    """Small key/value facts, e.g. the audit chain's head (seq and hash of the last entry)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

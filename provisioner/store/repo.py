@@ -1,0 +1,224 @@
+"""The store's operations in operator terms: releases, environments, nodes, approvals, blocks, audit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
+
+from provisioner.errors import ReleaseError
+from provisioner.releases.build import Release, load_release
+from provisioner.spec.models import Spec
+from provisioner.store import audit
+from provisioner.store.db import Database
+from provisioner.store.models import (
+    ApprovalRow,
+    AuditRow,
+    BlockedVersionRow,
+    EnvironmentHistoryRow,
+    EnvironmentRow,
+    NodeRow,
+    ReleaseRow,
+)
+
+
+@event.listens_for(ReleaseRow, "before_update")
+@event.listens_for(ReleaseRow, "before_delete")
+def _releases_are_immutable(_mapper, _conn, target):
+    raise ReleaseError(f"release {target.id[:12]} is immutable: build a new release instead")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything is stored in UTC."""
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
+class Store:
+    def __init__(self, db: Database):
+        self.db = db
+
+    # -- releases -------------------------------------------------------------------------
+    def add_release(self, release: Release, author: str, parent_id: str | None = None) -> bool:
+        """Store `release` once; return False if it was already there (same content, same id)."""
+        with self.db.session() as s:
+            if s.get(ReleaseRow, release.id) is not None:
+                return False
+            s.add(ReleaseRow(id=release.id, document=release.canonical.decode(), author=author,
+                             created_at=now(), parent_id=parent_id))
+            audit.append(s, author, "release.build", release.id,
+                         {"site": release.document["site"], "parent": parent_id})
+        return True
+
+    def resolve_release_id(self, ref: str) -> str:
+        ref = ref.strip().lower()
+        with self.db.session() as s:
+            if len(ref) == 64 and s.get(ReleaseRow, ref):
+                return ref
+            ids = list(s.scalars(select(ReleaseRow.id).where(ReleaseRow.id.like(f"{ref}%")).limit(2)))
+        if not ids or len(ref) < 4:
+            raise ReleaseError(f"no release {ref!r}; `provisioner release list` shows the known ones")
+        if len(ids) > 1:
+            raise ReleaseError(f"release prefix {ref!r} is ambiguous; give more characters")
+        return ids[0]
+
+    def get_release(self, ref: str) -> Release:
+        rid = self.resolve_release_id(ref)
+        with self.db.session() as s:
+            row = s.get(ReleaseRow, rid)
+            return load_release(row.document.encode(), rid)
+
+    def release_meta(self, ref: str) -> dict:
+        rid = self.resolve_release_id(ref)
+        with self.db.session() as s:
+            row = s.get(ReleaseRow, rid)
+            return {"id": row.id, "author": row.author, "created_at": aware(row.created_at).isoformat(),
+                    "parent_id": row.parent_id}
+
+    def list_releases(self) -> list[dict]:
+        with self.db.session() as s:
+            rows = s.scalars(select(ReleaseRow).order_by(ReleaseRow.created_at)).all()
+            envs = {}
+            for e in s.scalars(select(EnvironmentRow)):
+                envs.setdefault(e.release_id, []).append(e.name)
+            return [{"id": r.id, "author": r.author, "created_at": aware(r.created_at).isoformat(),
+                     "parent_id": r.parent_id, "environments": sorted(envs.get(r.id, []))} for r in rows]
+
+    # -- environments ---------------------------------------------------------------------
+    def current_release_id(self, env: str) -> str | None:
+        with self.db.session() as s:
+            row = s.get(EnvironmentRow, env)
+            return row.release_id if row else None
+
+    def point_environment(self, env: str, release_id: str, by: str, reason: str, action: str = "env.point") -> str | None:
+        """Point `env` at `release_id`; return the release it pointed to before."""
+        with self.db.session() as s:
+            row = s.get(EnvironmentRow, env, with_for_update=True)
+            previous = row.release_id if row else None
+            if row is None:
+                s.add(EnvironmentRow(name=env, release_id=release_id, updated_at=now()))
+            else:
+                row.release_id, row.updated_at = release_id, now()
+            s.add(EnvironmentHistoryRow(environment=env, release_id=release_id, previous_id=previous,
+                                        at=now(), by=by, reason=reason))
+            audit.append(s, by, action, env, {"release": release_id, "previous": previous, "reason": reason})
+        return previous
+
+    def environment_history(self, env: str | None = None) -> list[dict]:
+        with self.db.session() as s:
+            q = select(EnvironmentHistoryRow).order_by(EnvironmentHistoryRow.seq)
+            if env:
+                q = q.where(EnvironmentHistoryRow.environment == env)
+            return [{"environment": r.environment, "release_id": r.release_id, "previous_id": r.previous_id,
+                     "at": aware(r.at).isoformat(), "by": r.by, "reason": r.reason} for r in s.scalars(q)]
+
+    # -- nodes ----------------------------------------------------------------------------
+    def sync_nodes(self, spec: Spec) -> int:
+        """Make the node table match the inventory (new nodes are added, known ones keep their state)."""
+        added = 0
+        with self.db.session() as s:
+            for rack, n in spec.nodes():
+                row = s.get(NodeRow, n.name)
+                if row is None:
+                    s.add(NodeRow(name=n.name, rack=rack, model=n.model, environment=n.environment,
+                                  macs=list(n.macs), state="new", state_reason="added from inventory",
+                                  observed={}, updated_at=now()))
+                    added += 1
+                else:
+                    row.rack, row.model, row.environment, row.macs = rack, n.model, n.environment, list(n.macs)
+        return added
+
+    def nodes(self, environment: str | None = None) -> list[NodeRow]:
+        with self.db.session() as s:
+            q = select(NodeRow).order_by(NodeRow.name)
+            if environment:
+                q = q.where(NodeRow.environment == environment)
+            return list(s.scalars(q))
+
+    def node(self, name: str) -> NodeRow | None:
+        with self.db.session() as s:
+            return s.get(NodeRow, name)
+
+    def update_node(self, name: str, **fields) -> None:
+        with self.db.session() as s:
+            row = s.get(NodeRow, name)
+            if row is None:
+                raise ReleaseError(f"unknown node {name!r}")
+            for k, v in fields.items():
+                setattr(row, k, v)
+            row.updated_at = now()
+
+    # -- approvals ------------------------------------------------------------------------
+    def approve(self, release_id: str, approver: str, comment: str = "") -> bool:
+        """Record an approval; False if this person already approved this release."""
+        try:
+            with self.db.session() as s:
+                s.add(ApprovalRow(release_id=release_id, approver=approver, at=now(), comment=comment))
+                s.flush()
+                audit.append(s, approver, "release.approve", release_id, {"comment": comment})
+        except IntegrityError:
+            return False
+        return True
+
+    def approvals(self, release_id: str) -> list[dict]:
+        with self.db.session() as s:
+            rows = s.scalars(select(ApprovalRow).where(ApprovalRow.release_id == release_id)
+                             .order_by(ApprovalRow.at))
+            return [{"approver": r.approver, "at": aware(r.at).isoformat(), "comment": r.comment} for r in rows]
+
+    # -- blocked versions -----------------------------------------------------------------
+    def block(self, component: str, version: str, reason: str, by: str, incident: str | None = None,
+              model: str | None = None) -> bool:
+        with self.db.session() as s:
+            existing = s.scalars(select(BlockedVersionRow).where(
+                BlockedVersionRow.component == component, BlockedVersionRow.version == version,
+                BlockedVersionRow.model.is_(None) if model is None else BlockedVersionRow.model == model,
+                BlockedVersionRow.unblocked_at.is_(None))).first()
+            if existing:
+                return False
+            s.add(BlockedVersionRow(model=model, component=component, version=version, reason=reason,
+                                    incident=incident, by=by, at=now()))
+            audit.append(s, by, "firmware.block", f"{component} {version}",
+                         {"model": model, "reason": reason, "incident": incident})
+        return True
+
+    def unblock(self, component: str, version: str, by: str, reason: str, model: str | None = None) -> int:
+        with self.db.session() as s:
+            rows = s.scalars(select(BlockedVersionRow).where(
+                BlockedVersionRow.component == component, BlockedVersionRow.version == version,
+                BlockedVersionRow.unblocked_at.is_(None))).all()
+            rows = [r for r in rows if model is None or r.model == model]
+            for r in rows:
+                r.unblocked_by, r.unblocked_at = by, now()
+            if rows:
+                audit.append(s, by, "firmware.unblock", f"{component} {version}", {"model": model, "reason": reason})
+            return len(rows)
+
+    def active_blocks(self) -> list[dict]:
+        with self.db.session() as s:
+            rows = s.scalars(select(BlockedVersionRow).where(BlockedVersionRow.unblocked_at.is_(None))
+                             .order_by(BlockedVersionRow.at))
+            return [{"model": r.model, "component": r.component, "version": r.version, "reason": r.reason,
+                     "incident": r.incident, "by": r.by, "at": aware(r.at).isoformat()} for r in rows]
+
+    # -- audit ----------------------------------------------------------------------------
+    def audit(self, actor: str, action: str, subject: str, details: dict | None = None) -> None:
+        with self.db.session() as s:
+            audit.append(s, actor, action, subject, details)
+
+    def audit_entries(self, limit: int | None = None) -> list[dict]:
+        with self.db.session() as s:
+            q = select(AuditRow).order_by(AuditRow.seq.desc())
+            if limit:
+                q = q.limit(limit)
+            rows = list(s.scalars(q))[::-1]
+            return [{"seq": r.seq, "at": aware(r.at).isoformat(), "actor": r.actor, "action": r.action,
+                     "subject": r.subject, "details": r.details, "hash": r.hash} for r in rows]
+
+    def verify_audit(self):
+        with self.db.session() as s:
+            return audit.verify(s)
