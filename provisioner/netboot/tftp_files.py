@@ -1,0 +1,164 @@
+"""What a TFTP filename means: a regular file under the root, or bytes from the resolver.
+
+Runs on worker threads (it blocks on the disk and on the resolver), never on the event loop.
+Every outcome is a `Payload` or a `Refusal`; a resolver that raises becomes a Refusal too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner.netboot.tftp_wire import ERR_ACCESS, ERR_NOT_FOUND, ERR_UNDEFINED
+
+log = logging.getLogger("provisioner.netboot.tftp")
+
+Client = tuple[str, int]
+Resolver = Callable[[str, Client], "bytes | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    data: bytes
+    source: str  # "file" or "resolver"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: int  # TFTP error code sent to the client
+    message: str  # text sent to the client
+    reason: str  # what goes to the log
+
+
+NOT_FOUND = Refusal(ERR_NOT_FOUND, "File not found", "not found")
+NOT_REGULAR = Refusal(ERR_NOT_FOUND, "File not found", "not a regular file")
+
+
+def normalise(raw: bytes) -> str | Refusal:
+    """The client's filename as a clean relative path, or why it is refused.
+
+    Leading slashes are dropped (pxelinux and GRUB ask for "/pxelinux.cfg/..."), backslashes
+    become slashes (Windows PXE clients), "." and empty parts go. ".." is refused outright.
+    """
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return Refusal(ERR_NOT_FOUND, "File not found", "filename is not UTF-8")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return Refusal(ERR_NOT_FOUND, "File not found", "control character in filename")
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return Refusal(ERR_ACCESS, "Access violation", "'..' in filename")
+    if not parts:
+        return NOT_FOUND
+    return "/".join(parts)
+
+
+class FileSource:
+    """Maps names to bytes. Files are read whole (boot files are small) and cached by inode."""
+
+    def __init__(self, root: Path | None, resolve: Resolver | None, *,
+                 max_file_size: int = 256 << 20, cache_bytes: int = 128 << 20):
+        self.root = Path(os.path.realpath(root)) if root is not None else None
+        self.resolve = resolve
+        self.max_file_size = max_file_size
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple, bytes] = OrderedDict()
+        self._cached = 0
+        self._lock = threading.Lock()
+
+    def render(self, name: str, client: Client) -> Payload | Refusal | None:
+        """Ask the resolver; None means it does not know the name. Never raises."""
+        if self.resolve is None:
+            return None
+        try:
+            data = self.resolve(name, client)
+        except Exception as exc:
+            log.warning("tftp.render_error client=%s file=%s error=%r", _fmt(client), name,
+                        exc, exc_info=True)
+            return Refusal(ERR_UNDEFINED, "render error", f"render error: {exc!r}")
+        if data is None:
+            return None
+        if not isinstance(data, bytes | bytearray | memoryview):
+            return Refusal(ERR_UNDEFINED, "render error", f"resolver returned {type(data).__name__}")
+        return Payload(bytes(data), "resolver")
+
+    def from_root(self, name: str) -> Payload | Refusal | None:
+        """The regular file `name` under the root; NOT_FOUND or NOT_REGULAR let the resolver try.
+
+        None when there is no root. Never raises.
+        """
+        if self.root is None:
+            return None
+        try:
+            return self._from_root(name)
+        except Exception as exc:  # a bug here must refuse one request, not kill a worker
+            log.exception("tftp.bug file=%s", name)
+            return Refusal(ERR_UNDEFINED, "Internal error", f"lookup failed: {exc!r}")
+
+    def _from_root(self, name: str) -> Payload | Refusal:
+        assert self.root is not None
+        # realpath resolves every symlink, so a link that leads out of the root is caught here.
+        real = os.path.realpath(self.root / name)
+        if os.path.commonpath((real, self.root)) != str(self.root):
+            return Refusal(ERR_ACCESS, "Access violation", "path leaves the root")
+        try:
+            st = os.stat(real)
+        except (FileNotFoundError, NotADirectoryError):
+            return NOT_FOUND
+        except OSError as exc:
+            return Refusal(ERR_ACCESS, "Access violation", f"stat: {exc.strerror}")
+        if not stat.S_ISREG(st.st_mode):
+            return NOT_REGULAR
+        if st.st_size > self.max_file_size:
+            return Refusal(ERR_UNDEFINED, "File too large", f"{st.st_size} bytes is over the limit")
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            data = self._cache.get(key)
+            if data is not None:
+                self._cache.move_to_end(key)
+                return Payload(data, "file")
+        try:
+            data = self._read(real)
+        except OSError as exc:
+            return Refusal(ERR_ACCESS, "Access violation", f"read: {exc.strerror or exc}")
+        if isinstance(data, Refusal):
+            return data
+        self._remember(key, data)
+        return Payload(data, "file")
+
+    def _read(self, real: str) -> bytes | Refusal:
+        # O_NONBLOCK: a FIFO swapped in after the stat must not hang a worker.
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return NOT_REGULAR
+            if st.st_size > self.max_file_size:
+                return Refusal(ERR_UNDEFINED, "File too large", f"{st.st_size} bytes is over the limit")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read(self.max_file_size + 1)[: self.max_file_size]
+        finally:
+            os.close(fd)
+
+    def _remember(self, key: tuple, data: bytes) -> None:
+        if len(data) > self.cache_bytes // 4:
+            return
+        with self._lock:
+            if key in self._cache:
+                return
+            self._cache[key] = data
+            self._cached += len(data)
+            while self._cached > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= len(old)
+
+
+def _fmt(client: Client) -> str:
+    return f"{client[0]}:{client[1]}"
