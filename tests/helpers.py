@@ -1,0 +1,32 @@
+"""Test helpers shared across test packages: a copy of the example spec, the CLI in-process and as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC_ITEMS = ["inventory.yaml", "policy.yaml", "deny-list.yaml", "boot_profiles.yaml",
+              "firmware_manifests", "templates", "artifacts"]
+
+
+def copy_spec(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in SPEC_ITEMS:
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item)
+        else:
+            shutil.copy2(src, dest / item)
+    return dest
+
+
+def run_cli(*args: str, spec: Path, data: Path, env: dict | None = None, timeout: float = 120):
+    """Run the real `provisioner` command in a subprocess; return CompletedProcess (text)."""
+    e = {**os.environ, "PROVISIONER_SPEC": str(spec), "PROVISIONER_DATA": str(data), **(env or {})}
+    e.pop("PROVISIONER_DB", None)
+    return subprocess.run([sys.executable, "-m", "provisioner", *args], env=e, capture_output=True,
+                          text=True, timeout=timeout)
