@@ -362,16 +362,16 @@ class TftpServer:
                 self._reply_error(client, wire.ERR_ILLEGAL, "Illegal TFTP operation")
             return
         if req.opcode == wire.OP_WRQ:
-            self._drop(client, "write request", req.filename.decode("utf-8", "replace"))
+            self._drop(client, "write request", _clip(req.filename))
             self._reply_error(client, wire.ERR_ACCESS, "Access violation: read-only server")
             return
         if req.mode not in wire.MODES:
-            self._drop(client, f"mode {req.mode!r}", req.filename.decode("utf-8", "replace"))
+            self._drop(client, f"mode {_clip(req.mode)!r}", _clip(req.filename))
             self._reply_error(client, wire.ERR_ILLEGAL, "Unsupported mode")
             return
         name = normalise(req.filename)
         if isinstance(name, Refusal):
-            self._refuse(client, req.filename.decode("utf-8", "replace"), name)
+            self._refuse(client, _clip(req.filename), name)
             return
         old = self._by_client.pop(client, None)
         if old is not None:
@@ -386,8 +386,8 @@ class TftpServer:
             self._drop(client, "too many sessions", name)
             self._reply_error(client, wire.ERR_UNDEFINED, "Server busy")
             return
-        log.info("tftp.rrq client=%s file=%s mode=%s options=%s", _fmt(client), name, req.mode,
-                 ",".join(f"{k}={v.decode('ascii', 'replace')}" for k, v in req.options) or "-")
+        log.info("tftp.rrq client=%s file=%s mode=%s options=%s", _fmt(client), _clip(name), req.mode,
+                 _clip(",".join(f"{k}={v.decode('ascii', 'replace')}" for k, v in req.options) or "-"))
         pending = _Pending(client, name, req, local_ip, monotonic() + self.resolve_timeout)
         self._by_client[client] = pending
         self._arm(pending)
@@ -539,7 +539,7 @@ class TftpServer:
 
     def _refuse(self, client: Client, name: str, refusal: Refusal) -> None:
         if refusal.code == wire.ERR_NOT_FOUND and refusal.reason == "not found":
-            log.info("tftp.miss client=%s file=%s", _fmt(client), name)  # pxelinux probes many names
+            log.info("tftp.miss client=%s file=%s", _fmt(client), _clip(name))  # pxelinux probes many names
         else:
             self._drop(client, refusal.reason, name)
         self._reply_error(client, refusal.code, refusal.message)
@@ -567,11 +567,18 @@ class TftpServer:
         self._drop_budget = (window, count + 1)
         if count < 50:
             log.warning("tftp.drop client=%s reason=%s file=%s", _fmt(client), reason,
-                        name if name is not None else "-")
+                        _clip(name) if name is not None else "-")
 
 
 def _fmt(client: Client) -> str:
     return f"{client[0]}:{client[1]}"
+
+
+def _clip(name: str | bytes) -> str:
+    """A filename fit for one log line: decoded, and at most 200 characters."""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "backslashreplace")
+    return name if len(name) <= 200 else name[:200] + f"...({len(name)} chars)"
 
 
 def _pktinfo_address(ancillary: list) -> str | None:

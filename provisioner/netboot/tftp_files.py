@@ -6,6 +6,7 @@ Every outcome is a `Payload` or a `Refusal`; a resolver that raises becomes a Re
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -36,6 +37,7 @@ class Refusal:
     reason: str  # what goes to the log
 
 
+MAX_NAME = 1024  # bytes; Linux allows 4096 for a path, boot files need far less
 NOT_FOUND = Refusal(ERR_NOT_FOUND, "File not found", "not found")
 NOT_REGULAR = Refusal(ERR_NOT_FOUND, "File not found", "not a regular file")
 
@@ -46,6 +48,8 @@ def normalise(raw: bytes) -> str | Refusal:
     Leading slashes are dropped (pxelinux and GRUB ask for "/pxelinux.cfg/..."), backslashes
     become slashes (Windows PXE clients), "." and empty parts go. ".." is refused outright.
     """
+    if len(raw) > MAX_NAME:
+        return Refusal(ERR_NOT_FOUND, "File not found", f"filename of {len(raw)} bytes")
     try:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -113,6 +117,8 @@ class FileSource:
         except (FileNotFoundError, NotADirectoryError):
             return NOT_FOUND
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return NOT_FOUND
             return Refusal(ERR_ACCESS, "Access violation", f"stat: {exc.strerror}")
         if not stat.S_ISREG(st.st_mode):
             return NOT_REGULAR
