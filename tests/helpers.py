@@ -30,3 +30,28 @@ def run_cli(*args: str, spec: Path, data: Path, env: dict | None = None, timeout
     e.pop("PROVISIONER_DB", None)
     return subprocess.run([sys.executable, "-m", "provisioner", *args], env=e, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def built_site(spec_dir: Path, data: Path, envs=("staging", "production"), state: str | None = None):
+    """A store with the spec released, the environments pointed at it and the nodes synced.
+
+    Returns (Context, Release). `state` sets every node's state (e.g. "installing").
+    """
+    from provisioner.context import Context, Settings
+    from provisioner.releases.build import freeze, import_artifacts
+
+    ctx = Context(Settings(spec_dir=spec_dir, data_dir=data, actor="test"))
+    rel = freeze(ctx.spec)
+    import_artifacts(spec_dir, rel, ctx.artifacts)
+    ctx.store.add_release(rel, "test")
+    ctx.store.sync_nodes(ctx.spec)
+    for env in envs:
+        ctx.store.point_environment(env, rel.id, "test", "test set-up")
+    if state:
+        for n in ctx.store.nodes():
+            ctx.store.update_node(n.name, state=state)
+    return ctx, rel
+
+
+def pinned(rel, model: str) -> dict[str, str]:
+    return {c["name"]: c["version"] for c in rel.document["manifests"][model]["components"]}

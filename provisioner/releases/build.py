@@ -67,9 +67,15 @@ def freeze(spec: Spec, extra_blocked: list[tuple[str | None, str, str]] = ()) ->
 
 
 def import_artifacts(spec_root: Path, release: Release, store: ArtifactStore) -> int:
-    """Copy every referenced artifact into the content-addressed store, checking each digest."""
+    """Copy every referenced artifact and template into the content-addressed store, checking digests.
+
+    Boot configs are later rendered from these stored template bytes, so a node is handed exactly
+    what the release froze, whatever happens to the spec directory afterwards.
+    """
     n = 0
-    for digest, meta in sorted(release.document["artifacts"].items()):
+    wanted = dict(release.document["artifacts"])
+    wanted.update({d: {"file": f"templates/{name}"} for name, d in release.document["templates"].items()})
+    for digest, meta in sorted(wanted.items()):
         if not store.has(digest):
             store.put_file(Path(spec_root) / meta["file"], expected=digest)
             n += 1

@@ -102,3 +102,28 @@ class MetaRow(Base):
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class BootTokenRow(Base):
+    """A per-node, per-boot callback token (only its sha256 is stored). One live token per node."""
+
+    __tablename__ = "boot_tokens"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node: Mapped[str] = mapped_column(String(64), index=True)
+    release_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    action: Mapped[str] = mapped_column(String(16))
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    closed_by: Mapped[str | None] = mapped_column(String(32), nullable=True)  # final event or "superseded"
+
+
+class NodeEventRow(Base):
+    """What a node reported (callbacks) and what the pipeline did to it, in order."""
+
+    __tablename__ = "node_events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(String(16))  # callback | netboot | rollout | bmc
+    event: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict] = mapped_column(JSON)

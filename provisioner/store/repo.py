@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from datetime import UTC, datetime
 
 from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 
-from provisioner.errors import ReleaseError
+from provisioner.errors import PolicyViolation, ReleaseError
 from provisioner.releases.build import Release, load_release
 from provisioner.spec.models import Spec
 from provisioner.store import audit
@@ -16,8 +18,10 @@ from provisioner.store.models import (
     ApprovalRow,
     AuditRow,
     BlockedVersionRow,
+    BootTokenRow,
     EnvironmentHistoryRow,
     EnvironmentRow,
+    NodeEventRow,
     NodeRow,
     ReleaseRow,
 )
@@ -222,3 +226,42 @@ class Store:
     def verify_audit(self):
         with self.db.session() as s:
             return audit.verify(s)
+
+    # -- boot tokens and node events --------------------------------------------------------
+    def issue_token(self, node: str, release_id: str | None, action: str) -> str:
+        """A fresh token for this boot of `node`; every earlier token of the node stops working."""
+        token = secrets.token_urlsafe(24)
+        with self.db.session() as s:
+            for old in s.scalars(select(BootTokenRow).where(BootTokenRow.node == node,
+                                                            BootTokenRow.closed_at.is_(None))):
+                old.closed_at, old.closed_by = now(), "superseded"
+            s.add(BootTokenRow(token_sha256=hashlib.sha256(token.encode()).hexdigest(), node=node,
+                               release_id=release_id, action=action, issued_at=now()))
+        return token
+
+    def check_token(self, node: str, token: str, close_with: str | None = None) -> BootTokenRow:
+        """The live token row for `node`; PolicyViolation if the token is unknown, closed or another node's."""
+        with self.db.session() as s:
+            row = s.get(BootTokenRow, hashlib.sha256(token.encode()).hexdigest(), with_for_update=True)
+            if row is None or row.node != node:
+                raise PolicyViolation(f"callback token is not valid for node {node}")
+            if row.closed_at is not None:
+                raise PolicyViolation(f"callback token of {node} was already used ({row.closed_by})")
+            if close_with:
+                row.closed_at, row.closed_by = now(), close_with
+            s.flush()
+            s.expunge(row)
+            return row
+
+    def node_event(self, node: str, source: str, event: str, details: dict | None = None) -> None:
+        with self.db.session() as s:
+            s.add(NodeEventRow(node=node, at=now(), source=source, event=event, details=details or {}))
+
+    def node_events(self, node: str | None = None, limit: int = 200) -> list[dict]:
+        with self.db.session() as s:
+            q = select(NodeEventRow).order_by(NodeEventRow.seq.desc()).limit(limit)
+            if node:
+                q = q.where(NodeEventRow.node == node)
+            rows = list(s.scalars(q))[::-1]
+            return [{"seq": r.seq, "node": r.node, "at": aware(r.at).isoformat(), "source": r.source,
+                     "event": r.event, "details": r.details} for r in rows]
