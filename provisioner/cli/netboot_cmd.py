@@ -1,0 +1,160 @@
+"""`provisioner serve`, `provisioner dhcp render`, `provisioner netboot decide`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from provisioner.cli import cli
+from provisioner.cli.output import console, json_option
+from provisioner.context import Context
+
+
+def boot_service(ctx: Context, http_base: str):
+    from provisioner.netboot.service import BootService
+
+    ctx.store.sync_nodes(ctx.spec)
+    return BootService(ctx.store, ctx.artifacts, http_base)
+
+
+@cli.command()
+@click.option("--tftp-bind", default="0.0.0.0:69", show_default=True, help="TFTP address:port, or 'off'.")
+@click.option("--http-bind", default="0.0.0.0:8080", show_default=True, help="HTTP address:port, or 'off'.")
+@click.option("--boot-files", type=click.Path(path_type=Path), default=None,
+              help="Bootloaders served by relative path [default: DATA/boot-files].")
+@click.option("--public-url", default=None,
+              help="Base URL nodes use to reach the HTTP server [default: http://<http-bind>].")
+@click.option("-v", "--verbose", is_flag=True, help="Log every decision and transfer.")
+@click.pass_obj
+def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None, public_url: str | None,
+          verbose: bool):
+    """Run the site's boot services until interrupted (SIGINT/SIGTERM stop them cleanly).
+
+    \b
+    TFTP hands out the bootloaders (Debian's iPXE and pxelinux are copied into the boot-files
+    directory when present) and per-node configs: pxelinux.cfg/01-<mac>, grub.cfg-01-<mac>,
+    boot-<mac>.ipxe. HTTP serves per-node iPXE scripts, artifacts by sha256 and node callbacks.
+    What a node gets is decided by the netboot gate from its environment's release, its state
+    and the deny-list.
+
+    \b
+    Examples:
+      sudo provisioner serve                                 # ports 69 and 8080 on all addresses
+      provisioner serve --tftp-bind 127.0.0.1:6969 --http-bind 127.0.0.1:8080
+      provisioner serve --tftp-bind off --public-url http://10.0.0.1:8080
+    """
+    from provisioner.netboot.dhcp import populate_boot_files
+    from provisioner.netboot.services import BootServices
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    tftp = None if tftp_bind == "off" else tftp_bind
+    http = None if http_bind == "off" else http_bind
+    boot_files = boot_files or ctx.settings.data_dir / "boot-files"
+    if tftp:
+        populate_boot_files(boot_files)
+    base = public_url or f"http://{http_bind if http else '127.0.0.1:8080'}"
+    svc = boot_service(ctx, base)
+    try:
+        services = BootServices(svc, tftp_bind=tftp, http_bind=http, boot_files=boot_files).start()
+    except PermissionError:
+        raise click.ClickException("cannot bind a port below 1024: run as root, grant CAP_NET_BIND_SERVICE, "
+                                   "or use --tftp-bind/--http-bind with high ports") from None
+    except OSError as e:
+        raise click.ClickException(f"cannot start the boot services: {e}") from None
+    if public_url is None and http:
+        svc.http_base = f"http://{services.http.host}:{services.http.port}"
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    parts = []
+    if services.tftp:
+        parts.append(f"TFTP {services.tftp.host}:{services.tftp.port} (boot files {boot_files})")
+    if services.http:
+        parts.append(f"HTTP {services.http.host}:{services.http.port} (nodes use {svc.http_base})")
+    console.print("serving " + "; ".join(parts) + " — Ctrl-C to stop", highlight=False)
+    stop.wait()
+    services.stop()
+    console.print("stopped")
+
+
+serve.prints_no_data = True
+
+
+@cli.group()
+def dhcp():
+    """DHCP for PXE clients (dnsmasq configuration)."""
+
+
+@dhcp.command("render")
+@click.option("--server-ip", required=True, help="Address of the TFTP/HTTP server, as nodes see it.")
+@click.option("--interface", required=True, help="Interface dnsmasq serves.")
+@click.option("--mode", type=click.Choice(["reservation", "proxy"]), default="reservation", show_default=True,
+              help="reservation: leases only for inventory MACs; proxy: boot options beside another DHCP server.")
+@click.option("--range", "dhcp_range", default=None, help="Lease range START,END (reservation) or subnet (proxy).")
+@click.option("--http-port", default=8080, show_default=True)
+@click.option("--environment", "environments", multiple=True, help="Only nodes of this environment (repeatable).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write here instead of stdout.")
+@click.pass_obj
+def dhcp_render(ctx: Context, server_ip, interface, mode, dhcp_range, http_port, environments, output):
+    """Write a dnsmasq configuration for the site.
+
+    \b
+    BIOS clients get undionly.kpxe, UEFI clients snponly.efi; once iPXE runs it is sent to the
+    HTTP bootstrap script, which chains to the per-node script from the netboot gate.
+
+    \b
+    Examples:
+      provisioner dhcp render --server-ip 10.0.0.1 --interface eth1 -o /etc/dnsmasq.d/pxe.conf
+      provisioner dhcp render --server-ip 10.0.0.1 --interface eth1 --mode proxy --range 10.0.0.0/24
+    """
+    from provisioner.netboot.dhcp import render_dnsmasq
+
+    text = render_dnsmasq(ctx.spec, server_ip=server_ip, interface=interface, http_port=http_port, mode=mode,
+                          dhcp_range=dhcp_range, environments=list(environments) or None)
+    if output:
+        output.write_text(text)
+        console.print(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+dhcp_render.prints_no_data = True
+
+
+@cli.group()
+def netboot():
+    """Inspect what the netboot gate hands a node."""
+
+
+@netboot.command("decide")
+@click.argument("mac")
+@json_option
+@click.pass_obj
+def netboot_decide(ctx: Context, mac: str):
+    """Show the gate's decision for MAC without booting anything.
+
+    \b
+    Example:
+      provisioner netboot decide 52:54:00:0a:01:01
+    """
+    from provisioner.netboot.service import normalize_mac
+
+    svc = boot_service(ctx, "http://preview")
+    norm = normalize_mac(mac)
+    if norm is None:
+        raise click.BadParameter(f"{mac!r} is not a MAC address")
+    d, node, _ = svc.decide(norm)
+    data = {**asdict(d), "mac": norm}
+
+    def render(x):
+        console.print(f"{x['mac']} → {x['node'] or 'unknown'}: [bold]{x['action']}[/bold] — {x['reason']}")
+        for c in x["components"]:
+            console.print(f"  flash {c['name']} {c['from_version']} → {c['version']}")
+
+    return data, render
