@@ -31,7 +31,9 @@ TFTP_PATHS = [
         (?P<mac>{MAC_HYPHEN})         # iPXE's ${{net0/mac:hexhyp}}
         \.ipxe$""", re.VERBOSE)),
 ]
-FINAL_EVENTS = {"flashed": "flashed", "installed": "installed", "failed": "failed"}
+# A boot's last word: it closes the boot's token. "booted" is a local boot that reached iPXE,
+# which proves the firmware posts (a boot-looping BIOS never gets there).
+FINAL_EVENTS = {"flashed": "flashed", "installed": "installed", "failed": "failed", "booted": "booted"}
 EVENTS = {"started", "held", "progress", *FINAL_EVENTS}
 
 
@@ -100,7 +102,7 @@ class BootService:
         started = time.perf_counter()
         decision, node, doc = self.decide(norm)
         token = None
-        if decision.action in ("install", "flash", "hold") and node:
+        if node and decision.release_id:  # every boot of a known node reports back, even a local one
             token = self.store.issue_token(node["name"], decision.release_id, decision.action)
         if node:
             self.store.node_event(node["name"], "netboot", decision.action,
