@@ -66,7 +66,8 @@ def render_dnsmasq(spec: Spec, *, server_ip: str, interface: str, http_port: int
         lines += [
             "# proxy mode: another DHCP server hands out addresses; we only add the boot options",
             f"dhcp-range={net.network_address},proxy,{net.netmask}",
-            f'pxe-service=tag:!ipxe,x86PC,"provisioner (BIOS)",undionly,{server_ip}',
+            # a name without a suffix gets PXE's layer suffix from dnsmasq: "undionly" -> undionly.0
+            f'pxe-service=tag:!ipxe,x86PC,"provisioner (BIOS)",undionly.kpxe,{server_ip}',
             f'pxe-service=tag:!ipxe,X86-64_EFI,"provisioner (UEFI)",snponly.efi,{server_ip}',
             f'pxe-service=tag:ipxe,x86PC,"provisioner (iPXE)",{http_base}/boot.ipxe',
             f'pxe-service=tag:ipxe,X86-64_EFI,"provisioner (iPXE)",{http_base}/boot.ipxe',
