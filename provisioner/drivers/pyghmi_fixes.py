@@ -1,0 +1,189 @@
+"""Client-side fixes for pyghmi 1.6.19, applied once at import (see research/ipmi-feasibility.md §6).
+
+Each fix is named by its letter in the research note:
+
+  D  `_io_sendto` toggled the socket to blocking while the IO thread toggled it back and called
+     `recvfrom()`: the IO thread could block on a quiet socket and the process went deaf.
+     Fixed by never toggling, and receiving with MSG_DONTWAIT.
+  E  Lost wake-up in `_io_wait`: a reply that arrived before the waiter registered waited out the
+     retry timer (0.5-1 s stalls). Fixed by returning at once if the reply is already queued.
+  F  ABBA deadlock: `send_payload` holds KEEPALIVE then takes WAITING, while `awaitresponse` and
+     `wait_for_rsp` call `_timedout()` (which sends) with WAITING held. Fixed by releasing WAITING
+     around `_timedout`.
+  I  str credentials left a stale `initting_sessions` entry, so a second `Command()` to the same
+     BMC hung forever. Fixed by encoding userid/password/kg to bytes before pyghmi sees them.
+  J  `oem_init` was never cached for non-OEM BMCs: every get_power/set_power paid an extra Get
+     Device ID round trip. Fixed by caching the handler per Command.
+
+K (Get Device ID parsing) is done by the driver itself (`provisioner.drivers.ipmi.parse_device_id`);
+the server-side fixes A, B, C, G live with the simulator in `provisioner.lab`.
+
+The patches replace private pyghmi functions, so they are only correct for the exact release they
+were written against; importing this module with any other pyghmi version raises RuntimeError.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import socket
+import threading
+
+PYGHMI_VERSION = "1.6.19"
+APPLIED: tuple[str, ...] = ()
+
+_installed = importlib.metadata.version("pyghmi")
+if _installed != PYGHMI_VERSION:
+    raise RuntimeError(
+        f"provisioner.drivers.pyghmi_fixes was written for pyghmi {PYGHMI_VERSION} but {_installed} "
+        f"is installed; its monkeypatches replace private functions and would be wrong. Pin "
+        f"pyghmi=={PYGHMI_VERSION} or re-check every fix in this module against the new release.")
+
+import pyghmi.ipmi.command as _command  # noqa: E402  (after the version check, on purpose)
+import pyghmi.ipmi.private.session as _session  # noqa: E402
+
+_MARK = "_provisioner_fixes"
+_tl = threading.local()
+
+
+# -- D ----------------------------------------------------------------------------------------------
+
+def _io_sendto(mysocket, packet, sockaddr):
+    if hasattr(mysocket, "fd"):  # eventlet green socket, as in the original
+        mysocket = mysocket.fd
+    try:
+        mysocket.sendto(packet, sockaddr)
+    except OSError:
+        pass  # UDP: a failed send is a lost packet, which the retry timers already handle
+
+
+def _io_recvfrom(mysocket, size):
+    try:
+        return mysocket.recvfrom(size, socket.MSG_DONTWAIT)
+    except OSError:
+        return None
+
+
+# -- E ----------------------------------------------------------------------------------------------
+
+def _io_wait(timeout, myaddr=None, evq=None):
+    s = _session
+    evt = threading.Event()
+    if evq is not None:
+        evq.append(evt)
+    deadline = timeout + s._monotonic_time()
+    s.ioqueue.append((deadline, evt, myaddr))
+    # Checked only after registering: a packet queued after this check is seen by the IO thread
+    # together with our registration, so no wake-up can be lost in between.
+    if evq is None:
+        if myaddr is None:
+            if s.sessionqueue:
+                return
+        else:
+            waiter = getattr(_tl, "session", None)
+            if waiter is not None and waiter.pktqueue:
+                return
+    if deadline < s.selectdeadline:
+        intsock = s.iosockets[0]
+        if hasattr(intsock, "fd"):
+            intsock = intsock.fd
+        intsock.sendto(b"\x01", (s.myself, s.iosockets[0].getsockname()[1]))
+    evt.wait()
+
+
+def _wrap_awaitresponse(original):
+    def awaitresponse(self, retry, netfn, command):
+        previous = getattr(_tl, "session", None)
+        _tl.session = self
+        try:
+            return original(self, retry, netfn, command)
+        finally:
+            _tl.session = previous
+    awaitresponse.__wrapped__ = original
+    return awaitresponse
+
+
+# -- F ----------------------------------------------------------------------------------------------
+
+def _wrap_timedout(original):
+    def _timedout(self):
+        lock = _session.WAITING_SESSIONS
+        if lock._is_owned():
+            state = lock._release_save()
+            try:
+                return original(self)
+            finally:
+                lock._acquire_restore(state)
+        return original(self)
+    _timedout.__wrapped__ = original
+    return _timedout
+
+
+# -- I ----------------------------------------------------------------------------------------------
+
+_CRED_POSITIONS = {1: "userid", 2: "password", 4: "kg"}  # Session(bmc, userid, password, port, kg, ...)
+
+
+def _as_bytes(value):
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def _encode_credentials(args, kwargs):
+    args = list(args)
+    for pos, name in _CRED_POSITIONS.items():
+        if len(args) > pos:
+            args[pos] = _as_bytes(args[pos])
+        elif name in kwargs:
+            kwargs[name] = _as_bytes(kwargs[name])
+    return args, kwargs
+
+
+def _wrap_new(original):
+    def __new__(cls, *args, **kwargs):
+        args, kwargs = _encode_credentials(args, kwargs)
+        return original(cls, *args, **kwargs)
+    __new__.__wrapped__ = original
+    return staticmethod(__new__)
+
+
+def _wrap_init(original):
+    def __init__(self, *args, **kwargs):
+        args, kwargs = _encode_credentials(args, kwargs)
+        return original(self, *args, **kwargs)
+    __init__.__wrapped__ = original
+    return __init__
+
+
+# -- J ----------------------------------------------------------------------------------------------
+
+def _wrap_oem_init(original):
+    def oem_init(self):
+        if self._oem is not None and getattr(self, "_oem_cached", False):
+            return
+        original(self)
+        self._oem_cached = True
+    oem_init.__wrapped__ = original
+    return oem_init
+
+
+def apply() -> tuple[str, ...]:
+    """Install the fixes (idempotent); return the letters applied."""
+    global APPLIED
+    if getattr(_session, _MARK, None):
+        APPLIED = getattr(_session, _MARK)
+        return APPLIED
+    S = _session.Session
+    _session._io_sendto = _io_sendto
+    _session._io_recvfrom = _io_recvfrom
+    _session._io_wait = _io_wait
+    S.awaitresponse = _wrap_awaitresponse(S.awaitresponse)
+    S._timedout = _wrap_timedout(S._timedout)
+    S.__new__ = _wrap_new(S.__dict__["__new__"].__func__ if isinstance(S.__dict__["__new__"], staticmethod)
+                          else S.__dict__["__new__"])
+    S.__init__ = _wrap_init(S.__init__)
+    _command.Command.oem_init = _wrap_oem_init(_command.Command.oem_init)
+    APPLIED = ("D", "E", "F", "I", "J")
+    setattr(_session, _MARK, APPLIED)
+    return APPLIED
+
+
+apply()
