@@ -1,0 +1,110 @@
+"""Fixtures for driver tests: simulated BMCs on loopback and one harness over every driver.
+
+The harness gives a contract test the same view of a BMC whichever driver is under test: the
+driver itself, and what the BMC saw (power, boot override, boots, firmware, uploads).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from provisioner.drivers import open_driver
+from provisioner.drivers.base import BmcEndpoint
+from provisioner.drivers.fake import FakeDriver
+from provisioner.lab.bmc import SimSite
+from provisioner.lab.bmc_process import generate_nodes
+from provisioner.lab.loopback import free_block
+
+FIRMWARE = {"bmc": "2.1.0", "bios": "1.20.0", "nic": "22.31.6", "raid": "7.00.60"}
+MODEL = "r650"
+
+
+@pytest.fixture
+def sim_site():
+    """make(count, **SimSite options) -> started SimSite; every site is stopped after the test."""
+    sites = []
+
+    def make(count: int = 1, **options) -> SimSite:
+        base, port = free_block(count)
+        nodes = generate_nodes(count, base=base, port=port, firmware=FIRMWARE)
+        for n in nodes:
+            n["model"] = MODEL
+        site = SimSite(nodes, **options).start()
+        sites.append(site)
+        return site
+
+    yield make
+    for s in sites:
+        s.stop()
+
+
+class SimHarness:
+    kind = "ipmi"
+
+    def __init__(self, site: SimSite, node: str):
+        self.site, self.node = site, node
+        self.endpoint = site.endpoints()[node]
+        self.driver = self.open()
+
+    def open(self, endpoint: BmcEndpoint | None = None, **options):
+        options.setdefault("timeout", 5.0)
+        return open_driver(endpoint or self.endpoint, **options)
+
+    def inspect(self) -> dict:
+        st = self.site.state(self.node)
+        return {"power": st["power"],
+                "boot_override": st["boot_override"]["device"] if st["boot_override"] else None,
+                "boots": st["boots"],
+                "last_boot_device": st["last_boot"]["device"] if st["last_boot"] else None,
+                "firmware": {c: fw["active"] for c, fw in st["firmware"].items()},
+                "uploads": [e for e in st["log"] if e["event"] in ("upload_started", "uploaded")]}
+
+    def hand_flash(self, component: str, version: str) -> None:
+        self.site.hand_flash(self.node, component, version)
+
+    def make_unreachable(self) -> None:
+        self.site.set_fault(self.node, unreachable=True)
+
+    def reject_password(self) -> None:
+        self.site.set_fault(self.node, wrong_password=True)
+
+    def close(self) -> None:
+        self.driver.close()
+
+
+class FakeHarness:
+    kind = "fake"
+
+    def __init__(self, address: str = "10.99.0.1"):
+        FakeDriver.reset()
+        self.bmc = FakeDriver.seed(address, firmware=FIRMWARE)
+        self.endpoint = BmcEndpoint(address, 623, "admin", "password", "fake")
+        self.driver = self.open()
+
+    def open(self, endpoint: BmcEndpoint | None = None, **options):
+        return open_driver(endpoint or self.endpoint, **options)
+
+    def inspect(self) -> dict:
+        b = self.bmc
+        return {"power": b.power, "boot_override": b.boot_override, "boots": b.boots,
+                "last_boot_device": b.last_boot_device, "firmware": dict(b.firmware),
+                "uploads": list(b.uploads)}
+
+    def hand_flash(self, component: str, version: str) -> None:
+        self.bmc.firmware[component] = version
+
+    def make_unreachable(self) -> None:
+        self.bmc.unreachable = True
+
+    def reject_password(self) -> None:
+        self.bmc.password = "something-else"
+
+    def close(self) -> None:
+        FakeDriver.reset()
+
+
+@pytest.fixture(params=["fake", "ipmi"])
+def harness(request, sim_site):
+    h = FakeHarness() if request.param == "fake" else SimHarness(sim_site(1, activation_s=0.05), "sim0000")
+    yield h
+    h.close()
