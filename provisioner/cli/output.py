@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # progress: keeps stdout clean for --json
 
 
 def json_option(f):

@@ -127,3 +127,49 @@ class NodeEventRow(Base):
     source: Mapped[str] = mapped_column(String(16))  # callback | netboot | rollout | bmc
     event: Mapped[str] = mapped_column(String(32))
     details: Mapped[dict] = mapped_column(JSON)
+
+
+class RolloutRow(Base):
+    """One application of a release to an environment (apply, rollback or drift correction)."""
+
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    environment: Mapped[str] = mapped_column(String(64), index=True)
+    release_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # apply | rollback | drift
+    status: Mapped[str] = mapped_column(String(16))  # running | halted | done | superseded
+    reason: Mapped[str] = mapped_column(Text, default="")
+    by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RolloutNodeRow(Base):
+    """One node's part in a rollout: its wave, its planned action, and how far it got."""
+
+    __tablename__ = "rollout_nodes"
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    node: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    wave: Mapped[int] = mapped_column(Integer)  # 0 = canary
+    rack: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))
+    plan: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # pending | running | done | failed | skipped
+    step: Mapped[str] = mapped_column(String(32), default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RolloutStepRow(Base):
+    """The durable step log: a row before each step begins and one after it ends."""
+
+    __tablename__ = "rollout_steps"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[int] = mapped_column(Integer, index=True)
+    node: Mapped[str] = mapped_column(String(64))
+    step: Mapped[str] = mapped_column(String(32))
+    phase: Mapped[str] = mapped_column(String(8))  # begin | end | error | skip
+    details: Mapped[dict] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

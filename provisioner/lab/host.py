@@ -1,0 +1,287 @@
+"""Simulated hosts that really netboot: the part of a lab server behind its BMC.
+
+When a simulated BMC powers its host on with the one-time boot device set to PXE, the host:
+  1. fetches its bootloader over TFTP (undionly.kpxe for BIOS, snponly.efi for UEFI);
+  2. runs "iPXE": BIOS hosts fetch their per-MAC script over TFTP (boot-<mac>.ipxe), UEFI hosts
+     fetch the HTTP bootstrap and chain to /boot/<mac>.ipxe, as real iPXE does;
+  3. interprets the script (imgfetch, kernel, initrd, chain, boot, echo, exit, goto, ||), checking
+     every image against the script's `#@sha256` annotations;
+  4. "boots the kernel": the flasher fetches its config, downloads each image, checks its sha256 and
+     its SIMFW1 header, applies it (the BMC then reports the new version) and calls back; the
+     installer fetches and checks the rootfs, writes the release id to the simulated disk and calls
+     back. A local boot calls back "booted" from iPXE.
+Faults: a host whose firmware is on `boot_loop` never reaches iPXE and keeps power-cycling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+from provisioner.netboot.tftp_client import TftpFetchError, fetch
+
+log = logging.getLogger("provisioner.lab.host")
+
+
+class Site(Protocol):
+    def firmware(self, node: str) -> dict[str, str]: ...
+    def set_firmware(self, node: str, component: str, version: str, *, how: str = ...) -> None: ...
+    def state(self, node: str) -> dict: ...
+
+
+class BootFailed(Exception):
+    pass
+
+
+class NetbootHost:
+    """The host side of every simulated server of a site (one instance serves them all)."""
+
+    def __init__(self, site: Site, *, macs: dict[str, str], firmware_type: dict[str, str],
+                 tftp: tuple[str, int], http_base: str, disk_dir: Path, models: dict[str, str] | None = None,
+                 boot_loop: set[tuple[str, str]] | None = None, flash_seconds: float = 0.05,
+                 workers: int = 64, http_timeout: float = 10.0):
+        self.site, self.macs, self.fw_type = site, macs, firmware_type
+        self.tftp, self.http_base = tftp, http_base.rstrip("/")
+        self.disk_dir = Path(disk_dir)
+        self.disk_dir.mkdir(parents=True, exist_ok=True)
+        self.models = models or {}
+        self.boot_loop = set(boot_loop or ())
+        self.flash_seconds, self.http_timeout = flash_seconds, http_timeout
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sim-host")
+        self._boots: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.journal: list[dict] = []  # what each host did, newest last (bounded)
+
+    # -- the BMC hook ----------------------------------------------------------------------------
+    def on_power_on(self, node: str, device: str) -> None:
+        with self._lock:
+            self._boots[node] = boot = self._boots.get(node, 0) + 1
+        self._pool.submit(self._boot, node, device, boot)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _note(self, node: str, event: str, **details) -> None:
+        entry = {"at": round(time.time(), 3), "node": node, "event": event, **details}
+        with self._lock:
+            self.journal.append(entry)
+            del self.journal[:-5000]
+        log.info("host.%s node=%s %s", event, node, " ".join(f"{k}={v}" for k, v in details.items()))
+
+    def _boot(self, node: str, device: str, boot: int) -> None:
+        try:
+            fw = self.site.firmware(node)
+            looping = sorted(f"{c} {v}" for c, v in fw.items() if (c, v) in self.boot_loop)
+            if looping:
+                # POST never completes: no DHCP, no TFTP, no callback; the BMC sees it power-cycle
+                self._note(node, "boot_loop", firmware=",".join(looping), boot=boot)
+                return
+            if device != "pxe":
+                self._note(node, "disk_boot", boot=boot, release=self.installed_release(node))
+                return
+            self._netboot(node)
+        except BootFailed as e:
+            self._note(node, "boot_failed", error=str(e))
+        except Exception as e:  # a bug in the simulator must not kill the site
+            log.exception("host.bug node=%s", node)
+            self._note(node, "boot_failed", error=f"{e.__class__.__name__}: {e}")
+
+    # -- firmware stage ---------------------------------------------------------------------------
+    def _netboot(self, node: str) -> None:
+        mac = self.macs[node]
+        hexhyp = mac.replace(":", "-")
+        host, port = self.tftp
+        loader = "undionly.kpxe" if self.fw_type.get(node) == "bios" else "snponly.efi"
+        try:
+            nbp = fetch(host, port, loader, blksize=1468, timeout=0.5, retries=6)
+        except TftpFetchError as e:
+            raise BootFailed(f"PXE: {e}") from None
+        self._note(node, "pxe", loader=loader, bytes=len(nbp))
+        if self.fw_type.get(node) == "bios":
+            try:
+                script = fetch(host, port, f"boot-{hexhyp}.ipxe", blksize=1468, timeout=0.5, retries=6).decode()
+            except TftpFetchError as e:
+                raise BootFailed(f"iPXE: {e}") from None
+        else:
+            bootstrap = self._get(f"{self.http_base}/boot.ipxe").decode()
+            script = self._get(self._chain_target(bootstrap, hexhyp)).decode()
+        Ipxe(self, node, hexhyp).run(script)
+
+    def _chain_target(self, bootstrap: str, hexhyp: str) -> str:
+        for line in bootstrap.splitlines():
+            parts = line.split()
+            if parts[:1] == ["chain"]:
+                return parts[1].replace("${net0/mac:hexhyp}", hexhyp)
+        raise BootFailed("bootstrap script has no chain")
+
+    def _get(self, url: str, data: bytes | None = None, headers: dict | None = None) -> bytes:
+        req = urllib.request.Request(url, data=data, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=self.http_timeout) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            raise BootFailed(f"GET {url.split('?')[0]}: HTTP {e.code} {e.read()[:200]!r}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise BootFailed(f"GET {url.split('?')[0]}: {e}") from None
+
+    # -- the "kernel": flasher and installer --------------------------------------------------------
+    def run_kernel(self, node: str, args: dict[str, str]) -> None:
+        mode = args.get("provisioner.mode")
+        callback, token = args["provisioner.callback"], args["provisioner.token"]
+        try:
+            if mode == "flash":
+                versions = self._flash(node, args["provisioner.flasher"])
+                self._callback(callback, token, {"event": "flashed", "firmware": versions})
+            elif mode == "install":
+                release = self._install(node, args)
+                self._callback(callback, token, {"event": "installed", "release": release})
+            else:
+                raise BootFailed(f"kernel: unknown provisioner.mode {mode!r}")
+        except BootFailed as e:
+            self._note(node, f"{mode}_failed", error=str(e))
+            try:
+                self._callback(callback, token, {"event": "failed", "error": str(e)})
+            except BootFailed:
+                pass
+
+    def _flash(self, node: str, flasher_url: str) -> dict[str, str]:
+        cfg = json.loads(self._get(flasher_url))
+        model = self.models.get(node)
+        for comp in cfg["components"]:
+            image = self._get(comp["url"])
+            digest = hashlib.sha256(image).hexdigest()
+            if digest != comp["sha256"]:
+                raise BootFailed(f"flash {comp['name']}: image sha256 {digest[:12]} != {comp['sha256'][:12]}; refused")
+            header = _simfw_header(image)
+            if header.get("component") != comp["name"] or header.get("version") != comp["version"] or (
+                    model and header.get("model") != model):
+                raise BootFailed(f"flash {comp['name']}: image is for {header}, not {model} {comp['name']} "
+                                 f"{comp['version']}; refused")
+            time.sleep(self.flash_seconds)
+            self.site.set_firmware(node, comp["name"], comp["version"])
+            self._note(node, "flashed", component=comp["name"], version=comp["version"])
+        return self.site.firmware(node)
+
+    def _install(self, node: str, args: dict[str, str]) -> str:
+        release = args["provisioner.release"]
+        if "provisioner.rootfs" in args:
+            rootfs = self._get(args["provisioner.rootfs"])
+            if hashlib.sha256(rootfs).hexdigest() != args.get("provisioner.rootfs_sha256"):
+                raise BootFailed("install: rootfs sha256 mismatch; refused")
+        disk = self.disk_dir / f"{node}.json"
+        tmp = disk.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"release": release, "installed_at": time.time()}))
+        tmp.replace(disk)
+        self._note(node, "installed", release=release[:12])
+        return release
+
+    def installed_release(self, node: str) -> str | None:
+        try:
+            return json.loads((self.disk_dir / f"{node}.json").read_text())["release"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    def _callback(self, url: str, token: str, body: dict) -> None:
+        self._get(url, data=json.dumps(body).encode(),
+                  headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+
+
+def _simfw_header(image: bytes) -> dict:
+    if not image.startswith(b"SIMFW1"):
+        return {}
+    try:
+        return json.loads(image[6:image.index(b"\n")])
+    except ValueError:
+        return {}
+
+
+class Ipxe:
+    """Just enough of iPXE's script language to run what our templates render."""
+
+    def __init__(self, host: NetbootHost, node: str, hexhyp: str):
+        self.host, self.node, self.hexhyp = host, node, hexhyp
+        self.images: dict[str, bytes] = {}
+        self.kernel_args: dict[str, str] | None = None
+
+    def run(self, script: str, depth: int = 0) -> None:
+        if not script.startswith("#!ipxe"):
+            raise BootFailed("iPXE: not an iPXE script")
+        if depth > 4:
+            raise BootFailed("iPXE: chain too deep")
+        lines = script.splitlines()
+        expected = {}
+        for ln in lines:  # `#@sha256 <image> <hex>` annotations pin what each image must hash to
+            if ln.startswith("#@sha256 "):
+                _, name, digest = ln.split()
+                expected[name] = digest
+        labels = {ln[1:].strip(): i for i, ln in enumerate(lines) if ln.startswith(":")}
+        pc, steps = 0, 0
+        while pc < len(lines):
+            steps += 1
+            if steps > 200:
+                raise BootFailed("iPXE: script loops")
+            line = lines[pc].strip()
+            pc += 1
+            if not line or line.startswith("#") or line.startswith(":"):
+                continue
+            main, _, fallback = line.partition(" || ")
+            try:
+                result = self._command(main.strip(), expected, depth)
+            except BootFailed as e:
+                if not fallback:
+                    raise
+                self.host._note(self.node, "ipxe_error", command=main.split()[0], error=str(e)[:120])
+                result = self._command(fallback.strip(), expected, depth)
+            if isinstance(result, tuple) and result[0] == "goto":
+                if result[1] not in labels:
+                    raise BootFailed(f"iPXE: no label {result[1]}")
+                pc = labels[result[1]] + 1
+            elif result == "exit" or result == "booted":
+                return
+
+    def _command(self, cmd: str, expected: dict, depth: int):
+        words = shlex.split(cmd.replace("${net0/mac:hexhyp}", self.hexhyp))
+        if not words:
+            return None
+        op, rest = words[0], words[1:]
+        name = None
+        if rest[:1] and rest[0].startswith("--name"):
+            name = rest[1] if rest[0] == "--name" else rest[0].split("=", 1)[1]
+            rest = rest[2:] if rest[0] == "--name" else rest[1:]
+        if op in ("echo", "dhcp", "sleep", "imgfree"):
+            if op == "echo":
+                self.host._note(self.node, "console", text=" ".join(rest)[:200])
+            return None
+        if op == "goto":
+            return ("goto", rest[0])
+        if op == "exit":
+            self.host._note(self.node, "ipxe_exit", code=rest[0] if rest else "0")
+            return "exit"
+        if op == "chain":
+            self.run(self.host._get(rest[0]).decode(), depth + 1)
+            return "exit"
+        if op in ("imgfetch", "kernel", "initrd"):
+            data = self.host._get(rest[0])
+            key = {"kernel": "kernel", "initrd": "initrd"}.get(op, name or rest[0])
+            want = expected.get(key)
+            if want and hashlib.sha256(data).hexdigest() != want:
+                raise BootFailed(f"iPXE: {key} sha256 mismatch; refused")
+            self.images[name or key] = data
+            if op == "kernel":
+                self.kernel_args = dict(a.split("=", 1) for a in rest[1:] if "=" in a)
+            return None
+        if op == "boot":
+            if self.kernel_args is None or "initrd" not in self.images:
+                raise BootFailed("iPXE: boot without kernel and initrd")
+            self.host.run_kernel(self.node, self.kernel_args)
+            return "booted"
+        raise BootFailed(f"iPXE: unsupported command {op!r}")

@@ -1,0 +1,135 @@
+"""The plan: desired (a release) vs observed (BMC inventory, callbacks) -> one action per node. Pure.
+
+Actions, in an operator's words:
+    nothing       firmware at the pins and the release's image installed
+    reflash       some components differ from their pins (which, from -> to)
+    reimage       firmware fine, but the node does not run this release's image
+    reprovision   both (also: firmware never read, or the node runs a blocked version)
+    hold          nothing safe to do: the release pins a blocked or unapproved version
+
+A plan never contains a flash to a blocked version, nor a flash of a component already at its pin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
+
+
+@dataclass(frozen=True)
+class Observed:
+    name: str
+    rack: str
+    model: str
+    environment: str
+    firmware: dict[str, str]  # component -> version, as the BMC last reported; {} if never read
+    installed_release: str | None = None
+
+
+@dataclass(frozen=True)
+class Flash:
+    component: str
+    from_version: str | None
+    to_version: str
+    method: str
+    image_sha256: str
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    node: str
+    rack: str
+    model: str
+    action: str
+    reason: str
+    flashes: tuple[Flash, ...] = ()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Plan:
+    release_id: str
+    environment: str
+    nodes: tuple[NodePlan, ...] = field(default_factory=tuple)
+
+    @property
+    def changes(self) -> tuple[NodePlan, ...]:
+        return tuple(n for n in self.nodes if n.action not in ("nothing",))
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for n in self.nodes:
+            out[n.action] = out.get(n.action, 0) + 1
+        return out
+
+    def as_dict(self) -> dict:
+        return {"release": self.release_id, "environment": self.environment, "counts": self.counts(),
+                "nodes": [n.as_dict() for n in self.nodes]}
+
+
+def pins_by_model(release_doc: dict) -> dict[str, list[dict]]:
+    return {model: sorted(m["components"], key=lambda c: (c["order"], c["name"]))
+            for model, m in release_doc["manifests"].items()}
+
+
+def blocked_pins(release_doc: dict, blocked: list[Blocked]) -> list[tuple[str, str, str, Blocked]]:
+    """Every (model, component, version) the release pins that a block covers."""
+    everything = blocked + release_blocklist(release_doc)
+    out = []
+    for model, comps in pins_by_model(release_doc).items():
+        for c in comps:
+            b = find_blocked(everything, model, c["name"], c["version"])
+            if b:
+                out.append((model, c["name"], c["version"], b))
+    return out
+
+
+def make_plan(release_id: str, release_doc: dict, environment: str, observed: list[Observed],
+              blocked: list[Blocked], reimage: bool = True) -> Plan:
+    """Plan every observed node of `environment` against the release. `reimage=False` plans firmware only."""
+    everything = blocked + release_blocklist(release_doc)
+    pins = pins_by_model(release_doc)
+    allowed = {model: m.get("allowed") or {} for model, m in release_doc["manifests"].items()}
+    out = []
+    for o in sorted(observed, key=lambda o: (o.rack, o.name)):
+        if o.environment != environment:
+            continue
+        comps = pins.get(o.model)
+        if comps is None:
+            out.append(NodePlan(o.name, o.rack, o.model, "hold", f"release has no manifest for {o.model}"))
+            continue
+        bad = next((b for c in comps if (b := find_blocked(everything, o.model, c["name"], c["version"]))), None)
+        if bad:
+            out.append(NodePlan(o.name, o.rack, o.model, "hold",
+                                f"release pins blocked {bad.component} {bad.version} ({bad.reason})"))
+            continue
+        unapproved = next((c for c in comps if c["name"] in allowed[o.model]
+                           and c["version"] not in allowed[o.model][c["name"]]), None)
+        if unapproved:
+            out.append(NodePlan(o.name, o.rack, o.model, "hold",
+                                f"{unapproved['name']} {unapproved['version']} is not on the allow-list"))
+            continue
+        flashes = tuple(Flash(c["name"], o.firmware.get(c["name"]), c["version"], c["method"], c["image"]["sha256"])
+                        for c in comps if o.firmware.get(c["name"]) != c["version"])
+        running_blocked = next((b for comp, ver in sorted(o.firmware.items())
+                                if (b := find_blocked(everything, o.model, comp, ver))), None)
+        image_stale = reimage and o.installed_release != release_id
+        if running_blocked:
+            action = "reprovision"
+            reason = f"runs blocked {running_blocked.component} {running_blocked.version} ({running_blocked.reason})"
+        elif not o.firmware:
+            action, reason = "reprovision", "firmware never read from the BMC"
+        elif flashes and image_stale:
+            action, reason = "reprovision", f"{len(flashes)} component(s) differ and the image is not this release's"
+        elif flashes:
+            action, reason = "reflash", ", ".join(f"{f.component} {f.from_version} → {f.to_version}" for f in flashes)
+        elif image_stale:
+            action = "reimage"
+            reason = f"runs image of {o.installed_release[:12] if o.installed_release else 'no release'}"
+        else:
+            action, reason = "nothing", "at the pins, image of this release"
+        out.append(NodePlan(o.name, o.rack, o.model, action, reason, flashes))
+    return Plan(release_id, environment, tuple(out))

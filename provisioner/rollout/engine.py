@@ -1,0 +1,293 @@
+"""Executing a rollout: canary, then waves; limits per rack, per BMC and overall; timeouts; auto-halt.
+
+Per node the steps are (each idempotent, each recorded before and after in the store):
+
+    prepare       read the BMC inventory afresh
+    oob_flash     HPM.1 flash of components the manifest marks `hpm`, only where they differ
+    inband_flash  one-time PXE + power cycle; the gate hands the flasher; wait for "flashed";
+                  then a fresh BMC read must show every pin
+    install       one-time PXE + power cycle; the gate hands the install profile; wait for "installed"
+    boot_check    (reflash only) one-time PXE + power cycle; wait for "booted" from iPXE
+    verify        a fresh BMC read equals the pins: the node is active at the release
+
+A node that never reports back after power-on is presumed boot-looping and fails. When failed
+nodes reach the policy's threshold, or a block covers a version the release pins, the rollout
+halts: running nodes finish their current step, nothing new starts. Killed at any point, a new
+run resumes from the record; a step re-checks the BMC before acting, so no node is flashed twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from provisioner.drivers import BmcEndpoint, open_driver
+from provisioner.drivers.base import BmcDriver
+from provisioner.errors import DriverError
+from provisioner.netboot.gate import Blocked
+from provisioner.plan import blocked_pins, pins_by_model
+from provisioner.rollout.record import RolloutRecord
+from provisioner.store.repo import Store, now
+
+log = logging.getLogger("provisioner.rollout")
+
+STEPS = {
+    "reflash": ("prepare", "oob_flash", "inband_flash", "boot_check", "verify"),
+    "reimage": ("prepare", "install", "verify"),
+    "reprovision": ("prepare", "oob_flash", "inband_flash", "install", "verify"),
+}
+
+
+class NodeFailed(Exception):
+    pass
+
+
+class Halted(Exception):
+    pass
+
+
+@dataclass
+class RolloutResult:
+    rollout_id: int
+    status: str
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    held: list[str] = field(default_factory=list)
+    halted: dict[str, str] = field(default_factory=dict)  # node -> step it stopped before
+    reason: str = ""
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"rollout": self.rollout_id, "status": self.status, "done": self.done, "failed": self.failed,
+                "held": self.held, "interrupted": self.halted, "reason": self.reason, "seconds": round(self.seconds, 2)}
+
+
+class RolloutEngine:
+    def __init__(self, store: Store, artifacts, endpoints: dict[str, BmcEndpoint], policy: dict,
+                 release_id: str, release_doc: dict, *, actor: str,
+                 progress: Callable[[dict], None] | None = None,
+                 driver_factory: Callable[[BmcEndpoint], BmcDriver] = open_driver, poll: float = 0.1):
+        self.store, self.artifacts, self.endpoints = store, artifacts, endpoints
+        self.record = RolloutRecord(store)
+        self.policy, self.timeouts = policy, policy["timeouts"]
+        self.release_id, self.doc = release_id, release_doc
+        self.pins = pins_by_model(release_doc)
+        self.actor, self.progress = actor, progress or (lambda e: None)
+        self.driver_factory, self.poll = driver_factory, poll
+        self._halt = threading.Event()
+        self._halt_reason = ""
+        self._blocks_at, self._blocks = 0.0, []
+        self._lock = threading.Lock()
+
+    # -- the whole rollout ----------------------------------------------------------------------
+    def run(self, rid: int) -> RolloutResult:
+        started = time.monotonic()
+        rows = self.record.nodes(rid)
+        result = RolloutResult(rid, "running", held=[r.node for r in rows if r.status == "held"])
+        result.done = [r.node for r in rows if r.status == "done"]
+        result.failed = {r.node: r.error for r in rows if r.status == "failed"}
+        for r in rows:
+            if r.status == "held":
+                self.store.update_node(r.node, state="held", state_reason=r.plan["reason"])
+        waves = sorted({r.wave for r in rows if r.status in ("pending", "running")})
+        for wave in waves:
+            if self._should_halt(result):
+                break
+            todo = [r for r in rows if r.wave == wave and r.status in ("pending", "running")]
+            self.progress({"event": "wave", "wave": wave, "nodes": [r.node for r in todo]})
+            self._run_wave(rid, todo, result)
+        if self._should_halt(result) or result.halted:
+            result.status, result.reason = "halted", self._halt_reason or self._failure_reason(result)
+        else:
+            result.status = "done"
+            result.reason = f"{len(result.done)} node(s) at release {self.release_id[:12]}" + (
+                f", {len(result.held)} held" if result.held else "")
+        self.record.finish(rid, result.status, result.reason, self.actor)
+        result.seconds = time.monotonic() - started
+        self.progress({"event": result.status, "reason": result.reason})
+        return result
+
+    def _failure_reason(self, result: RolloutResult) -> str:
+        return "; ".join(f"{n}: {e}" for n, e in sorted(result.failed.items()))
+
+    def _should_halt(self, result: RolloutResult) -> bool:
+        if self._halt.is_set():
+            return True
+        if len(result.failed) >= self.policy["failure_threshold"]:
+            self._trip(f"{len(result.failed)} node(s) failed (threshold {self.policy['failure_threshold']}): "
+                       + self._failure_reason(result))
+            return True
+        bad = self._blocked_pins()
+        if bad:
+            m, c, v, b = bad[0]
+            self._trip(f"release pins {m} {c} {v}, blocked since the rollout started: {b.reason}")
+            return True
+        return False
+
+    def _trip(self, reason: str) -> None:
+        with self._lock:
+            if not self._halt.is_set():
+                self._halt_reason = reason
+                self._halt.set()
+                log.warning("rollout.halt reason=%s", reason)
+
+    def _blocked_pins(self):
+        t = time.monotonic()
+        if t - self._blocks_at > 0.5:  # a block from another process is seen within half a second
+            self._blocks = [Blocked(b["component"], b["version"], b["reason"], b["model"])
+                            for b in self.store.active_blocks()]
+            self._blocks_at = t
+        return blocked_pins(self.doc, self._blocks)
+
+    def _run_wave(self, rid: int, todo, result: RolloutResult) -> None:
+        limit, per_rack = self.policy["max_concurrency"], self.policy["max_unavailable_per_rack"]
+        queue, running, busy_racks = list(todo), {}, {}
+        with ThreadPoolExecutor(max(1, min(limit, len(todo)))) as pool:
+            while queue or running:
+                while queue and len(running) < limit and not self._should_halt(result):
+                    pick = next((r for r in queue if busy_racks.get(r.rack, 0) < per_rack), None)
+                    if pick is None:
+                        break
+                    queue.remove(pick)
+                    busy_racks[pick.rack] = busy_racks.get(pick.rack, 0) + 1
+                    running[pool.submit(self._run_node, rid, pick, result)] = pick
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    r = running.pop(f)
+                    busy_racks[r.rack] -= 1
+                    f.result()
+
+    # -- one node -------------------------------------------------------------------------------
+    def _run_node(self, rid: int, row, result: RolloutResult) -> None:
+        node, steps = row.node, STEPS[row.action]
+        done_steps = {s["step"] for s in self.record.steps(rid) if s["node"] == node and s["phase"] in ("end", "skip")}
+        self.record.set_node(rid, node, status="running", started_at=row.started_at or now())
+        self.progress({"event": "node_start", "node": node, "action": row.action, "wave": row.wave})
+        driver = self.driver_factory(self.endpoints[node])
+        current = row.step or steps[0]
+        try:
+            for step in steps:
+                if step in done_steps and step not in ("prepare", "verify"):
+                    continue
+                if self._halt.is_set():
+                    self.record.set_node(rid, node, status="pending")
+                    with self._lock:
+                        result.halted[node] = step
+                    self.progress({"event": "node_halted", "node": node, "step": step})
+                    return
+                current = step
+                self.record.step(rid, node, step, "begin")
+                self.progress({"event": "node_step", "node": node, "step": step})
+                details = self._with_retries(lambda s=step: getattr(self, f"_step_{s}")(driver, row), node, step)
+                self.record.step(rid, node, step, "skip" if details.get("skipped") else "end", details)
+            self.record.set_node(rid, node, status="done", finished_at=now(), step="")
+            with self._lock:
+                result.done.append(node)
+            self.progress({"event": "node_done", "node": node})
+        except (NodeFailed, DriverError) as e:
+            msg = str(e)
+            self.record.step(rid, node, current, "error", {"error": msg})
+            self.record.set_node(rid, node, status="failed", error=msg, finished_at=now())
+            self.store.update_node(node, state="failed", state_reason=msg)
+            self.store.node_event(node, "rollout", "failed", {"rollout": rid, "error": msg})
+            with self._lock:
+                result.failed[node] = msg
+            self.progress({"event": "node_failed", "node": node, "error": msg})
+            self._should_halt(result)
+        finally:
+            driver.close()
+
+    def _with_retries(self, fn, node: str, step: str, attempts: int = 3) -> dict:
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn() or {}
+            except DriverError as e:
+                if not e.retryable or attempt == attempts:
+                    raise NodeFailed(f"{step}: {e.__class__.__name__}: {e}") from None
+                log.warning("rollout.retry node=%s step=%s attempt=%d error=%s", node, step, attempt, e)
+                time.sleep(0.2 * 2 ** attempt)
+        return {}
+
+    def _pins(self, row) -> dict[str, dict]:
+        return {c["name"]: c for c in self.pins[row.plan["model"]]}
+
+    def _read(self, driver: BmcDriver, node: str) -> dict[str, str]:
+        fw = driver.firmware_inventory()
+        self.store.update_node(node, observed=fw, observed_at=now())
+        return fw
+
+    def _differing(self, driver, row) -> list[dict]:
+        fw = self._read(driver, row.node)
+        return [c for c in self._pins(row).values() if fw.get(c["name"]) != c["version"]]
+
+    def _step_prepare(self, driver, row) -> dict:
+        return {"firmware": self._read(driver, row.node)}
+
+    def _step_oob_flash(self, driver, row) -> dict:
+        flashed = []
+        for c in self._differing(driver, row):
+            if c["method"] != "hpm" or not driver.supports_oob_flash(c["name"]):
+                continue
+            image = self.artifacts.read(c["image"]["sha256"])  # verified against its digest on read
+            self.store.node_event(row.node, "rollout", "oob_flash", {"component": c["name"], "version": c["version"]})
+            driver.flash(c["name"], image, c["image"]["sha256"], c["version"])
+            flashed.append(f"{c['name']} {c['version']}")
+        return {"flashed": flashed} if flashed else {"skipped": True}
+
+    def _boot_and_wait(self, driver, row, state: str, wanted: set[str], timeout: float, what: str) -> dict:
+        self.store.update_node(row.node, state=state, state_reason=f"rollout: {what}")
+        marker = self.record.last_event_seq()
+        driver.set_one_time_boot("pxe")
+        if driver.power_status() == "on":
+            driver.power_cycle()
+        else:
+            driver.power_on()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for seq, event, details in self.record.callbacks_since(row.node, marker):
+                marker = seq
+                if event in wanted:
+                    return {"callback": event}
+                if event == "failed":
+                    raise NodeFailed(f"{what}: node reported failure: {details.get('error', '?')}")
+            time.sleep(self.poll)
+        raise NodeFailed(f"{what}: no report within {timeout:.0f}s after power-on; presumed boot-looping")
+
+    def _step_inband_flash(self, driver, row) -> dict:
+        if not self._differing(driver, row):
+            return {"skipped": True}
+        t = self.timeouts
+        out = self._boot_and_wait(driver, row, "flashing", {"flashed"}, t["power"] + t["boot"] + t["flash"],
+                                  "in-band flash")
+        left = self._differing(driver, row)  # never trust the flasher's word alone
+        if left:
+            raise NodeFailed("after flashing the BMC reports " + ", ".join(
+                f"{c['name']} {self.store.node(row.node).observed.get(c['name'])} (pinned {c['version']})" for c in left))
+        return out
+
+    def _step_boot_check(self, driver, row) -> dict:
+        t = self.timeouts
+        return self._boot_and_wait(driver, row, "verifying", {"booted"}, t["power"] + t["boot"], "boot check")
+
+    def _step_install(self, driver, row) -> dict:
+        if self.store.node(row.node).installed_release == self.release_id:
+            return {"skipped": True}
+        t = self.timeouts
+        return self._boot_and_wait(driver, row, "installing", {"installed"}, t["power"] + t["boot"] + t["callback"],
+                                   "install")
+
+    def _step_verify(self, driver, row) -> dict:
+        left = self._differing(driver, row)
+        if left:
+            raise NodeFailed("verify: BMC reports " + ", ".join(
+                f"{c['name']} {self.store.node(row.node).observed.get(c['name'])} (pinned {c['version']})" for c in left))
+        self.store.update_node(row.node, state="active", release_id=self.release_id, healthy_since=now(),
+                               state_reason=f"verified at release {self.release_id[:12]}")
+        self.store.node_event(row.node, "rollout", "verified", {"release": self.release_id})
+        return {"verified": True}
