@@ -548,7 +548,7 @@ class TftpServer:
         try:
             self._sock.sendto(wire.encode_error(code, message), client)
         except OSError as exc:
-            log.debug("tftp.error_not_sent client=%s error=%s", _fmt(client), exc)
+            self._drop(client, f"error reply not sent: {exc.strerror or exc}")
 
     def _send_error(self, tr: Transfer, code: int, message: str) -> None:
         try:

@@ -21,6 +21,11 @@ DUP_HOLDOFF_RTTS = 2.0
 DUP_HOLDOFF_MIN = 0.01  # seconds
 DUP_HOLDOFF_UNKNOWN_RTT = 0.05  # seconds, before the first clean sample
 
+# The first OACK is retransmitted only after this many timeouts. A second OACK aborts some
+# clients (atftp: "unexpected OACK"), and clients retransmit on their own (ACK 0 if ours was
+# lost, the RRQ if the OACK was): with the same timeout on both sides, theirs should win.
+OACK_PATIENCE = 2.0
+
 
 class Transfer:
     """Progress of one RRQ. Created by the engine once the file's bytes are in memory."""
@@ -53,6 +58,8 @@ class Transfer:
     def begin(self, now: float) -> int:
         self.started = now
         self._window(now)
+        if self.oack is not None:
+            self.deadline = now + self.rto * OACK_PATIENCE
         return SEND
 
     def on_ack(self, block: int, now: float) -> int:

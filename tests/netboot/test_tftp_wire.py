@@ -131,6 +131,13 @@ def test_an_oack_is_block_0_and_ack_0_starts_the_data():
     assert t.on_ack(4, 0.002) == DONE
 
 
+def test_the_first_oack_waits_two_timeouts_before_it_is_resent():
+    t = transfer(2000, oack=b"oack", rto=1.0)
+    t.begin(0.0)
+    assert t.deadline == 2.0  # the client's own retransmission (ACK 0 or RRQ) should come first
+    assert t.on_timer(2.0) == SEND and (t.next_send, t.window_hi) == (0, 0) and t.deadline == 4.0
+
+
 def test_a_partial_ack_restarts_the_window_after_the_acknowledged_block():
     t = transfer(10 * 512, windowsize=4)
     t.begin(0.0)
