@@ -31,7 +31,8 @@ class RolloutRecord:
                            reason=reason, by=by, created_at=now())
             s.add(r)
             s.flush()
-            actionable = [n for n in todo if n.action != "hold"]
+            # The canary goes first and should exercise the change: nodes whose firmware changes lead.
+            actionable = sorted((n for n in todo if n.action != "hold"), key=lambda n: not n.flashes)
             for i, n in enumerate(todo):
                 idx = actionable.index(n) if n in actionable else -1
                 wave = 0 if 0 <= idx < canary else (1 + (idx - canary) // wave_size if idx >= 0 else -1)
