@@ -1,25 +1,176 @@
-"""`make demo`: the main job, end to end, on the embedded default (SQLite + a simulated site)."""
+"""`make demo`: the main job end to end on the embedded default (SQLite + a simulated site).
+
+A simulated site (two production racks and a staging rack, BMCs on real IPMI, hosts that really
+netboot against our TFTP and HTTP servers) runs in this process. The demo releases the example
+spec, proves it on staging, gets it approved, rolls it out to production, then plays the incident:
+a new release raises a BIOS to a version that boot-loops; the staging canary never comes back;
+the rollout halts by itself; the operator blocks the version and rolls back; a hand-flashed node
+is found as drift and re-provisioned; every node ends at its pins.
+
+Everything is kept in .provisioner-demo/ so `provisioner --data .provisioner-demo history` shows
+it all afterwards.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import re
+import shutil
 import sys
-import tempfile
+import time
 from pathlib import Path
 
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.rule import Rule
+from rich.table import Table
+
+from provisioner import pipeline
 from provisioner.cli import main as cli
+from provisioner.cli.output import console
+from provisioner.context import Context, Settings
+
+REPO = Path(__file__).resolve().parent.parent
+BAD_MODEL, BAD_COMPONENT, BAD_VERSION = "dl360g10", "bios", "2.90.0"
+timeline: list[tuple[float, str]] = []
+T0 = time.monotonic()
 
 
-def run(data_dir: Path) -> int:
-    spec = Path(__file__).resolve().parent.parent
-    base = ["--spec", str(spec), "--data", str(data_dir), "--as", "demo-author"]
-    for step in (["validate"], ["release", "build"], ["release", "list"], ["audit", "verify"]):
-        print(f"\n$ provisioner {' '.join(step)}", flush=True)
-        code = cli(base + step)
-        if code:
-            return code
-    return 0
+def mark(what: str) -> None:
+    timeline.append((time.monotonic() - T0, what))
+
+
+def say(title: str) -> None:
+    console.print(Rule(f"[bold]{title}"))
+    mark(title)
+
+
+def run(*args: str, spec: Path, data: Path, who: str = "alice", ok=(0,)) -> int:
+    console.print(f"[dim]$ provisioner {' '.join(args)}[/dim]")
+    code = cli(["--spec", str(spec), "--data", str(data), "--as", who, *args])
+    if code not in ok:
+        raise SystemExit(f"demo step failed: provisioner {' '.join(args)} exited {code}")
+    return code
+
+
+def release_id(data: Path, spec: Path) -> str:
+    ctx = Context(Settings(spec_dir=spec, data_dir=data))
+    return ctx.store.list_releases()[-1]["id"]
+
+
+def bump_bios(src: Path, dest: Path) -> None:
+    """What an operator commits: the manifest pins the new BIOS, image and digest."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for item in ("inventory.yaml", "policy.yaml", "deny-list.yaml", "boot_profiles.yaml", "firmware_manifests",
+                 "templates", "artifacts"):
+        (shutil.copytree if (src / item).is_dir() else shutil.copy2)(src / item, dest / item)
+    manifest = dest / "firmware_manifests" / f"{BAD_MODEL}.yaml"
+    text = manifest.read_text()
+    image = f"artifacts/firmware/{BAD_MODEL}/{BAD_COMPONENT}-{BAD_VERSION}.bin"
+    data = (dest / image).read_bytes()
+    block = re.search(rf"  - name: {BAD_COMPONENT}\n(?:    .*\n)+", text).group(0)
+    new = re.sub(r'version: "[^"]+"', f'version: "{BAD_VERSION}"', block)
+    new = re.sub(r"file: .*", f"file: {image}", new)
+    new = re.sub(r"sha256: .*", f"sha256: {hashlib.sha256(data).hexdigest()}", new)
+    new = re.sub(r"size: .*", f"size: {len(data)}", new)
+    manifest.write_text(text.replace(block, new))
+
+
+def wait_soak(seconds: float) -> None:
+    with Progress(TextColumn("soaking on staging"), BarColumn(), TimeRemainingColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("soak", total=seconds)
+        start = time.monotonic()
+        while (left := seconds - (time.monotonic() - start)) > 0:
+            time.sleep(min(0.2, left))
+            bar.update(task, completed=seconds - max(left, 0))
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.ERROR)
+    data = REPO / ".provisioner-demo"
+    if data.exists():
+        shutil.rmtree(data)
+    spec = REPO
+    ctx = Context(Settings(spec_dir=spec, data_dir=data, actor="alice"))
+
+    say("1. The spec, frozen into a release")
+    run("validate", spec=spec, data=data)
+    run("release", "build", spec=spec, data=data)
+    r1 = release_id(data, spec)
+
+    say("2. A simulated site: 20 BMCs on real IPMI, hosts that netboot over our TFTP and HTTP")
+    from provisioner.lab.site import Lab
+
+    lab = Lab(ctx).start()
+    try:
+        console.print(f"lab up: {len(lab.nodes)} BMCs answering on 127.0.x.y:6230; TFTP {lab._tftp[0]}:{lab._tftp[1]}, "
+                      f"HTTP {lab._http_base}")
+        return _story(ctx, lab, spec, data, r1)
+    finally:
+        lab.stop()
+
+
+def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
+    say("3. Prove the release on staging")
+    run("promote", r1[:12], "--to", "staging", spec=spec, data=data)
+    run("apply", "staging", spec=spec, data=data)
+    run("gate", r1[:12], spec=spec, data=data, ok=(1,))
+    run("approve", r1[:12], "--as", "alice", spec=spec, data=data, ok=(3,))  # the author cannot approve
+    run("approve", r1[:12], "--as", "bob", "--comment", "staging clean", spec=spec, data=data)
+    run("approve", r1[:12], "--as", "bob", spec=spec, data=data)  # twice counts once
+    run("approve", r1[:12], "--as", "carol", spec=spec, data=data)
+    wait_soak(ctx.spec.policy.staging_gate.soak_seconds + 0.5)
+    run("gate", r1[:12], spec=spec, data=data)
+
+    say("4. Roll it out to production: canary, then waves, at most 2 nodes per rack down")
+    run("promote", r1[:12], "--to", "production", spec=spec, data=data)
+    run("plan", "production", spec=spec, data=data, ok=(2,))
+    run("apply", "production", spec=spec, data=data)
+
+    say(f"5. The incident: a new release raises {BAD_MODEL} BIOS to {BAD_VERSION}, which boot-loops")
+    lab.set_boot_loop(BAD_COMPONENT, BAD_VERSION)
+    spec2 = data / "spec-v2"
+    bump_bios(spec, spec2)
+    run("release", "build", spec=spec2, data=data)
+    r2 = release_id(data, spec2)
+    run("release", "diff", r1[:12], r2[:12], spec=spec2, data=data)
+    run("promote", r2[:12], "--to", "staging", spec=spec2, data=data)
+    run("apply", "staging", spec=spec2, data=data, ok=(8,))  # the canary never comes back: halt
+
+    say("6. On call: block the version everywhere, roll staging back")
+    run("block", BAD_COMPONENT, BAD_VERSION, "--reason", "boot loop after flash, INC-4411", "--incident", "INC-4411",
+        spec=spec2, data=data, who="dana")
+    run("release", "build", spec=spec2, data=data, ok=(3,))  # nothing pinning it can be built any more
+    run("rollback", "staging", spec=spec, data=data, who="dana")
+
+    say("7. Drift: someone hand-flashed a production NIC")
+    lab.site.hand_flash("r2n05", "nic", "14.30.0")
+    run("drift", spec=spec, data=data, ok=(2,))
+    run("drift", "--fix", spec=spec, data=data)
+
+    say("8. Every node at its pinned versions")
+    rows = pipeline.compliance(ctx)
+    t = Table(title="compliance", header_style="bold")
+    for col in ("node", "env", "model", "bmc", "bios", "nic", "raid", "release", "ok"):
+        t.add_column(col)
+    for r in rows:
+        comps = r["components"]
+        t.add_row(r["node"], r["environment"], r["model"], *[comps[c]["observed"] or "-" for c in ("bmc", "bios", "nic", "raid")],
+                  (r["node_release"] or "-")[:12], "[green]✓[/green]" if r["compliant"] else "[red]✗[/red]")
+    console.print(t)
+    compliant = sum(r["compliant"] for r in rows)
+    run("audit", "verify", spec=spec, data=data)
+
+    say("Timeline")
+    for at, what in timeline:
+        console.print(f"  {at:6.1f}s  {what}")
+    console.print(f"\n{compliant}/{len(rows)} nodes compliant. Everything above is in the store: "
+                  f"[bold]provisioner --data {data.relative_to(REPO)} history[/bold]")
+    return 0 if compliant == len(rows) else 1
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory(prefix="provisioner-demo-") as d:
-        sys.exit(run(Path(d)))
+    sys.exit(main())

@@ -123,9 +123,9 @@ def make_plan(release_id: str, release_doc: dict, environment: str, observed: li
         elif not o.firmware:
             action, reason = "reprovision", "firmware never read from the BMC"
         elif flashes and image_stale:
-            action, reason = "reprovision", f"{len(flashes)} component(s) differ and the image is not this release's"
+            action, reason = "reprovision", _flash_words(flashes) + "; reimage to this release"
         elif flashes:
-            action, reason = "reflash", ", ".join(f"{f.component} {f.from_version} → {f.to_version}" for f in flashes)
+            action, reason = "reflash", _flash_words(flashes)
         elif image_stale:
             action = "reimage"
             reason = f"runs image of {o.installed_release[:12] if o.installed_release else 'no release'}"
@@ -133,3 +133,7 @@ def make_plan(release_id: str, release_doc: dict, environment: str, observed: li
             action, reason = "nothing", "at the pins, image of this release"
         out.append(NodePlan(o.name, o.rack, o.model, action, reason, flashes))
     return Plan(release_id, environment, tuple(out))
+
+
+def _flash_words(flashes: tuple[Flash, ...]) -> str:
+    return ", ".join(f"{f.component} {f.from_version or '?'} → {f.to_version}" for f in flashes)

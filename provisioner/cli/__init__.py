@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             if e.name != f"provisioner.cli.{mod}":
                 raise
     try:
-        cli.main(args=argv, prog_name="provisioner", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="provisioner", standalone_mode=False)
+        if isinstance(rv, int):  # click returns the code of an Exit raised by a command
+            return rv
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

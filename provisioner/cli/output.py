@@ -11,8 +11,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # progress: keeps stdout clean for --json
+# Off a terminal (CI logs, `make demo | less`) rich would assume 80 columns and cut table cells.
+_WIDTH = None if sys.stdout.isatty() else 140
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 140)  # progress: keeps stdout clean for --json
 
 
 def json_option(f):

@@ -69,12 +69,14 @@ def release_build(ctx: Context):
     created = ctx.store.add_release(rel, ctx.settings.actor, parent_id=parent if parent != rel.id else None)
     ctx.store.sync_nodes(spec)
     data = {"id": rel.id, "created": created, "artifacts": len(rel.document["artifacts"]),
-            "artifacts_imported": imported, "nodes": len(spec.nodes()), "author": ctx.settings.actor}
+            "templates": len(rel.document["templates"]), "files_newly_stored": imported,
+            "nodes": len(spec.nodes()), "author": ctx.settings.actor}
 
     def render(d):
         state = "new release" if d["created"] else "already stored (same content, same id)"
         console.print(f"release [bold]{d['id']}[/bold]  {state}\n"
-                      f"  {d['nodes']} nodes, {d['artifacts']} artifacts ({d['artifacts_imported']} newly stored)")
+                      f"  {d['nodes']} nodes, {d['artifacts']} artifacts, {d['templates']} templates "
+                      f"({d['files_newly_stored']} files newly stored)")
 
     return data, render
 

@@ -36,12 +36,21 @@ class HttpServer:
                                      connection_limit=2000, backlog=2048, channel_timeout=30,
                                      ident="provisioner")
         self.port = self._server.effective_port
-        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
         self._thread.start()
         log.info("http.start bind=%s:%s", self.host, self.port)
         return self
 
+    def _run(self) -> None:
+        try:
+            self._server.run()
+        except (OSError, ValueError):
+            if not self._stopping:  # closing the sockets under waitress's select() is how it stops
+                raise
+
     def stop(self) -> None:
+        self._stopping = True
         self._server.close()
         # waitress's run() loop notices the closed map; give its thread a moment
         self._thread.join(timeout=2)
