@@ -104,7 +104,12 @@ def main() -> int:
     say("2. A simulated site: 20 BMCs on real IPMI, hosts that netboot over our TFTP and HTTP")
     from provisioner.lab.site import Lab
 
-    lab = Lab(ctx).start()
+    try:
+        lab = Lab(ctx).start()
+    except OSError as e:
+        console.print(f"[red]error: the simulated site cannot start: {e}[/red]\n"
+                      "Is another lab using the example's BMC addresses? Stop it with `provisioner lab down`.")
+        return 1
     try:
         console.print(f"lab up: {len(lab.nodes)} BMCs answering on 127.0.x.y:6230; TFTP {lab._tftp[0]}:{lab._tftp[1]}, "
                       f"HTTP {lab._http_base}")

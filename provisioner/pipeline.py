@@ -13,7 +13,7 @@ from provisioner.context import Context
 from provisioner.drivers import BmcEndpoint, open_driver
 from provisioner.errors import DriverError, PolicyViolation, ReleaseError
 from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
-from provisioner.plan import Observed, Plan, blocked_pins, make_plan, pins_by_model
+from provisioner.plan import Observed, Plan, blocked_pins, image_key, make_plan, pins_by_model
 from provisioner.policy.gate import GateVerdict, StagingNode, evaluate
 from provisioner.rollout.engine import RolloutEngine, RolloutResult
 from provisioner.rollout.record import RolloutRecord
@@ -61,8 +61,17 @@ def observe(ctx: Context, env: str | None = None, refresh: bool = True, workers:
             for name, fw in pool.map(read, sorted(rows)):
                 if fw is not None:
                     rows[name].observed = fw
-    return [Observed(r.name, r.rack, r.model, r.environment, dict(r.observed or {}), r.installed_release)
-            for r in rows.values()], errors
+    docs: dict[str, dict] = {}
+
+    def installed_image(r) -> str | None:
+        if not r.installed_release:
+            return None
+        if r.installed_release not in docs:
+            docs[r.installed_release] = ctx.store.get_release(r.installed_release).document
+        return image_key(docs[r.installed_release], r.name)
+
+    return [Observed(r.name, r.rack, r.model, r.environment, dict(r.observed or {}), r.installed_release,
+                     installed_image(r)) for r in rows.values()], errors
 
 
 def plan(ctx: Context, env: str, refresh: bool = True) -> tuple[Plan, dict]:
@@ -200,16 +209,22 @@ def drift(ctx: Context) -> tuple[list[DriftItem], dict]:
 def compliance(ctx: Context, envs: list[str] | None = None) -> list[dict]:
     """Every node against its environment's release: pinned vs last observed, per component."""
     out = []
-    docs = {}
+    runtime_blocks = active_blocks(ctx)
+    per_release: dict[str, tuple[dict, list]] = {}  # release -> (pins by model, deny-list)
+    env_release: dict[str, str | None] = {}
     for r in ctx.store.nodes():
         if envs and r.environment not in envs:
             continue
-        rid = ctx.store.current_release_id(r.environment)
-        if rid and rid not in docs:
-            docs[rid] = ctx.store.get_release(rid).document
-        pins = {c["name"]: c["version"] for c in pins_by_model(docs[rid]).get(r.model, [])} if rid else {}
+        if r.environment not in env_release:
+            env_release[r.environment] = ctx.store.current_release_id(r.environment)
+        rid = env_release[r.environment]
+        if rid and rid not in per_release:
+            doc = ctx.store.get_release(rid).document
+            per_release[rid] = ({m: {c["name"]: c["version"] for c in cs} for m, cs in pins_by_model(doc).items()},
+                                release_blocklist(doc) + runtime_blocks)
+        pins, blocked = per_release[rid] if rid else ({}, [])
+        pins = pins.get(r.model, {})
         fw = r.observed or {}
-        blocked = release_blocklist(docs[rid]) + active_blocks(ctx) if rid else []
         out.append({"node": r.name, "environment": r.environment, "rack": r.rack, "model": r.model,
                     "state": r.state, "release": rid, "node_release": r.release_id,
                     "compliant": bool(pins) and all(fw.get(k) == v for k, v in pins.items()) and r.release_id == rid,

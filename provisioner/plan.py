@@ -25,6 +25,7 @@ class Observed:
     environment: str
     firmware: dict[str, str]  # component -> version, as the BMC last reported; {} if never read
     installed_release: str | None = None
+    installed_image: str | None = None  # image_key() of what the installer wrote, if known
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,20 @@ class Plan:
     def as_dict(self) -> dict:
         return {"release": self.release_id, "environment": self.environment, "counts": self.counts(),
                 "nodes": [n.as_dict() for n in self.nodes]}
+
+
+def image_key(release_doc: dict, node_name: str) -> str | None:
+    """What a node's installed image is made of under a release: profile, kernel, initrd, rootfs, args.
+
+    A release that changes only firmware keeps every node's image key, so its rollout reflashes
+    without wiping a single disk.
+    """
+    node = next((n for r in release_doc["inventory"]["racks"] for n in r["nodes"] if n["name"] == node_name), None)
+    prof = node and next((p for p in release_doc["boot"]["profiles"] if p["name"] == node["boot_profile"]), None)
+    if not prof:
+        return None
+    parts = [prof["name"], prof["kernel_args"]] + [(prof.get(k) or {}).get("sha256", "") for k in ("kernel", "initrd", "rootfs")]
+    return "|".join(parts)
 
 
 def pins_by_model(release_doc: dict) -> dict[str, list[dict]]:
@@ -116,7 +131,8 @@ def make_plan(release_id: str, release_doc: dict, environment: str, observed: li
                         for c in comps if o.firmware.get(c["name"]) != c["version"])
         running_blocked = next((b for comp, ver in sorted(o.firmware.items())
                                 if (b := find_blocked(everything, o.model, comp, ver))), None)
-        image_stale = reimage and o.installed_release != release_id
+        image_stale = reimage and o.installed_release != release_id and (
+            o.installed_image is None or o.installed_image != image_key(release_doc, o.name))
         if running_blocked:
             action = "reprovision"
             reason = f"runs blocked {running_blocked.component} {running_blocked.version} ({running_blocked.reason})"

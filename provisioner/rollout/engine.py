@@ -277,7 +277,7 @@ class RolloutEngine:
 
     def _step_install(self, driver, row) -> dict:
         if self.store.node(row.node).installed_release == self.release_id:
-            return {"skipped": True}
+            return {"skipped": True}  # resumed after the installer already reported
         t = self.timeouts
         return self._boot_and_wait(driver, row, "installing", {"installed"}, t["power"] + t["boot"] + t["callback"],
                                    "install")
