@@ -10,11 +10,13 @@ address:port, so two driver objects for one BMC never interleave.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
@@ -23,9 +25,54 @@ from provisioner.errors import BmcBusy, BmcTimeout, BmcUnreachable, DriverError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Threads are created on demand and reused; the bound only matters if calls get stuck, and a
-# stuck call is logged loudly.
-POOL = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="bmc-call")
+
+
+class DaemonPool:
+    """Like ThreadPoolExecutor, but with daemon threads: an abandoned call stuck in pyghmi must not
+    hold up interpreter exit (ThreadPoolExecutor joins its workers at exit). Threads are started on
+    demand, reused, and end after a minute idle."""
+
+    def __init__(self, max_workers: int, name: str, idle_s: float = 60.0):
+        self.max_workers, self.name, self.idle_s = max_workers, name, idle_s
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = self._count = 0
+        self._ids = itertools.count()
+
+    def submit(self, fn: Callable[..., T], *args) -> Future:
+        future: Future = Future()
+        self._queue.put((future, fn, args))
+        with self._lock:
+            if self._idle == 0 and self._count < self.max_workers:
+                self._count += 1
+                threading.Thread(target=self._work, name=f"{self.name}_{next(self._ids)}", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            try:
+                future, fn, args = self._queue.get(timeout=self.idle_s)
+            except queue.Empty:
+                with self._lock:
+                    self._idle -= 1
+                    if self._queue.empty():
+                        self._count -= 1
+                        return
+                continue
+            with self._lock:
+                self._idle -= 1
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # handed to the waiting caller
+                    future.set_exception(e)
+            del future, fn, args
+
+
+# The bound only matters if calls get stuck.
+POOL = DaemonPool(max_workers=1024, name="bmc-call")
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 

@@ -14,6 +14,10 @@ Each fix is named by its letter in the research note:
      BMC hung forever. Fixed by encoding userid/password/kg to bytes before pyghmi sees them.
   J  `oem_init` was never cached for non-OEM BMCs: every get_power/set_power paid an extra Get
      Device ID round trip. Fixed by caching the handler per Command.
+  O  (found here, not in the note) When a command's retries ran out, pyghmi logs in again and
+     resends it, but the re-login's own Set Session Privilege waited in `_cmdwait` for the very
+     command that triggered it to expire: 10-20 s stalls under packet loss. Fixed by ending the
+     in-flight command's claim on the session before re-login (it is resent after login anyway).
 
 K (Get Device ID parsing) is done by the driver itself (`provisioner.drivers.ipmi.parse_device_id`);
 the server-side fixes A, B, C, G live with the simulator in `provisioner.lab`.
@@ -118,6 +122,18 @@ def _wrap_timedout(original):
     return _timedout
 
 
+# -- O ----------------------------------------------------------------------------------------------
+
+def _wrap_relog(original):
+    def _relog(self):
+        self.incommand = False
+        while self.evq:
+            self.evq.popleft().set()
+        return original(self)
+    _relog.__wrapped__ = original
+    return _relog
+
+
 # -- I ----------------------------------------------------------------------------------------------
 
 _CRED_POSITIONS = {1: "userid", 2: "password", 4: "kg"}  # Session(bmc, userid, password, port, kg, ...)
@@ -177,11 +193,12 @@ def apply() -> tuple[str, ...]:
     _session._io_wait = _io_wait
     S.awaitresponse = _wrap_awaitresponse(S.awaitresponse)
     S._timedout = _wrap_timedout(S._timedout)
+    S._relog = _wrap_relog(S._relog)
     S.__new__ = _wrap_new(S.__dict__["__new__"].__func__ if isinstance(S.__dict__["__new__"], staticmethod)
                           else S.__dict__["__new__"])
     S.__init__ = _wrap_init(S.__init__)
     _command.Command.oem_init = _wrap_oem_init(_command.Command.oem_init)
-    APPLIED = ("D", "E", "F", "I", "J")
+    APPLIED = ("D", "E", "F", "I", "J", "O")
     setattr(_session, _MARK, APPLIED)
     return APPLIED
 
