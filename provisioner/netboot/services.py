@@ -34,6 +34,7 @@ class HttpServer:
     def start(self) -> HttpServer:
         self._server = create_server(self.app, host=self.host, port=self.port, threads=self.threads,
                                      connection_limit=2000, backlog=2048, channel_timeout=30,
+                                     asyncore_use_poll=True,  # select() fails past fd 1024 (big labs)
                                      ident="provisioner")
         self.port = self._server.effective_port
         self._stopping = False
