@@ -90,7 +90,7 @@ class Attempt:
     """Shared between the waiting caller and the pool thread running one try of an operation."""
 
     def __init__(self) -> None:
-        self.answered = False      # the BMC answered at least once (login got past the first reply)
+        self.answered = False      # the BMC answered during this attempt (a login, a reply)
         self.committed = False     # a non-idempotent request was sent: do not retry
         self.cancelled = False     # the caller gave up: stop at the next round trip
         self.progress_at = time.monotonic()

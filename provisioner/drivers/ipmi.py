@@ -214,14 +214,14 @@ class IpmiDriver(BmcDriver):
         with self._conn_lock:
             cmd = self._cmd
             if cmd is not None and not cmd.ipmi_session.broken and cmd.ipmi_session.logged:
-                a.session, a.answered = cmd, True
+                a.session = cmd
                 return cmd
             self._cmd = None
         ep = self.endpoint
         # bytes credentials (fix I): str ones made a second Command() to the same BMC hang
         cmd = ipmi_command.Command(bmc=ep.address, userid=ep.username.encode(),
                                    password=ep.password.encode(), port=ep.port)
-        a.session, a.answered = cmd, True
+        a.session = cmd
         a.check()
         with self._conn_lock:
             self._cmd = cmd
@@ -257,6 +257,7 @@ class IpmiDriver(BmcDriver):
         rsp = a.session.raw_command(netfn=netfn, command=command, data=bytes(data))
         if "data" not in rsp:  # pyghmi's retries ran out: {'error': 'timeout', 'code': 0xffff}
             raise pyghmi.exceptions.IpmiException(rsp.get("error", "timeout"), rsp.get("code", 0xFFFF))
+        a.answered = True
         a.progressed()
         return rsp["code"], bytes(rsp["data"])
 

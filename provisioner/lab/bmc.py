@@ -310,6 +310,7 @@ class SimSite:
         self._timers: list = []
         self._timer_seq = itertools.count()
         self._dirty = threading.Event()
+        self._flush_lock = threading.Lock()
         self._stopping = threading.Event()
         self._hook_workers = hook_workers
         self._threads: list[threading.Thread] = []
@@ -357,6 +358,7 @@ class SimSite:
         if self._stopping.is_set() or not self._threads:
             return
         self._stopping.set()
+        self._dirty.set()  # wakes the state writer
         self._wake()
         for t in self._threads:
             t.join(timeout=5)
@@ -446,12 +448,13 @@ class SimSite:
         """Write the state file now (atomically: temporary file, then rename)."""
         if not self.state_path:
             return
-        with self._lock:
-            self._dirty.clear()
-            text = json.dumps({"format": STATE_FORMAT, "nodes": self._states}, sort_keys=True)
-        tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.state_path)
+        with self._flush_lock:
+            with self._lock:
+                self._dirty.clear()
+                text = json.dumps({"format": STATE_FORMAT, "nodes": self._states}, sort_keys=True)
+            tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, self.state_path)
 
     # -- internals -------------------------------------------------------------------------------------
 

@@ -149,3 +149,20 @@ def auth_capabilities_probe(seq: int = 0) -> bytes:
     msg = msg_head + bytes([(-sum(msg_head)) & 0xFF]) + body + bytes([(-sum(body)) & 0xFF])
     return b"\x06\x00\xff\x07" + b"\x00" + b"\0" * 8 + bytes([len(msg)]) + msg
 
+
+
+def wait_for_bmc(address: str, port: int = 623, timeout: float = 10.0) -> bool:
+    """Whether anything answers an IPMI probe at address:port within `timeout` seconds."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.1)
+        while time.monotonic() < deadline:
+            s.sendto(auth_capabilities_probe(), (address, port))
+            try:
+                s.recvfrom(512)
+                return True
+            except OSError:
+                continue
+    return False

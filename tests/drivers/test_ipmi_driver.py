@@ -13,7 +13,7 @@ from bmc_harness import FIRMWARE, MODEL
 from provisioner.drivers import get_driver, open_driver
 from provisioner.drivers.base import BmcEndpoint
 from provisioner.drivers.ipmi import IpmiDriver, parse_device_id
-from provisioner.errors import BmcAuthError, BmcBusy, BmcTimeout, BmcUnreachable, DriverError, ImageRejected
+from provisioner.errors import BmcAuthError, BmcBusy, BmcTimeout, BmcUnreachable, ImageRejected
 from provisioner.lab.hpm import build_sim_payload
 
 sim_site = bmc_harness.sim_site  # fixture
@@ -63,12 +63,12 @@ def test_nothing_listening_at_the_address_is_unreachable():
         IpmiDriver(BmcEndpoint("127.254.254.254", 623, "admin", "password"), timeout=1.0).power_on()
 
 
-def test_a_bmc_that_stops_answering_mid_session_times_out(sim_site):
+def test_a_bmc_that_stops_answering_mid_session_is_unreachable(sim_site):
     site, node, ep = one(sim_site)
     driver = IpmiDriver(ep, timeout=1.0, retries=0)
     assert driver.power_status() == "off"  # logged in
     site.set_fault(node, unreachable=True)
-    with pytest.raises((BmcTimeout, BmcUnreachable)):
+    with pytest.raises(BmcUnreachable):
         driver.power_status()
     site.clear_faults(node)
     assert driver.power_status() == "off"  # and the driver recovers with a new session
@@ -100,7 +100,7 @@ def test_power_lost_mid_flash_leaves_the_old_version_and_a_retryable_error(sim_s
     image = build_sim_payload("bios", "1.21.0", MODEL, size=40_000)
     site.set_fault(node, power_loss_at_block=10, outage_s=0.3)
     driver = IpmiDriver(ep, timeout=1.5, block_size=1024)
-    with pytest.raises(DriverError) as e:
+    with pytest.raises(BmcTimeout, match="no progress") as e:
         driver.flash("bios", image, sha(image), "1.21.0")
     assert e.value.retryable and e.value.job["state"] == "failed" and 0 < e.value.job["bytes_sent"] < 40_000
     log = site.state(node)["log"]
@@ -139,8 +139,8 @@ def test_a_bmc_without_the_lab_oem_commands_is_read_through_hpm(sim_site):
 
 def test_one_operation_at_a_time_per_bmc_even_across_driver_objects(sim_site):
     site, node, ep = one(sim_site, max_block=64)
-    image = build_sim_payload("bios", "1.21.0", MODEL, size=20_000)
-    site.set_fault(node, delay_s=0.003)  # about a second for the 313 blocks
+    image = build_sim_payload("bios", "1.21.0", MODEL, size=8_000)
+    site.set_fault(node, delay_s=0.004)  # at least half a second for the 125 blocks
     flasher = IpmiDriver(ep, timeout=5)
     started = threading.Event()
     result = {}
