@@ -1,0 +1,49 @@
+"""The pyghmi fixes: applied once, refused on any other pyghmi release."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyghmi.ipmi.command as command
+import pyghmi.ipmi.private.session as session
+
+from provisioner.drivers import pyghmi_fixes
+
+
+def test_fixes_are_applied_once_at_import_and_applying_again_changes_nothing():
+    before = (session.Session._timedout, session.Session.awaitresponse, session._io_wait)
+    assert pyghmi_fixes.apply() == ("D", "E", "F", "I", "J", "O")
+    assert (session.Session._timedout, session.Session.awaitresponse, session._io_wait) == before
+    assert session._io_sendto is pyghmi_fixes._io_sendto and session._io_recvfrom is pyghmi_fixes._io_recvfrom
+    assert not hasattr(session.Session._timedout.__wrapped__, "__wrapped__")  # wrapped exactly once
+    assert hasattr(command.Command.oem_init, "__wrapped__")
+
+
+def test_str_credentials_reach_pyghmi_as_bytes():
+    args, kwargs = pyghmi_fixes._encode_credentials(("bmc", "admin"), {"password": "pw", "kg": None})
+    assert args == ["bmc", b"admin"] and kwargs == {"password": b"pw", "kg": None}
+
+
+def test_the_fixes_refuse_to_load_on_another_pyghmi_release():
+    code = ("import importlib.metadata as m; real = m.version; "
+            "m.version = lambda name: '1.6.20' if name == 'pyghmi' else real(name); "
+            "import provisioner.drivers.pyghmi_fixes")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "written for pyghmi 1.6.19 but 1.6.20 is installed" in r.stderr
+
+
+def test_releasing_the_waiting_lock_around_timedout_fix_f():
+    held = []
+
+    class Probe:
+        pass
+
+    def original(self):
+        held.append(session.WAITING_SESSIONS._is_owned())
+
+    wrapped = pyghmi_fixes._wrap_timedout(original)
+    with session.WAITING_SESSIONS:
+        wrapped(Probe())
+        assert session.WAITING_SESSIONS._is_owned()  # and taken back afterwards
+    assert held == [False]
