@@ -42,6 +42,10 @@ class BootFailed(Exception):
     pass
 
 
+class PxeRetry(BootFailed):
+    """Nothing was booted yet (no bootloader, no script): the firmware tries again."""
+
+
 class NetbootHost:
     """The host side of every simulated server of a site (one instance serves them all)."""
 
@@ -75,7 +79,8 @@ class NetbootHost:
         with self._lock:
             self.journal.append(entry)
             del self.journal[:-5000]
-        log.info("host.%s node=%s %s", event, node, " ".join(f"{k}={v}" for k, v in details.items()))
+        level = logging.WARNING if event.endswith("failed") or event == "boot_loop" else logging.INFO
+        log.log(level, "host.%s node=%s %s", event, node, " ".join(f"{k}={v}" for k, v in details.items()))
 
     def _boot(self, node: str, device: str, boot: int) -> None:
         try:
@@ -88,7 +93,14 @@ class NetbootHost:
             if device != "pxe":
                 self._note(node, "disk_boot", boot=boot, release=self.installed_release(node))
                 return
-            self._netboot(node)
+            for attempt in range(1, 4):  # like PXE firmware: retry the boot before giving up
+                try:
+                    self._netboot(node)
+                    return
+                except PxeRetry as e:
+                    self._note(node, "pxe_retry", attempt=attempt, error=str(e))
+                    time.sleep(0.5 * attempt)
+            raise BootFailed("PXE: no boot server after 3 attempts")
         except BootFailed as e:
             self._note(node, "boot_failed", error=str(e))
         except Exception as e:  # a bug in the simulator must not kill the site
@@ -104,16 +116,19 @@ class NetbootHost:
         try:
             nbp = fetch(host, port, loader, blksize=1468, timeout=0.5, retries=6)
         except TftpFetchError as e:
-            raise BootFailed(f"PXE: {e}") from None
+            raise PxeRetry(f"PXE: {e}") from None
         self._note(node, "pxe", loader=loader, bytes=len(nbp))
         if self.fw_type.get(node) == "bios":
             try:
                 script = fetch(host, port, f"boot-{hexhyp}.ipxe", blksize=1468, timeout=0.5, retries=6).decode()
             except TftpFetchError as e:
-                raise BootFailed(f"iPXE: {e}") from None
+                raise PxeRetry(f"iPXE: {e}") from None
         else:
-            bootstrap = self._get(f"{self.http_base}/boot.ipxe").decode()
-            script = self._get(self._chain_target(bootstrap, hexhyp)).decode()
+            try:
+                bootstrap = self._get(f"{self.http_base}/boot.ipxe").decode()
+                script = self._get(self._chain_target(bootstrap, hexhyp)).decode()
+            except BootFailed as e:
+                raise PxeRetry(str(e)) from None
         Ipxe(self, node, hexhyp).run(script)
 
     def _chain_target(self, bootstrap: str, hexhyp: str) -> str:

@@ -4,7 +4,7 @@
 
 Writes DATA/lab/lab.json ({"pid", "tftp", "http", "socket"}) once every BMC answers, and serves
 one-line JSON requests on DATA/lab/control.sock: status, set_fault, clear_faults, hand_flash,
-boot_loop, stop. SIGTERM stops it cleanly.
+boot_loop, journal, stop. SIGTERM stops it cleanly.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def main(argv=None) -> int:
         "clear_faults": lambda node=None: lab.site.clear_faults(node),
         "hand_flash": lambda node, component, version: lab.site.hand_flash(node, component, version),
         "boot_loop": lambda component, version, on=True: lab.set_boot_loop(component, version, on),
+        "journal": lambda node=None, limit=200: [j for j in lab.host.journal if node in (None, j["node"])][-limit:],
         "stop": lambda: stop.set(),
     }
 

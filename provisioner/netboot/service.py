@@ -155,19 +155,22 @@ class BootService:
         tok = self.store.check_token(node_name, token, close_with=FINAL_EVENTS.get(event))
         details = {k: v for k, v in payload.items() if k in ("firmware", "release", "error", "message", "step")}
         details["boot_action"] = tok.action
-        self.store.node_event(node_name, "callback", event, details)
-        log.info("netboot.callback node=%s event=%s action=%s", node_name, event, tok.action)
+        # The node's record changes before the event is written: whoever waits for the event
+        # (the rollout) then sees the new state, and its next step is never overwritten by us.
         if event == "flashed":
             fw = {str(k): str(v) for k, v in (payload.get("firmware") or {}).items()}
             row = self.store.node(node_name)
             self.store.update_node(node_name, observed={**(row.observed or {}), **fw}, observed_at=now(),
-                                   state="flashed", state_reason="flasher reported new versions")
+                                   **({"state": "flashed", "state_reason": "flasher reported new versions"}
+                                      if row.state == "flashing" else {}))
         elif event == "installed":
             self.store.update_node(node_name, installed_release=payload.get("release") or tok.release_id,
-                                   state="installed", state_reason="installer reported success")
+                                   state_reason="installer reported success")
         elif event == "failed":
             self.store.update_node(node_name, state="failed",
                                    state_reason=f"{tok.action} failed: {payload.get('error', 'no reason given')}")
+        self.store.node_event(node_name, "callback", event, details)
+        log.info("netboot.callback node=%s event=%s action=%s", node_name, event, tok.action)
         return {"ok": True, "node": node_name, "event": event}
 
 
