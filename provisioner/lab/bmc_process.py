@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 OPS = ("state", "states", "firmware", "set_firmware", "hand_flash", "set_power", "set_fault",
@@ -50,7 +51,11 @@ def generate_nodes(count: int, *, base: str = "127.42.0.1", port: int = 623, use
 
 
 class SiteProcess:
-    """A SimSite in a child process, with the same outside hooks as SimSite (over stdin/stdout)."""
+    """A SimSite in a child process, with the same outside hooks as SimSite (over stdin/stdout).
+
+    on_power_on(node, boot_device) runs on a small pool in this process, like SimSite's hook.
+    The node list is written next to the state file (mode 0600: it holds the BMC passwords).
+    """
 
     def __init__(self, nodes: list[dict], *, state_path: str | os.PathLike,
                  on_power_on: Callable[[str, str], None] | None = None, activation_s: float = 0.1,
@@ -69,7 +74,10 @@ class SiteProcess:
 
     def start(self, timeout: float = 60.0) -> SiteProcess:
         nodes_file = self.state_path.with_name(self.state_path.name + ".nodes.json")
-        nodes_file.write_text(json.dumps(self.nodes))
+        fd = os.open(nodes_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds BMC passwords
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.nodes, f)
+        self._hooks = ThreadPoolExecutor(4, thread_name_prefix="sim-hook")
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "provisioner.lab.bmc", "--nodes", str(nodes_file),
@@ -145,12 +153,19 @@ class SiteProcess:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+        self._hooks.shutdown(wait=True)
 
     def __enter__(self) -> SiteProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _run_hook(self, node: str, device: str) -> None:
+        try:
+            self.on_power_on(node, device)
+        except Exception:
+            logging.getLogger(__name__).exception("sim.hook.error node=%s hook=on_power_on", node)
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -164,10 +179,7 @@ class SiteProcess:
                     self._cond.notify_all()
             elif msg.get("event") == "power_on":
                 if self.on_power_on is not None:
-                    try:
-                        self.on_power_on(msg["node"], msg["boot_device"])
-                    except Exception:
-                        logging.getLogger(__name__).exception("sim.hook.error node=%s", msg["node"])
+                    self._hooks.submit(self._run_hook, msg["node"], msg["boot_device"])
             elif "id" in msg:
                 with self._cond:
                     self._replies[msg["id"]] = msg
