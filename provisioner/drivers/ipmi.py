@@ -243,7 +243,7 @@ class IpmiDriver(BmcDriver):
             return BmcAuthError(f"{key}: credentials refused for user {self.endpoint.username!r} ({msg})")
         if code == 0xC1:
             return Unsupported(f"{key}: the BMC does not support this command ({msg})")
-        if code in (0xC0, 0xC3):
+        if code in (0xC0, 0xC3) or "Insufficient resources" in msg:
             return BmcBusy(f"{key}: the BMC is busy ({msg})")
         if code in (0, 0xFFFF) or "timeout" in msg or "no longer connected" in msg:
             with self._conn_lock:

@@ -26,7 +26,7 @@ it wins over the node list):
                  "inband_flash" | "hand_flash", ...}, ...]}}}     (the last 100 events per node)
 
 Faults (set_fault, kept in memory only): unreachable, delay_s, loss, wrong_password,
-power_loss_at_block (+ outage_s). Not simulated: activating BMC firmware does not reboot the BMC or
+power_loss_at_block (+ outage_s); lose_power(node) cuts the power at once. Not simulated: activating BMC firmware does not reboot the BMC or
 drop sessions; IPMI 1.5 sessions, SOL, SDR/FRU/SEL.
 """
 
@@ -202,6 +202,11 @@ class SimSite:
                     raise ValueError(f"unknown fault {k!r}; known: {', '.join(asdict(f))}")
                 setattr(f, k, v)
             self._record(node, {"event": "fault", **faults})
+
+    def lose_power(self, node: str) -> None:
+        """Cut the node's power now: the BMC goes dark for its outage_s, any upload is lost, host off."""
+        with self._lock:
+            self.bmcs[node].power_lost()
 
     def clear_faults(self, node: str | None = None) -> None:
         with self._lock:

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 OPS = ("state", "states", "firmware", "set_firmware", "hand_flash", "set_power", "set_fault",
-       "clear_faults", "flush")
+       "clear_faults", "lose_power", "flush")
 
 
 def generate_nodes(count: int, *, base: str = "127.42.0.1", port: int = 623, username: str = "admin",
@@ -138,6 +138,9 @@ class SiteProcess:
 
     def clear_faults(self, node: str | None = None) -> None:
         self.call("clear_faults", node=node)
+
+    def lose_power(self, node: str) -> None:
+        self.call("lose_power", node=node)
 
     def flush(self) -> None:
         self.call("flush")

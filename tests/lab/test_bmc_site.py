@@ -142,3 +142,15 @@ def test_a_site_in_its_own_process_answers_takes_faults_and_reports_boots(tmp_pa
     assert boots == [("sim0002", "pxe")]
     saved = json.loads((tmp_path / "bmc-state.json").read_text())
     assert saved["nodes"]["sim0002"]["firmware"]["bios"]["active"] == "1.0.1"
+
+
+def test_losing_power_darkens_the_bmc_for_its_outage_then_it_answers_with_the_host_off(running):
+    site = running(nodes(1))
+    ep = site.endpoints()["sim0000"]
+    IpmiDriver(ep).power_on()
+    site.set_fault("sim0000", outage_s=1.0)
+    site.lose_power("sim0000")
+    with pytest.raises(BmcUnreachable):
+        IpmiDriver(ep, timeout=0.5, retries=0).power_status()
+    assert IpmiDriver(ep, timeout=5).power_status() == "off"
+    assert [e["reason"] for e in site.state("sim0000")["log"] if e["event"] == "bmc_reboot"] == ["power lost"]
