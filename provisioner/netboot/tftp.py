@@ -234,6 +234,8 @@ class TftpServer:
             for key, mask in sel.select(timeout):
                 obj = key.data
                 if obj.__class__ is Transfer:
+                    if obj.closed:
+                        continue  # closed earlier in this batch of events
                     try:
                         self._on_session(obj, mask)
                     except Exception:
@@ -373,11 +375,19 @@ class TftpServer:
         if isinstance(name, Refusal):
             self._refuse(client, _clip(req.filename), name)
             return
-        old = self._by_client.pop(client, None)
+        old = self._by_client.get(client)
         if old is not None:
-            # iPXE reuses source ports across reboots, and a client that missed our first
-            # reply asks again: either way the old transfer is dead, start over at once.
+            if old.request == req and not (isinstance(old, Transfer) and old.progressed):
+                # The same request again before the client acknowledged anything: our first
+                # reply was lost or is late. Answer from the same transfer ID, so that a client
+                # that did get the first reply is not left talking to a closed socket.
+                if isinstance(old, Transfer) and old.on_duplicate(monotonic()) == SEND:
+                    self._pump(old)
+                return
+            # A different request, or one after progress: iPXE reuses its source ports across
+            # reboots, so the old transfer is dead. Start over at once.
             log.info("tftp.restart client=%s old_file=%s file=%s", _fmt(client), old.name, name)
+            del self._by_client[client]
             old.closed = True
             if isinstance(old, Transfer):
                 self._close(old)
@@ -444,7 +454,7 @@ class TftpServer:
                       windowsize=neg.windowsize,
                       oack=wire.encode_oack(neg.acked) if neg.acked else None,
                       rto=neg.timeout or self.timeout, max_rto=self.max_backoff, retries=self.retries)
-        tr.sock = sock
+        tr.sock, tr.request = sock, pending.request
         self._by_client[client] = tr
         assert self._sel is not None
         self._sel.register(sock, _READ, tr)

@@ -34,7 +34,7 @@ class Transfer:
         "client", "name", "data", "blksize", "windowsize", "oack", "last_block",
         "base", "next_send", "window_hi", "rto0", "rto", "max_rto", "retries", "tries",
         "deadline", "heap_at", "sent_at", "clean", "srtt", "retransmits", "started",
-        "sock", "want_write", "closed", "send_failed",
+        "sock", "want_write", "closed", "send_failed", "request", "first_base",
     )
 
     def __init__(self, client: tuple[str, int], name: str, data: bytes, *, blksize: int,
@@ -43,6 +43,7 @@ class Transfer:
         self.blksize, self.windowsize, self.oack = blksize, windowsize, oack
         self.last_block = len(data) // blksize + 1  # the last block is shorter than blksize, maybe empty
         self.base = -1 if oack is not None else 0  # highest block the client acknowledged
+        self.first_base = self.base
         self.next_send = self.window_hi = 0
         self.rto0 = self.rto = rto
         self.max_rto = max(rto, max_rto)
@@ -54,6 +55,12 @@ class Transfer:
         self.retransmits = 0
         self.sock = None
         self.want_write = self.closed = self.send_failed = False
+        self.request = None  # the engine's record of the RRQ, to recognise a repeat of it
+
+    @property
+    def progressed(self) -> bool:
+        """Whether the client has acknowledged anything yet (the OACK counts)."""
+        return self.base > self.first_base
 
     def begin(self, now: float) -> int:
         self.started = now
@@ -65,13 +72,7 @@ class Transfer:
     def on_ack(self, block: int, now: float) -> int:
         delta = (block - self.base) & 0xFFFF
         if delta == 0:
-            # The client repeats its last ACK: our next window was lost, or this is an echo.
-            if now - self.sent_at < self._holdoff():
-                return IGNORE
-            self.retransmits += 1
-            self.clean = False
-            self._window(now)
-            return SEND
+            return self.on_duplicate(now)
         acked = self.base + delta
         if acked > self.window_hi:
             return IGNORE  # a stale ACK from before a rollover, or a block we never sent
@@ -84,6 +85,15 @@ class Transfer:
         # Progress: the backoff starts over. A partial ACK (RFC 7440: the client saw a gap)
         # lands here too, and the next window starts right after it.
         self.rto, self.tries, self.clean = self.rto0, 0, True
+        self._window(now)
+        return SEND
+
+    def on_duplicate(self, now: float) -> int:
+        """The client repeats its last ACK (or its RRQ): our window was lost, or this is an echo."""
+        if now - self.sent_at < self._holdoff():
+            return IGNORE
+        self.retransmits += 1
+        self.clean = False
         self._window(now)
         return SEND
 

@@ -207,6 +207,34 @@ def test_a_new_request_from_a_live_sessions_address_starts_over_at_once(server, 
     assert "tftp.restart" in caplog.text
 
 
+def test_a_repeated_request_before_any_ack_is_answered_again_from_the_same_transfer(server, caplog):
+    caplog.set_level(logging.INFO, "provisioner.netboot.tftp")
+    s = udp()
+    s.sendto(rrq("big.bin", blksize="1468"), ("127.0.0.1", server.port))
+    first, tid = s.recvfrom(1024)
+    time.sleep(0.1)  # the client's retransmission timer fires: it asks again
+    s.sendto(rrq("big.bin", blksize="1468"), ("127.0.0.1", server.port))
+    again, tid_again = s.recvfrom(1024)
+    assert (again, tid_again) == (first, tid)  # the same OACK from the same transfer ID
+    assert server.active == 1 and "tftp.restart" not in caplog.text
+    s.sendto(ack(0), tid)
+    assert opcode(s.recv(2048)) == (3, 1)
+
+
+def test_the_same_request_after_progress_is_a_reboot_and_starts_over(server, caplog):
+    caplog.set_level(logging.INFO, "provisioner.netboot.tftp")
+    s = udp()
+    s.sendto(rrq("big.bin"), ("127.0.0.1", server.port))
+    _, tid = s.recvfrom(1024)
+    s.sendto(ack(1), tid)
+    assert opcode(s.recv(1024)) == (3, 2)
+    s.sendto(rrq("big.bin"), ("127.0.0.1", server.port))  # iPXE rebooted, same source port
+    packet, new_tid = s.recvfrom(1024)
+    while new_tid == tid:
+        packet, new_tid = s.recvfrom(1024)
+    assert opcode(packet) == (3, 1) and "tftp.restart" in caplog.text
+
+
 def test_an_unanswered_block_is_resent_with_exponential_backoff_then_an_error(root):
     with TftpServer(root, port=0, timeout=0.1, retries=3) as server:
         s = udp(timeout=3.0)

@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Boot storm: N curl processes at once, each fetching a 1 MiB bootloader and its per-MAC
+config over TFTP (blksize 1468), against our server and Debian's tftpd-hpa in the same run.
+
+Our server renders the per-MAC configs with a resolver; tftpd-hpa serves the same bytes from
+pre-generated files. Clients are curl processes for both servers (one process per client,
+fetching the two files in turn); all N are spawned first and released at once. A client fails
+if curl exits non-zero or a SHA-256 differs. Wall time runs from the release to the last exit.
+Each server runs in its own process. "server CPU-s" is our server process's user+system time
+(tftpd-hpa forks an unreaped child per transfer, so its own share cannot be read the same way);
+"machine CPU-s" is the busy time of all CPUs during the storm (servers, curl, kernel), from
+/proc/stat, and compares like with like.
+
+    sudo .venv/bin/python bench/tftp_storm.py [--sizes 50,200,1000] [--repeat 3]
+
+Needs root (tftpd-hpa drops to the `tftp` user) and the Debian packages curl and tftpd-hpa.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BLKSIZE = 1468
+BOOTLOADER = "bootx64.efi"
+MAX_N = 1000
+
+
+def mac(i: int) -> str:
+    return "52-54-00-" + "-".join(f"{b:02x}" for b in i.to_bytes(3, "big"))
+
+
+def config_for(name: str) -> bytes | None:
+    m = re.fullmatch(r"pxelinux\.cfg/01-((?:[0-9a-f]{2}-){5}[0-9a-f]{2})", name)
+    if not m:
+        return None
+    return (f"DEFAULT install\nLABEL install\n  KERNEL http://10.0.0.1/images/vmlinuz\n"
+            f"  APPEND initrd=http://10.0.0.1/images/initrd.img BOOTIF=01-{m.group(1)} "
+            f"url=http://10.0.0.1/api/boot/{m.group(1)}\n").encode()
+
+
+def serve_ours(root: str, port_file: str) -> None:
+    """Child process: our server with a resolver that renders the per-MAC configs."""
+    import logging
+    import signal
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from provisioner.netboot.tftp import TftpServer
+
+    logging.basicConfig(level=logging.WARNING)
+    server = TftpServer(root, lambda name, client: config_for(name), "127.0.0.1", 0)
+    server.bind()
+    Path(port_file).write_text(str(server.port))
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    server.serve_forever()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def machine_busy_seconds() -> float:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    def __init__(self, kind: str, root: Path, work: Path):
+        self.kind = kind
+        if kind == "ours":
+            port_file = work / "port"
+            port_file.unlink(missing_ok=True)
+            self.proc = subprocess.Popen([sys.executable, __file__, "--serve-ours", str(root), str(port_file)])
+            deadline = time.monotonic() + 10
+            while not port_file.exists() or not port_file.read_text():
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit("our server did not start")
+                time.sleep(0.02)
+            self.port = int(port_file.read_text())
+        else:
+            self.port = free_port()
+            self.proc = subprocess.Popen(["in.tftpd", "-L", "-a", f"127.0.0.1:{self.port}", "-u", "tftp",
+                                          "-s", str(root)])
+            time.sleep(0.3)
+            if self.proc.poll() is not None:
+                raise SystemExit(f"in.tftpd exited with {self.proc.returncode}")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid) if self.kind == "ours" else float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def storm(server: Server, n: int, out: Path, expected_boot: str) -> tuple[float, int, float, float]:
+    """Run one storm; returns (wall s, failed clients, server CPU-s, machine CPU-s).
+
+    The N clients are spawned first, each a shell blocked reading an empty pipe; closing the
+    pipe releases them all at once (EOF), and each then execs curl. The clock starts at the
+    release, so spawning speed, which depends on how busy the machine is, stays out of it.
+    """
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    url = f"tftp://127.0.0.1:{server.port}"
+    gate_r, gate_w = os.pipe()
+    clients = [subprocess.Popen(
+        ["sh", "-c", 'read -r _; exec "$@"', "client",
+         "curl", "-sS", "--max-time", "120", "--tftp-blksize", str(BLKSIZE),
+         "-o", str(out / f"{i}.efi"), f"{url}/{BOOTLOADER}",
+         "-o", str(out / f"{i}.cfg"), f"{url}/pxelinux.cfg/01-{mac(i)}"],
+        stdin=gate_r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(n)]
+    os.close(gate_r)
+    cpu_before, busy_before = server.cpu(), machine_busy_seconds()
+    started = time.monotonic()
+    os.close(gate_w)  # go
+    codes = [c.wait() for c in clients]
+    wall = time.monotonic() - started
+    cpu, busy = server.cpu() - cpu_before, machine_busy_seconds() - busy_before
+    failed = 0
+    for i, code in enumerate(codes):
+        try:
+            ok = (code == 0
+                  and hashlib.sha256((out / f"{i}.efi").read_bytes()).hexdigest() == expected_boot
+                  and (out / f"{i}.cfg").read_bytes() == config_for(f"pxelinux.cfg/01-{mac(i)}"))
+        except OSError:
+            ok = False
+        failed += not ok
+    shutil.rmtree(out, ignore_errors=True)
+    return wall, failed, cpu, busy
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown")
+    curl = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
+    return (f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), {model}; Linux {platform.release()}; "
+            f"Python {platform.python_version()}; curl {curl}")
+
+
+def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve-ours":
+        serve_ours(sys.argv[2], sys.argv[3])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="50,200,1000")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per N up to 200 (median); N>200 runs once")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if os.geteuid() != 0 or not shutil.which("in.tftpd") or not shutil.which("curl"):
+        print("needs root, curl and tftpd-hpa (in.tftpd)", file=sys.stderr)
+        return 2
+
+    print(f"machine: {machine()}")
+    root = Path(tempfile.mkdtemp(prefix="tftp-storm-", dir="/tmp"))
+    hpa_root = Path(tempfile.mkdtemp(prefix="tftp-storm-hpa-", dir="/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="tftp-storm-out-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    try:
+        root.chmod(0o755)
+        payload = os.urandom(1 << 20)
+        (root / BOOTLOADER).write_bytes(payload)
+        expected = hashlib.sha256(payload).hexdigest()
+        # tftpd-hpa gets the per-MAC configs as files; ours renders them.
+        hpa_root.chmod(0o755)
+        (hpa_root / "pxelinux.cfg").mkdir(mode=0o755)
+        shutil.copy(root / BOOTLOADER, hpa_root / BOOTLOADER)
+        for i in range(max(sizes)):
+            name = f"pxelinux.cfg/01-{mac(i)}"
+            (hpa_root / name).write_bytes(config_for(name))
+        for path in hpa_root.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        (root / BOOTLOADER).chmod(0o644)
+
+        rows = []
+        for n in sizes:
+            runs = {"ours": [], "hpa": []}
+            for _ in range(args.repeat if n <= 200 else 1):
+                for kind in ("ours", "hpa"):  # alternate, so both see the same machine state
+                    server = Server(kind, root if kind == "ours" else hpa_root, work)
+                    try:
+                        runs[kind].append(storm(server, n, work / "clients", expected))
+                    finally:
+                        server.stop()
+                    wall, failed, cpu, busy = runs[kind][-1]
+                    print(f"N={n:5d} {kind:4s} wall={wall:6.2f}s failed={failed} server-cpu={cpu:5.2f}s "
+                          f"machine-cpu={busy:5.2f}s", flush=True)
+            med = {k: (statistics.median(r[0] for r in v), sum(r[1] for r in v),
+                       statistics.median(r[2] for r in v), statistics.median(r[3] for r in v), len(v))
+                   for k, v in runs.items()}
+            rows.append((n, med["ours"], med["hpa"]))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(hpa_root, ignore_errors=True)
+
+    print(f"\nBoot storm, blksize {BLKSIZE}: each client = curl fetching a 1 MiB {BOOTLOADER} + its per-MAC "
+          f"pxelinux config\n")
+    print("| N | runs | ours wall (s) | tftpd-hpa wall (s) | ours ÷ hpa | failures ours / hpa "
+          "| our server CPU-s | machine CPU-s ours / hpa |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, ours, hpa in rows:
+        print(f"| {n} | {ours[4]} | {ours[0]:.2f} | {hpa[0]:.2f} | {ours[0] / hpa[0]:.2f} | {ours[1]} / {hpa[1]} "
+              f"| {ours[2]:.2f} | {ours[3]:.2f} / {hpa[3]:.2f} |")
+    print(f"\nmachine: {machine()}")
+    return 1 if any(r[1][1] or r[2][1] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
