@@ -262,18 +262,23 @@ def rollback(ctx: Context, environment: str, to: str | None):
 
 
 @cli.command()
-@click.option("--fix", is_flag=True, help="Re-provision drifted nodes (the policy's drift_action).")
+@click.option("--fix/--no-fix", default=None,
+              help="Re-provision drifted nodes [default: the policy's drift_action, reprovision or report].")
 @json_option
 @click.pass_obj
-def drift(ctx: Context, fix: bool):
+def drift(ctx: Context, fix: bool | None):
     """Nodes whose BMC reports firmware other than their release pins (read from every BMC now).
 
     \b
-    Drift is corrected by re-provisioning, never by patching. Exit 2 when drift was found.
+    Drift is corrected by re-provisioning, never by patching: with the policy's
+    drift_action "reprovision" (or --fix) drifted nodes are re-provisioned at once.
+    Exit 2 when drift was found and left in place.
     Examples:
-      provisioner drift
-      provisioner drift --fix
+      provisioner drift --no-fix      # report only
+      provisioner drift               # report, and re-provision as the policy says
     """
+    if fix is None:
+        fix = ctx.spec.policy.rollout.drift_action == "reprovision"
     items, errors = pipeline.drift(ctx)
     data = {"drift": [i.as_dict() for i in items], "unreachable": errors, "fixed": None}
     if fix and items:
@@ -328,6 +333,9 @@ def history(ctx: Context, limit: int):
     data = {"audit": entries, "rollouts": rollouts}
 
     def render(d):
+        table("rollouts", ["id", "env", "kind", "release", "status", "by", "reason"],
+              [[r["id"], r["environment"], r["kind"], r["release"][:12], r["status"], r["by"], r["reason"][:70]]
+               for r in d["rollouts"]])
         table("history", ["#", "at", "who", "what", "subject", "details"],
               [[e["seq"], e["at"][11:19], e["actor"], e["action"], e["subject"][:16],
                 ", ".join(f"{k}={str(v)[:40]}" for k, v in e["details"].items() if v)] for e in d["audit"]])
