@@ -31,9 +31,10 @@ def lab():
 
 def _info(ctx: Context) -> dict | None:
     p = ctx.settings.data_dir / "lab" / "lab.json"
-    if not p.exists():
+    try:
+        info = json.loads(p.read_text())
+    except FileNotFoundError:  # none running, or the lab removed it as it stopped (`lab down` polls this)
         return None
-    info = json.loads(p.read_text())
     try:
         os.kill(info["pid"], 0)
     except ProcessLookupError:
