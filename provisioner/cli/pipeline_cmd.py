@@ -11,7 +11,7 @@ from provisioner import pipeline
 from provisioner.cli import cli
 from provisioner.cli.output import console, err_console, json_option, table
 from provisioner.context import Context
-from provisioner.errors import RolloutHalted
+from provisioner.errors import ProvisionerError, RolloutHalted, SpecError
 
 ENV = click.argument("environment", default="production")
 
@@ -89,7 +89,13 @@ def plan(ctx: Context, environment: str, no_refresh: bool):
       provisioner plan production
       provisioner plan staging --json | jq '.nodes[] | select(.action != "nothing")'
     """
-    p, errors = pipeline.plan(ctx, environment, refresh=not no_refresh)
+    try:
+        p, errors = pipeline.plan(ctx, environment, refresh=not no_refresh)
+    except ProvisionerError as e:
+        # 2 means "changes" here: every error, a spec error (normally 2) included, must be 1
+        for line in e.problems if isinstance(e, SpecError) else [e]:
+            click.echo(f"error: {line}", err=True)
+        raise click.exceptions.Exit(1) from None
     data = {**p.as_dict(), "unreachable": errors}
     return data, _render_plan, 2 if p.changes else 0
 
