@@ -2,6 +2,7 @@
 
 Runs on worker threads (it blocks on the disk and on the resolver), never on the event loop.
 Every outcome is a `Payload` or a `Refusal`; a resolver that raises becomes a Refusal too.
+Files are read whole (boot files are small) and the bytes are shared between transfers.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import stat
 import threading
 from collections import OrderedDict
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.netboot.tftp_wire import ERR_ACCESS, ERR_NOT_FOUND, ERR_UNDEFINED
+from provisioner.netboot.tftp_wire import ERR_ACCESS, ERR_NOT_FOUND, ERR_UNDEFINED, to_netascii
 
 log = logging.getLogger("provisioner.netboot.tftp")
 
@@ -164,6 +166,69 @@ class FileSource:
             while self._cached > self.cache_bytes:
                 _, old = self._cache.popitem(last=False)
                 self._cached -= len(old)
+
+
+class Workers:
+    """Daemon threads draining a queue: a resolver stuck forever never blocks interpreter exit."""
+
+    def __init__(self, name: str, count: int):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
+                         for i in range(count)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable, *args) -> None:
+        self._jobs.put((fn, args))
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job[0](*job[1])
+            except Exception:
+                log.exception("tftp.bug worker job failed")
+
+
+class Lookups:
+    """Finds the bytes for names off the event loop: files on one pool of threads, the resolver
+    on another, so that a resolver that hangs cannot hold up plain files."""
+
+    def __init__(self, source: FileSource, threads: int = 4):
+        self.source = source
+        self._io = Workers("tftp-io", threads)
+        self._render = Workers("tftp-render", threads) if source.resolve is not None else None
+
+    def submit(self, name: str, client: Client, netascii: bool,
+               done: Callable[[Payload | Refusal], None]) -> None:
+        """Look `name` up; `done(outcome)` is called on a worker thread."""
+        self._io.submit(self._from_root, name, client, netascii, done)
+
+    def close(self) -> None:
+        self._io.close()
+        if self._render is not None:
+            self._render.close()
+
+    def _from_root(self, name: str, client: Client, netascii: bool, done: Callable) -> None:
+        outcome = self.source.from_root(name)
+        if self._render is not None and outcome in (None, NOT_FOUND, NOT_REGULAR):
+            self._render.submit(self._from_resolver, name, client, netascii, done, outcome)
+            return
+        self._finish(outcome or NOT_FOUND, netascii, done)
+
+    def _from_resolver(self, name: str, client: Client, netascii: bool, done: Callable,
+                       from_root: Refusal | None) -> None:
+        outcome = self.source.render(name, client)
+        self._finish(outcome if outcome is not None else (from_root or NOT_FOUND), netascii, done)
+
+    @staticmethod
+    def _finish(outcome: Payload | Refusal, netascii: bool, done: Callable) -> None:
+        if netascii and isinstance(outcome, Payload):
+            outcome = Payload(to_netascii(outcome.data), outcome.source)
+        done(outcome)
 
 
 def _fmt(client: Client) -> str:

@@ -184,8 +184,8 @@ def test_a_send_error_fails_only_that_client(world_readable_root):
 def test_on_the_wildcard_address_replies_come_from_the_address_the_client_asked(world_readable_root):
     probe = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
 for ip in ("127.0.0.1", "127.0.0.7"):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
     s.sendto(b"\\x00\\x01ipxe.efi\\x00octet\\x00", (ip, int(sys.argv[1])))
     data, addr = s.recvfrom(1024)
     print(ip, addr[0], data[:4].hex())

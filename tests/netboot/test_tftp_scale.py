@@ -6,11 +6,14 @@ import hashlib
 import os
 import time
 
+import pytest
+
 from provisioner.netboot.tftp import TftpServer
 from provisioner.netboot.tftp_client import fetch_many
 
 
-def test_a_thousand_concurrent_transfers_all_complete_intact(tmp_path):
+@pytest.mark.parametrize("loops", [1, 3])
+def test_a_thousand_concurrent_transfers_all_complete_intact(tmp_path, loops):
     payload = os.urandom(20_000)
     (tmp_path / "undionly.kpxe").write_bytes(payload)
 
@@ -18,7 +21,7 @@ def test_a_thousand_concurrent_transfers_all_complete_intact(tmp_path):
         return f"#!ipxe\n# {name}\n".encode() if name.startswith("boot-") else None
 
     names = [f"boot-{i:012x}.ipxe" if i % 4 == 0 else "undionly.kpxe" for i in range(1000)]
-    with TftpServer(tmp_path, per_mac, port=0) as server:
+    with TftpServer(tmp_path, per_mac, port=0, loops=loops) as server:
         started = time.monotonic()
         # All 1,000 RRQs leave before the first reply is read: the burst the receive buffer absorbs.
         results = fetch_many("127.0.0.1", server.port, names, blksize=1468, tsize=True, timeout=1.0)
@@ -32,4 +35,6 @@ def test_a_thousand_concurrent_transfers_all_complete_intact(tmp_path):
         while server.active and time.monotonic() < deadline:
             time.sleep(0.01)
         assert server.active == 0
+        if loops > 1:  # SO_REUSEPORT spread the clients over every loop
+            assert all(loop.served > 0 for loop in server._loops)
     assert elapsed < 20

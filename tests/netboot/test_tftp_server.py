@@ -221,6 +221,19 @@ def test_a_repeated_request_before_any_ack_is_answered_again_from_the_same_trans
     assert opcode(s.recv(2048)) == (3, 1)
 
 
+def test_with_several_loops_a_client_stays_on_its_loop_so_repeats_and_restarts_still_work(root):
+    with TftpServer(root, port=0, loops=3) as server:
+        for _ in range(20):
+            s = udp()
+            s.sendto(rrq("big.bin"), ("127.0.0.1", server.port))
+            first, tid = s.recvfrom(1024)
+            time.sleep(0.06)
+            s.sendto(rrq("big.bin"), ("127.0.0.1", server.port))
+            assert s.recvfrom(1024) == (first, tid)
+            s.close()
+        assert fetch("127.0.0.1", server.port, "small.bin") == (root / "small.bin").read_bytes()
+
+
 def test_the_same_request_after_progress_is_a_reboot_and_starts_over(server, caplog):
     caplog.set_level(logging.INFO, "provisioner.netboot.tftp")
     s = udp()
@@ -331,7 +344,7 @@ def test_log_lines_carry_stable_keys(server, caplog):
 def test_the_listening_socket_gets_a_4_mib_receive_buffer_and_the_fd_limit_is_raised(server):
     import resource
 
-    assert server._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 4 << 20
+    assert server._loops[0]._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 4 << 20
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert soft == hard or hard == resource.RLIM_INFINITY
 
