@@ -30,7 +30,7 @@ from pyghmi.ipmi.private import util as ipmi_util
 from provisioner.drivers import (
     bounded,
     hpm1,
-    pyghmi_fixes,  # noqa: F401  (applies fixes D, E, F, I, J, O)
+    pyghmi_fixes,  # noqa: F401  (applies fixes D, E, F, H, I, J, O)
     sim_oem,
 )
 from provisioner.drivers.base import BmcDriver, BmcEndpoint, ComponentVersion, FlashJob, ProgressCallback

@@ -10,6 +10,10 @@ Each fix is named by its letter in the research note:
   F  ABBA deadlock: `send_payload` holds KEEPALIVE then takes WAITING, while `awaitresponse` and
      `wait_for_rsp` call `_timedout()` (which sends) with WAITING held. Fixed by releasing WAITING
      around `_timedout`.
+  H  (client side) The IO thread waits in select(), which raises ValueError for any socket whose
+     descriptor is 1024 or more (a process with many files open, e.g. one also hosting 1,000
+     simulated BMCs); the IO thread then died and every session hung. Fixed by giving pyghmi's
+     session module a select() that is implemented with poll().
   I  str credentials left a stale `initting_sessions` entry, so a second `Command()` to the same
      BMC hung forever. Fixed by encoding userid/password/kg to bytes before pyghmi sees them.
   J  `oem_init` was never cached for non-OEM BMCs: every get_power/set_power paid an extra Get
@@ -29,6 +33,7 @@ were written against; importing this module with any other pyghmi version raises
 from __future__ import annotations
 
 import importlib.metadata
+import select
 import socket
 import threading
 
@@ -122,6 +127,28 @@ def _wrap_timedout(original):
     return _timedout
 
 
+# -- H ----------------------------------------------------------------------------------------------
+
+class _PollSelect:
+    """Stands in for the `select` module inside pyghmi's session module: select() on poll()."""
+
+    @staticmethod
+    def select(rlist, wlist, xlist, timeout=None):
+        poller = select.poll()
+        by_fd = {}
+        for sock in rlist:
+            fd = sock.fileno() if hasattr(sock, "fileno") else sock
+            if fd >= 0:
+                by_fd[fd] = sock
+                poller.register(fd, select.POLLIN)
+        ms = None if timeout is None else max(0, int(timeout * 1000))
+        try:
+            ready = poller.poll(ms)
+        except InterruptedError:
+            ready = []
+        return [by_fd[fd] for fd, _ in ready if fd in by_fd], [], []
+
+
 # -- O ----------------------------------------------------------------------------------------------
 
 def _wrap_relog(original):
@@ -191,6 +218,7 @@ def apply() -> tuple[str, ...]:
     _session._io_sendto = _io_sendto
     _session._io_recvfrom = _io_recvfrom
     _session._io_wait = _io_wait
+    _session.select = _PollSelect
     S.awaitresponse = _wrap_awaitresponse(S.awaitresponse)
     S._timedout = _wrap_timedout(S._timedout)
     S._relog = _wrap_relog(S._relog)
@@ -198,7 +226,7 @@ def apply() -> tuple[str, ...]:
                           else S.__dict__["__new__"])
     S.__init__ = _wrap_init(S.__init__)
     _command.Command.oem_init = _wrap_oem_init(_command.Command.oem_init)
-    APPLIED = ("D", "E", "F", "I", "J", "O")
+    APPLIED = ("D", "E", "F", "H", "I", "J", "O")
     setattr(_session, _MARK, APPLIED)
     return APPLIED
 

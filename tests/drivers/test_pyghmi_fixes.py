@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import socket
 import subprocess
 import sys
 
 import pyghmi.ipmi.command as command
 import pyghmi.ipmi.private.session as session
+import pytest
 
 from provisioner.drivers import pyghmi_fixes
 
 
 def test_fixes_are_applied_once_at_import_and_applying_again_changes_nothing():
     before = (session.Session._timedout, session.Session.awaitresponse, session._io_wait)
-    assert pyghmi_fixes.apply() == ("D", "E", "F", "I", "J", "O")
+    assert pyghmi_fixes.apply() == ("D", "E", "F", "H", "I", "J", "O")
     assert (session.Session._timedout, session.Session.awaitresponse, session._io_wait) == before
     assert session._io_sendto is pyghmi_fixes._io_sendto and session._io_recvfrom is pyghmi_fixes._io_recvfrom
     assert not hasattr(session.Session._timedout.__wrapped__, "__wrapped__")  # wrapped exactly once
@@ -47,3 +51,22 @@ def test_releasing_the_waiting_lock_around_timedout_fix_f():
         wrapped(Probe())
         assert session.WAITING_SESSIONS._is_owned()  # and taken back afterwards
     assert held == [False]
+
+
+def test_pyghmis_io_thread_can_wait_on_sockets_past_descriptor_1024_fix_h():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1200:
+        pytest.skip("cannot open 1,100 files here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        assert a.fileno() > 1024
+        b.send(b"x")
+        ready, _, _ = session.select.select([a], (), (), 1.0)
+        assert ready == [a]
+    finally:
+        a.close()
+        b.close()
+        for fd in filler:
+            os.close(fd)
