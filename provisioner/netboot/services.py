@@ -78,9 +78,17 @@ class BootServices:
 
     def start(self) -> BootServices:
         if self.http:
-            self.http.start()
+            try:
+                self.http.start()
+            except OSError as e:
+                raise OSError(e.errno, f"HTTP {self.http.host}:{self.http.port}: {e.strerror or e}") from None
         if self.tftp:
-            self.tftp.start()
+            try:
+                self.tftp.start()
+            except OSError as e:
+                if self.http:
+                    self.http.stop()
+                raise OSError(e.errno, f"TFTP {self.tftp.host}:{self.tftp.port}: {e.strerror or e}") from None
         return self
 
     def stop(self) -> None:
