@@ -148,7 +148,7 @@ def test_twenty_atftp_clients_all_finish_intact_with_half_a_percent_of_datagrams
             assert packets > 0, "the loss rule dropped nothing"
             assert server.alive()
             print(f"20 x 1 MiB with 0.5% loss: {elapsed:.1f} s, {packets} datagrams dropped")
-            assert elapsed < 40
+            assert elapsed < 60  # ~10-15 s on an idle 2-CPU machine; each loss costs ~1 s
         finally:
             server.stop()
 
