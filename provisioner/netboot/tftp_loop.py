@@ -272,7 +272,8 @@ class EventLoop:
         pending = _Pending(client, name, req, local_ip, monotonic() + self.cfg.resolve_timeout)
         self._by_client[client] = pending
         self._arm(pending)
-        self.cfg.lookups.submit(name, client, req.mode == "netascii", lambda outcome: self._deliver(pending, outcome))
+        self.cfg.lookups.submit(name, client, req.mode == "netascii",
+                                lambda outcome: self._deliver(pending, outcome))
 
     def _deliver(self, pending: _Pending, outcome: Payload | Refusal) -> None:
         """Called on a worker thread: hand the outcome to the loop."""
@@ -308,7 +309,8 @@ class EventLoop:
         tr = Transfer(client, pending.name, outcome.data, blksize=neg.blksize,
                       windowsize=neg.windowsize,
                       oack=wire.encode_oack(neg.acked) if neg.acked else None,
-                      rto=neg.timeout or self.cfg.timeout, max_rto=self.cfg.max_backoff, retries=self.cfg.retries)
+                      rto=neg.timeout or self.cfg.timeout, max_rto=self.cfg.max_backoff,
+                      retries=self.cfg.retries)
         tr.sock, tr.request = sock, pending.request
         self._by_client[client] = tr
         self._sel.register(sock, _READ, tr)
@@ -320,7 +322,7 @@ class EventLoop:
     def _on_session(self, tr: Transfer, mask: int) -> None:
         if mask & _WRITE:
             self._pump(tr)
-            if not mask & _READ:
+            if tr.closed or not mask & _READ:
                 return
         try:
             packet = tr.sock.recv(65536)

@@ -103,6 +103,56 @@ def test_block_numbers_roll_over_past_65535_in_a_long_transfer(server, root):
     assert sha(data) == sha((root / "long.bin").read_bytes())
 
 
+def test_a_window_larger_than_the_socket_buffer_waits_for_room_and_arrives_intact(server, root):
+    (root / "huge.bin").write_bytes(os.urandom(3 << 20))  # 48 blocks of 65464: one 64-block window
+    data = fetch("127.0.0.1", server.port, "huge.bin", blksize=65464, windowsize=64, timeout=0.3)
+    assert sha(data) == sha((root / "huge.bin").read_bytes())
+
+
+def test_a_full_send_buffer_makes_the_transfer_wait_for_room_then_resume_where_it_stopped(root):
+    import selectors
+
+    from provisioner.netboot.tftp_files import FileSource, Lookups
+    from provisioner.netboot.tftp_loop import DropLog, EventLoop, Settings
+    from provisioner.netboot.tftp_transfer import Transfer
+    from provisioner.netboot.tftp_wire import Limits
+
+    class FullAfterTwo(socket.socket):  # loopback never blocks a UDP send, so fake a busy NIC
+        room = 2
+
+        def send(self, data, *args):
+            if self.room == 0:
+                raise BlockingIOError
+            self.room -= 1
+            return super().send(data, *args)
+
+    listen, peer = udp(), udp()
+    cfg = Settings(lookups=Lookups(FileSource(root, None), 1), host="127.0.0.1", family=socket.AF_INET,
+                   timeout=1.0, retries=3, max_backoff=4.0, limits=Limits(), max_sessions=10,
+                   resolve_timeout=1.0, drops=DropLog())
+    loop = EventLoop(listen, False, cfg)
+    sock = FullAfterTwo(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.connect(peer.getsockname())
+    sock.setblocking(False)
+    tr = Transfer(peer.getsockname(), "f", bytes(range(256)) * 40, blksize=512, windowsize=8, oack=None,
+                  rto=1.0, max_rto=4.0, retries=3)
+    tr.sock = sock
+    loop._sel.register(sock, selectors.EVENT_READ, tr)
+    tr.begin(time.monotonic())
+    loop._pump(tr)
+    assert tr.next_send == 3 and loop._sel.get_key(sock).events == selectors.EVENT_READ | selectors.EVENT_WRITE
+    sock.room = 100
+    loop._on_session(tr, selectors.EVENT_WRITE)  # the socket became writable
+    assert tr.next_send == 9 and loop._sel.get_key(sock).events == selectors.EVENT_READ
+    assert [opcode(peer.recv(1024)) for _ in range(8)] == [(3, n) for n in range(1, 9)]
+    loop.stop()
+    loop.run()  # returns at once and closes its sockets
+    cfg.lookups.close()
+    sock.close()
+    peer.close()
+
+
 def test_windowsize_4_as_uefi_asks_sends_four_blocks_per_ack(server, root):
     s = udp()
     s.sendto(rrq("big.bin", blksize="1468", tsize="0", windowsize="4"), ("127.0.0.1", server.port))
