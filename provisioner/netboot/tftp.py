@@ -25,9 +25,16 @@ Modules: tftp (this: the server's API and command line), tftp_loop (one event lo
 tftp_transfer (the per-transfer state machine), tftp_wire (packets, options), tftp_files
 (names -> bytes, on worker threads), tftp_client (a concurrent client for checks and load tests).
 
+Behaviour worth knowing: retransmission after `timeout` (1 s), doubling up to 8 s, reset by
+progress, then an ERROR; a repeated last ACK resends the window at once, but not an echo that
+comes within two round trips (Sorcerer's Apprentice); the first OACK waits two timeouts, since
+atftp aborts on a second one; a repeated RRQ before any ACK is answered from the same transfer,
+while a different RRQ, or the same one after progress (a reboot), starts over at once.
+
 Log keys: tftp.start, tftp.rrq, tftp.done, tftp.miss (file not found), tftp.abort (the client
 ended it, e.g. EDK2's ERROR 8 after reading tsize), tftp.restart (new RRQ from a live
-session's address), tftp.drop client=... reason=... (anything refused or failed), tftp.bug.
+session's address), tftp.drop client=... reason=... (anything refused or failed),
+tftp.render_error (with the resolver's traceback), tftp.bug (a bug of ours, with traceback).
 """
 
 from __future__ import annotations
