@@ -135,9 +135,9 @@ class RolloutEngine:
                 self._halt.set()
                 log.warning("rollout.halt reason=%s", reason)
 
-    def _blocked_pins(self):
+    def _blocked_pins(self, max_age: float = 0.5):
         t = time.monotonic()
-        if t - self._blocks_at > 0.5:  # a block from another process is seen within half a second
+        if t - self._blocks_at > max_age:  # a block from another process is seen within half a second
             self._blocks = [Blocked(b["component"], b["version"], b["reason"], b["model"])
                             for b in self.store.active_blocks()]
             self._blocks_at = t
@@ -175,7 +175,9 @@ class RolloutEngine:
             for step in steps:
                 if step in done_steps and step not in ("prepare", "verify"):
                     continue
-                if self._halt.is_set():
+                # read the blocks afresh: one issued while this node ran its last step stops it here,
+                # before it flashes the version (the wave loop only looks between nodes)
+                if self._halt.is_set() or (self._blocked_pins(max_age=0.0) and self._should_halt(result)):
                     self.record.set_node(rid, node, status="pending")
                     with self._lock:
                         result.halted[node] = step
