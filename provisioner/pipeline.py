@@ -104,6 +104,9 @@ def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", prog
         p, errors = plan(ctx, env, refresh)
         if only is not None:
             p = Plan(p.release_id, p.environment, tuple(n for n in p.nodes if n.node in only))
+        for n in p.nodes:  # read just now at this release's pins and image: at the release, untouched
+            if n.action == "nothing" and n.node not in errors:
+                ctx.store.update_node(n.node, release_id=rel.id)
         rid = record.create(p, kind, ctx.settings.actor, reason or f"{kind} {rel.short} to {env}",
                             pol["canary"], pol["wave_size"])
         if progress:
