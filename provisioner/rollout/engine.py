@@ -279,7 +279,9 @@ class RolloutEngine:
 
     def _step_install(self, driver, row) -> dict:
         if self.store.node(row.node).installed_release == self.release_id:
-            return {"skipped": True}  # resumed after the installer already reported
+            # the image is there (e.g. a rollback, or resumed after the installer reported); still see
+            # the node come up on the firmware just flashed: a re-provision never ends unbooted
+            return self._step_boot_check(driver, row)
         t = self.timeouts
         return self._boot_and_wait(driver, row, "installing", {"installed"}, t["power"] + t["boot"] + t["callback"],
                                    "install")
