@@ -445,14 +445,18 @@ def _drop_session(s) -> None:
         if v is s:
             ipmi_session.Session.initting_sessions.pop(k, None)
     if not getattr(s, "broken", True):
+        s.errormsg = "session abandoned after its caller's deadline"  # pyghmi raises with it
         s.broken = True
         if getattr(s, "socket", None) is not None:
             s.socketpool[s.socket] -= 1
 
 
 def _forget_login(ep: BmcEndpoint) -> None:
-    """A login we abandoned: drop its half-made session so the next try starts afresh."""
-    for k, v in list(ipmi_session.Session.initting_sessions.items()):
+    """A login we abandoned: unlist its half-made session so the next try starts afresh.
+
+    The session itself is left to finish or fail on its own thread: it may belong to another
+    caller's login to the same BMC, which must not be broken under it.
+    """
+    for k in list(ipmi_session.Session.initting_sessions):
         if k[0] == ep.address and k[3] == ep.port:
             ipmi_session.Session.initting_sessions.pop(k, None)
-            _drop_session(v)
