@@ -206,8 +206,16 @@ class NetbootHost:
             return None
 
     def _callback(self, url: str, token: str, body: dict) -> None:
-        self._get(url, data=json.dumps(body).encode(),
-                  headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        """Report to the server; like a real agent, retry a report that got no answer (not a refusal)."""
+        for attempt in range(1, 5):
+            try:
+                self._get(url, data=json.dumps(body).encode(),
+                          headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+                return
+            except BootFailed as e:
+                if "HTTP 4" in str(e) or attempt == 4:
+                    raise
+                time.sleep(0.5 * attempt)
 
 
 def _simfw_header(image: bytes) -> dict:

@@ -102,12 +102,14 @@ class BootService:
         started = time.perf_counter()
         decision, node, doc = self.decide(norm)
         token = None
-        if node and decision.release_id:  # every boot of a known node reports back, even a local one
-            token = self.store.issue_token(node["name"], decision.release_id, decision.action)
         if node:
-            self.store.node_event(node["name"], "netboot", decision.action,
-                                  {"reason": decision.reason, "kind": kind, "release": decision.release_id,
-                                   "components": [c.name for c in decision.components]})
+            event = {"source": "netboot", "event": decision.action,
+                     "details": {"reason": decision.reason, "kind": kind, "release": decision.release_id,
+                                 "components": [c.name for c in decision.components]}}
+            if decision.release_id:  # every boot of a known node reports back, even a local one
+                token = self.store.issue_token(node["name"], decision.release_id, decision.action, event)
+            else:
+                self.store.node_event(node["name"], **event)
         log.info(decision.log_line(norm))
         variables = context_for(decision, doc, node, mac=norm, http_base=self.http_base, token=token)
         text = self._render(decision, kind, doc, variables)
@@ -152,24 +154,26 @@ class BootService:
     def callback(self, node_name: str, token: str, event: str, payload: dict) -> dict:
         if event not in EVENTS:
             raise NetbootError(f"unknown callback event {event!r}; one of {sorted(EVENTS)}")
-        tok = self.store.check_token(node_name, token, close_with=FINAL_EVENTS.get(event))
         details = {k: v for k, v in payload.items() if k in ("firmware", "release", "error", "message", "step")}
-        details["boot_action"] = tok.action
-        # The node's record changes before the event is written: whoever waits for the event
-        # (the rollout) then sees the new state, and its next step is never overwritten by us.
-        if event == "flashed":
-            fw = {str(k): str(v) for k, v in (payload.get("firmware") or {}).items()}
-            row = self.store.node(node_name)
-            self.store.update_node(node_name, observed={**(row.observed or {}), **fw}, observed_at=now(),
-                                   **({"state": "flashed", "state_reason": "flasher reported new versions"}
-                                      if row.state == "flashing" else {}))
-        elif event == "installed":
-            self.store.update_node(node_name, installed_release=payload.get("release") or tok.release_id,
-                                   state_reason="installer reported success")
-        elif event == "failed":
-            self.store.update_node(node_name, state="failed",
-                                   state_reason=f"{tok.action} failed: {payload.get('error', 'no reason given')}")
-        self.store.node_event(node_name, "callback", event, details)
+
+        def update(row, tok) -> None:
+            # The node changes in the same transaction as the event is written: whoever waits for
+            # the event (the rollout) sees the new state, and its next step is never overwritten.
+            details["boot_action"] = tok.action
+            if event == "flashed":
+                fw = {str(k): str(v) for k, v in (payload.get("firmware") or {}).items()}
+                row.observed, row.observed_at = {**(row.observed or {}), **fw}, now()
+                if row.state == "flashing":
+                    row.state, row.state_reason = "flashed", "flasher reported new versions"
+            elif event == "installed":
+                row.installed_release = payload.get("release") or tok.release_id
+                row.state_reason = "installer reported success"
+            elif event == "failed":
+                row.state = "failed"
+                row.state_reason = f"{tok.action} failed: {payload.get('error', 'no reason given')}"
+
+        tok = self.store.check_token(node_name, token, close_with=FINAL_EVENTS.get(event), node_update=update,
+                                     event={"source": "callback", "event": event, "details": details})
         log.info("netboot.callback node=%s event=%s action=%s", node_name, event, tok.action)
         return {"ok": True, "node": node_name, "event": event}
 

@@ -82,6 +82,7 @@ class RolloutEngine:
         self._halt_reason = ""
         self._blocks_at, self._blocks = 0.0, []
         self._lock = threading.Lock()
+        self._last_read: dict[str, dict] = {}
 
     # -- the whole rollout ----------------------------------------------------------------------
     def run(self, rid: int) -> RolloutResult:
@@ -220,8 +221,10 @@ class RolloutEngine:
         return {c["name"]: c for c in self.pins[row.plan["model"]]}
 
     def _read(self, driver: BmcDriver, node: str) -> dict[str, str]:
-        fw = driver.firmware_inventory()
-        self.store.update_node(node, observed=fw, observed_at=now())
+        fw = driver.firmware_inventory()  # always a fresh read; the store is written only on change
+        if self._last_read.get(node) != fw:
+            self.store.update_node(node, observed=fw, observed_at=now())
+            self._last_read[node] = fw
         return fw
 
     def _differing(self, driver, row) -> list[dict]:

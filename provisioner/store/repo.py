@@ -228,10 +228,15 @@ class Store:
             return audit.verify(s)
 
     # -- boot tokens and node events --------------------------------------------------------
-    def issue_token(self, node: str, release_id: str | None, action: str) -> str:
-        """A fresh token for this boot of `node`; every earlier token of the node stops working."""
+    def issue_token(self, node: str, release_id: str | None, action: str, event: dict | None = None) -> str:
+        """A fresh token for this boot of `node`; every earlier token of the node stops working.
+
+        `event` (source, event, details) is recorded in the same transaction: one write per boot.
+        """
         token = secrets.token_urlsafe(24)
         with self.db.session() as s:
+            if event:
+                s.add(NodeEventRow(node=node, at=now(), **event))
             for old in s.scalars(select(BootTokenRow).where(BootTokenRow.node == node,
                                                             BootTokenRow.closed_at.is_(None))):
                 old.closed_at, old.closed_by = now(), "superseded"
@@ -239,8 +244,13 @@ class Store:
                                release_id=release_id, action=action, issued_at=now()))
         return token
 
-    def check_token(self, node: str, token: str, close_with: str | None = None) -> BootTokenRow:
-        """The live token row for `node`; PolicyViolation if the token is unknown, closed or another node's."""
+    def check_token(self, node: str, token: str, close_with: str | None = None, event: dict | None = None,
+                    node_update=None) -> BootTokenRow:
+        """The live token row for `node`; PolicyViolation if the token is unknown, closed or another node's.
+
+        In the same transaction: `node_update(node_row, token_row)` changes the node, then `event`
+        is recorded, so a report is one write and whoever waits for the event sees the node changed.
+        """
         with self.db.session() as s:
             row = s.get(BootTokenRow, hashlib.sha256(token.encode()).hexdigest(), with_for_update=True)
             if row is None or row.node != node:
@@ -249,6 +259,12 @@ class Store:
                 raise PolicyViolation(f"callback token of {node} was already used ({row.closed_by})")
             if close_with:
                 row.closed_at, row.closed_by = now(), close_with
+            if node_update is not None:
+                node_row = s.get(NodeRow, node)
+                node_update(node_row, row)
+                node_row.updated_at = now()
+            if event:
+                s.add(NodeEventRow(node=node, at=now(), **event))
             s.flush()
             s.expunge(row)
             return row
