@@ -19,6 +19,7 @@ run resumes from the record; a step re-checks the BMC before acting, so no node 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +67,49 @@ class RolloutResult:
                 "held": self.held, "interrupted": self.halted, "reason": self.reason, "seconds": round(self.seconds, 2)}
 
 
+class CallbackWatch:
+    """One poller for every node waiting on a report (not one query per waiting node per tick)."""
+
+    def __init__(self, record: RolloutRecord, poll: float):
+        self.record, self.poll = record, poll
+        self._inboxes: dict[str, tuple[queue.Queue, int]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._marker = 0
+
+    def subscribe(self, node: str) -> queue.Queue:
+        since = self.record.last_event_seq()  # only reports after this moment count
+        inbox: queue.Queue = queue.Queue()
+        with self._lock:
+            self._inboxes[node] = (inbox, since)
+            if self._thread is None:
+                self._marker = since
+                self._thread = threading.Thread(target=self._run, name="callback-watch", daemon=True)
+                self._thread.start()
+        return inbox
+
+    def unsubscribe(self, node: str) -> None:
+        with self._lock:
+            self._inboxes.pop(node, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._inboxes:
+                    self._thread = None
+                    return
+            try:
+                for seq, node, event, details in self.record.callbacks_after(self._marker):
+                    self._marker = seq
+                    with self._lock:
+                        inbox, since = self._inboxes.get(node, (None, 0))
+                    if inbox is not None and seq > since:
+                        inbox.put((event, details))
+            except Exception:  # a store hiccup must not strand the waiters; try again next tick
+                log.exception("rollout.callback_watch")
+            time.sleep(self.poll)
+
+
 class RolloutEngine:
     def __init__(self, store: Store, artifacts, endpoints: dict[str, BmcEndpoint], policy: dict,
                  release_id: str, release_doc: dict, *, actor: str,
@@ -83,6 +127,7 @@ class RolloutEngine:
         self._blocks_at, self._blocks = 0.0, []
         self._lock = threading.Lock()
         self._last_read: dict[str, dict] = {}
+        self.callbacks = CallbackWatch(self.record, poll)
 
     # -- the whole rollout ----------------------------------------------------------------------
     def run(self, rid: int) -> RolloutResult:
@@ -227,8 +272,12 @@ class RolloutEngine:
             self._last_read[node] = fw
         return fw
 
-    def _differing(self, driver, row) -> list[dict]:
-        fw = self._read(driver, row.node)
+    def _differing(self, driver, row, fresh: bool = True) -> list[dict]:
+        """Components not at their pin. Before acting, the read of this run's `prepare` will do
+        (nothing changed the node since); after any flash, and to verify, the BMC is read afresh."""
+        fw = self._last_read.get(row.node) if not fresh else None
+        if fw is None:
+            fw = self._read(driver, row.node)
         return [c for c in self._pins(row).values() if fw.get(c["name"]) != c["version"]]
 
     def _step_prepare(self, driver, row) -> dict:
@@ -236,36 +285,41 @@ class RolloutEngine:
 
     def _step_oob_flash(self, driver, row) -> dict:
         flashed = []
-        for c in self._differing(driver, row):
+        for c in self._differing(driver, row, fresh=False):
             if c["method"] != "hpm" or not driver.supports_oob_flash(c["name"]):
                 continue
             image = self.artifacts.read(c["image"]["sha256"])  # verified against its digest on read
             self.store.node_event(row.node, "rollout", "oob_flash", {"component": c["name"], "version": c["version"]})
-            driver.flash(c["name"], image, c["image"]["sha256"], c["version"])
+            driver.flash(c["name"], image, c["image"]["sha256"], c["version"])  # verifies by a fresh read
+            self._last_read.pop(row.node, None)
             flashed.append(f"{c['name']} {c['version']}")
         return {"flashed": flashed} if flashed else {"skipped": True}
 
     def _boot_and_wait(self, driver, row, state: str, wanted: set[str], timeout: float, what: str) -> dict:
         self.store.update_node(row.node, state=state, state_reason=f"rollout: {what}")
-        marker = self.record.last_event_seq()
-        driver.set_one_time_boot("pxe")
-        if driver.power_status() == "on":
-            driver.power_cycle()
-        else:
-            driver.power_on()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for seq, event, details in self.record.callbacks_since(row.node, marker):
-                marker = seq
+        inbox = self.callbacks.subscribe(row.node)
+        try:
+            driver.set_one_time_boot("pxe")
+            if driver.power_status() == "on":
+                driver.power_cycle()
+            else:
+                driver.power_on()
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    event, details = inbox.get(timeout=left)
+                except queue.Empty:
+                    break
                 if event in wanted:
                     return {"callback": event}
                 if event == "failed":
                     raise NodeFailed(f"{what}: node reported failure: {details.get('error', '?')}")
-            time.sleep(self.poll)
+        finally:
+            self.callbacks.unsubscribe(row.node)
         raise NodeFailed(f"{what}: no report within {timeout:.0f}s after power-on; presumed boot-looping")
 
     def _step_inband_flash(self, driver, row) -> dict:
-        if not self._differing(driver, row):
+        if not self._differing(driver, row, fresh=False):
             return {"skipped": True}
         t = self.timeouts
         out = self._boot_and_wait(driver, row, "flashing", {"flashed"}, t["power"] + t["boot"] + t["flash"],

@@ -99,6 +99,14 @@ class RolloutRecord:
         with self.db.session() as s:
             return s.scalar(select(func.max(NodeEventRow.seq))) or 0
 
+    def callbacks_after(self, seq: int) -> list[tuple[int, str, str, dict]]:
+        """Every node's reports after event `seq`, oldest first: (seq, node, event, details)."""
+        with self.db.session() as s:
+            rows = s.execute(select(NodeEventRow.seq, NodeEventRow.node, NodeEventRow.event, NodeEventRow.details)
+                             .where(NodeEventRow.seq > seq, NodeEventRow.source == "callback")
+                             .order_by(NodeEventRow.seq))
+            return [tuple(r) for r in rows]
+
     def callbacks_since(self, node: str, seq: int) -> list[tuple[int, str, dict]]:
         with self.db.session() as s:
             rows = s.execute(select(NodeEventRow.seq, NodeEventRow.event, NodeEventRow.details)

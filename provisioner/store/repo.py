@@ -234,14 +234,16 @@ class Store:
         `event` (source, event, details) is recorded in the same transaction: one write per boot.
         """
         token = secrets.token_urlsafe(24)
+        issued = now()  # the newest request wins, whatever order concurrent transactions commit in
         with self.db.session() as s:
             if event:
-                s.add(NodeEventRow(node=node, at=now(), **event))
+                s.add(NodeEventRow(node=node, at=issued, **event))
             for old in s.scalars(select(BootTokenRow).where(BootTokenRow.node == node,
-                                                            BootTokenRow.closed_at.is_(None))):
+                                                            BootTokenRow.closed_at.is_(None),
+                                                            BootTokenRow.issued_at < issued)):
                 old.closed_at, old.closed_by = now(), "superseded"
             s.add(BootTokenRow(token_sha256=hashlib.sha256(token.encode()).hexdigest(), node=node,
-                               release_id=release_id, action=action, issued_at=now()))
+                               release_id=release_id, action=action, issued_at=issued))
         return token
 
     def check_token(self, node: str, token: str, close_with: str | None = None, event: dict | None = None,
@@ -257,6 +259,12 @@ class Store:
                 raise PolicyViolation(f"callback token is not valid for node {node}")
             if row.closed_at is not None:
                 raise PolicyViolation(f"callback token of {node} was already used ({row.closed_by})")
+            newer = s.scalar(select(BootTokenRow.token_sha256).where(
+                BootTokenRow.node == node, BootTokenRow.issued_at > row.issued_at).limit(1))
+            if newer is not None:  # a later boot's token exists (its transaction may have committed first)
+                row.closed_at, row.closed_by = now(), "superseded"
+                s.commit()
+                raise PolicyViolation(f"callback token of {node} was already used (superseded)")
             if close_with:
                 row.closed_at, row.closed_by = now(), close_with
             if node_update is not None:
