@@ -24,6 +24,11 @@ Each fix is named by its letter in the research note:
      resends it, but the re-login's own Set Session Privilege waited in `_cmdwait` for the very
      command that triggered it to expire: 10-20 s stalls under packet loss. Fixed by ending the
      in-flight command's claim on the session before re-login (it is resent after login anyway).
+     The same wait hit a session giving up for good: `_mark_broken` logs out, and the logout
+     waited for the session's own failed command, inside whatever thread ran the timer.
+  P  (found here) `_mark_broken` marks the session broken (in logout) before it stores the error
+     message; a login waiting in another thread could wake in between and die with
+     AttributeError 'errormsg' instead of "Unauthorized name". Fixed by storing it first.
 
 K (Get Device ID parsing) is done by the driver itself (`provisioner.drivers.ipmi.parse_device_id`);
 the server-side fixes A, B, C, G live with the simulator in `provisioner.lab`.
@@ -151,14 +156,27 @@ class _PollSelect:
 
 # -- O ----------------------------------------------------------------------------------------------
 
-def _wrap_relog(original):
-    def _relog(self):
+def _release_command(original):
+    """Wrap a method so the session's in-flight command no longer blocks it (see O)."""
+    def wrapper(self, *args, **kwargs):
         self.incommand = False
-        while self.evq:
-            self.evq.popleft().set()
-        return original(self)
-    _relog.__wrapped__ = original
-    return _relog
+        evq = getattr(self, "evq", None)
+        while evq:
+            evq.popleft().set()
+        return original(self, *args, **kwargs)
+    wrapper.__wrapped__ = original
+    wrapper.__name__ = original.__name__
+    return wrapper
+
+
+# -- P ----------------------------------------------------------------------------------------------
+
+def _wrap_mark_broken(original):
+    def _mark_broken(self, error=None):
+        self.errormsg = error if error is not None else getattr(self, "errormsg", "session failed")
+        return original(self, error)
+    _mark_broken.__wrapped__ = original
+    return _mark_broken
 
 
 # -- I ----------------------------------------------------------------------------------------------
@@ -221,12 +239,13 @@ def apply() -> tuple[str, ...]:
     _session.select = _PollSelect
     S.awaitresponse = _wrap_awaitresponse(S.awaitresponse)
     S._timedout = _wrap_timedout(S._timedout)
-    S._relog = _wrap_relog(S._relog)
+    S._relog = _release_command(S._relog)
+    S._mark_broken = _release_command(_wrap_mark_broken(S._mark_broken))
     S.__new__ = _wrap_new(S.__dict__["__new__"].__func__ if isinstance(S.__dict__["__new__"], staticmethod)
                           else S.__dict__["__new__"])
     S.__init__ = _wrap_init(S.__init__)
     _command.Command.oem_init = _wrap_oem_init(_command.Command.oem_init)
-    APPLIED = ("D", "E", "F", "H", "I", "J", "O")
+    APPLIED = ("D", "E", "F", "H", "I", "J", "O", "P")
     setattr(_session, _MARK, APPLIED)
     return APPLIED
 

@@ -175,3 +175,20 @@ def test_drivers_for_many_bmcs_share_no_state(sim_site):
             d.power_on()
         d.close()
     assert [site.state(n)["power"] for n in sorted(eps)] == ["off", "on", "off"]
+
+
+def test_an_abandoned_call_ends_its_pyghmi_session_at_once(sim_site):
+    # Left to time out by itself, a session to a dead BMC ran its retries and logout from other
+    # threads' event loops, stalling their logins for 5-12 s (see _drop_session).
+    import pyghmi.ipmi.private.session as pyghmi_session
+
+    site, node, ep = one(sim_site)
+    driver = IpmiDriver(ep, timeout=0.5, retries=0)
+    driver.power_status()
+    session = driver._cmd.ipmi_session
+    site.set_fault(node, unreachable=True)
+    with pytest.raises(BmcUnreachable):
+        driver.power_status()
+    assert session.broken and not session.logged
+    assert session not in pyghmi_session.Session.waiting_sessions
+    assert session not in pyghmi_session.Session.keepalive_sessions

@@ -17,7 +17,7 @@ from provisioner.drivers import pyghmi_fixes
 
 def test_fixes_are_applied_once_at_import_and_applying_again_changes_nothing():
     before = (session.Session._timedout, session.Session.awaitresponse, session._io_wait)
-    assert pyghmi_fixes.apply() == ("D", "E", "F", "H", "I", "J", "O")
+    assert pyghmi_fixes.apply() == ("D", "E", "F", "H", "I", "J", "O", "P")
     assert (session.Session._timedout, session.Session.awaitresponse, session._io_wait) == before
     assert session._io_sendto is pyghmi_fixes._io_sendto and session._io_recvfrom is pyghmi_fixes._io_recvfrom
     assert not hasattr(session.Session._timedout.__wrapped__, "__wrapped__")  # wrapped exactly once
@@ -70,3 +70,15 @@ def test_pyghmis_io_thread_can_wait_on_sockets_past_descriptor_1024_fix_h():
         b.close()
         for fd in filler:
             os.close(fd)
+
+
+def test_a_failed_login_has_its_error_message_before_it_is_marked_broken_fix_p():
+    seen = []
+
+    class Probe:
+        pass
+
+    probe = Probe()
+    pyghmi_fixes._wrap_mark_broken(lambda self, error=None: seen.append(self.errormsg))(
+        probe, "Unauthorized name in RAKP2")
+    assert seen == ["Unauthorized name in RAKP2"]
