@@ -192,3 +192,15 @@ def test_an_abandoned_call_ends_its_pyghmi_session_at_once(sim_site):
     assert session.broken and not session.logged
     assert session not in pyghmi_session.Session.waiting_sessions
     assert session not in pyghmi_session.Session.keepalive_sessions
+
+
+def test_a_session_idle_too_long_is_replaced_by_a_fresh_login(sim_site, monkeypatch):
+    from provisioner.drivers import ipmi
+
+    _, _, ep = one(sim_site)
+    driver = IpmiDriver(ep)
+    driver.power_status()
+    first = driver._cmd.ipmi_session
+    monkeypatch.setattr(ipmi, "SESSION_IDLE_S", 0.0)
+    assert driver.power_status() == "off"
+    assert driver._cmd.ipmi_session is not first and first.broken
