@@ -51,8 +51,12 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=200)
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--renders", type=int, default=2000)
+    ap.add_argument("--max-seconds", type=float, default=600, help="Dump every thread's stack and exit if stuck.")
     args = ap.parse_args()
-    print(f"machine: {machine()}")
+    import faulthandler
+
+    faulthandler.dump_traceback_later(args.max_seconds, exit=True)
+    print(f"machine: {machine()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="provisioner-httpbench-"))
     spec, data = work / "spec", work / "data"
     subprocess.run([sys.executable, str(ROOT / "scripts/make_big_spec.py"), str(args.nodes), str(spec)], check=True)
