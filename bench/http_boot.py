@@ -74,7 +74,7 @@ def main() -> int:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "provisioner", "--spec", str(spec), "--data", str(data),
                                "serve", "--tftp-bind", "off", "--http-bind", f"127.0.0.1:{port}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "wb"))
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()

@@ -53,6 +53,8 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
+    if not verbose:  # one line per queued request under a boot storm is noise, not news
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     tftp = None if tftp_bind == "off" else tftp_bind
     http = None if http_bind == "off" else http_bind
     boot_files = boot_files or ctx.settings.data_dir / "boot-files"

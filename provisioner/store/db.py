@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from alembic import command
@@ -59,18 +60,23 @@ class Database:
             raise StoreError(f"cannot open the store at {url}: {e.__class__.__name__}: {e.orig if hasattr(e, 'orig') else e}") from None
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         self.url = url
+        # SQLite has one writer at a time. Threads of one process take turns on a lock (a fast
+        # hand-over) instead of SQLite's busy handler, which sleeps up to 100 ms per retry and
+        # collapsed a 200-client boot storm to 57 scripts/s.
+        self._turn = threading.RLock() if url.startswith("sqlite") else nullcontext()
 
     @contextmanager
     def session(self):
-        s: Session = self._factory()
-        try:
-            yield s
-            s.commit()
-        except BaseException:
-            s.rollback()
-            raise
-        finally:
-            s.close()
+        with self._turn:
+            s: Session = self._factory()
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+            finally:
+                s.close()
 
     def close(self) -> None:
         self.engine.dispose()
