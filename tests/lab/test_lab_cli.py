@@ -1,0 +1,66 @@
+"""`provisioner lab up|status|fault|down`: a simulated site in the background, its state kept across restarts."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+
+from conftest import need_tool
+from helpers import copy_spec, run_cli
+
+
+def private_spec(tmp_path):
+    """The example spec with its BMCs moved to a 127.N block nobody uses right now."""
+    spec = copy_spec(tmp_path / "spec")
+    for n in range(60, 250):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((f"127.{n}.11.1", 6230))
+            except OSError:
+                continue
+        inv = spec / "inventory.yaml"
+        inv.write_text(inv.read_text().replace("address: 127.0.", f"address: 127.{n}."))
+        return spec
+    raise OSError("no free 127.N block")
+
+
+class Site:
+    def __init__(self, tmp_path):
+        self.spec, self.data = private_spec(tmp_path), tmp_path / "data"
+
+    def cli(self, *args):
+        return run_cli(*args, spec=self.spec, data=self.data)
+
+
+def test_lab_up_status_fault_down_and_a_restart_keeps_the_firmware(tmp_path):
+    need_tool("ipmitool")
+    site = Site(tmp_path)
+    try:
+        up = site.cli("lab", "up", "--json")
+        assert up.returncode == 0, up.stderr
+        assert json.loads(up.stdout)["nodes"] == 20
+
+        status = json.loads(site.cli("lab", "status", "--json").stdout)
+        assert len(status) == 20
+        node = next(n for n in status if n["name"] == "r2n05")
+        for key in ("name", "bmc_address", "bmc_port", "username", "password", "power", "firmware"):
+            assert key in node, key
+        assert set(node["firmware"]) == {"bmc", "bios", "nic", "raid"}
+
+        # a peer nobody here wrote answers with the credentials lab status hands out
+        r = subprocess.run(["ipmitool", "-I", "lanplus", "-C", "3", "-H", node["bmc_address"], "-p",
+                            str(node["bmc_port"]), "-U", node["username"], "-P", node["password"], "power", "status"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and "Chassis Power is on" in r.stdout, r.stderr
+
+        fault = site.cli("lab", "fault", "--node", "r2n05", "--hand-flash", "nic=14.30.0")
+        assert fault.returncode == 0, fault.stderr
+        assert site.cli("lab", "down").returncode == 0
+        assert site.cli("lab", "up").returncode == 0  # a restart keeps the servers' firmware
+        status = json.loads(site.cli("lab", "status", "--json").stdout)
+        assert next(n for n in status if n["name"] == "r2n05")["firmware"]["nic"] == "14.30.0"
+    finally:
+        site.cli("lab", "down")
+    gone = site.cli("lab", "fault", "--node", "r2n05", "--unreachable")
+    assert gone.returncode != 0 and "no lab is running" in gone.stderr and "Traceback" not in gone.stderr
