@@ -15,8 +15,6 @@ from provisioner.errors import NetbootError
 from provisioner.netboot.gate import NetbootDecision
 from provisioner.releases.artifacts import ArtifactStore
 
-KINDS = ("ipxe", "pxelinux", "grub")
-
 
 def template_name(decision: NetbootDecision, kind: str, release_doc: dict | None) -> str:
     action = decision.action

@@ -106,10 +106,3 @@ class RolloutRecord:
                              .where(NodeEventRow.seq > seq, NodeEventRow.source == "callback")
                              .order_by(NodeEventRow.seq))
             return [tuple(r) for r in rows]
-
-    def callbacks_since(self, node: str, seq: int) -> list[tuple[int, str, dict]]:
-        with self.db.session() as s:
-            rows = s.execute(select(NodeEventRow.seq, NodeEventRow.event, NodeEventRow.details)
-                             .where(NodeEventRow.node == node, NodeEventRow.seq > seq,
-                                    NodeEventRow.source == "callback").order_by(NodeEventRow.seq))
-            return [tuple(r) for r in rows]
