@@ -18,6 +18,7 @@ bounds every call in time: a method returns or raises within the driver's timeou
 from __future__ import annotations
 
 import abc
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -163,6 +164,16 @@ class BmcDriver(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Log out and release the session; the driver can still be used (it logs in again)."""
+
+    def _checked_digest(self, component: str, image: bytes, expected_sha256: str) -> str:
+        """sha256 of `image`, or ImageRejected if it differs from the release's: called before any byte is sent."""
+        from provisioner.errors import ImageRejected
+
+        digest = hashlib.sha256(image).hexdigest()
+        if digest != expected_sha256.strip().lower():
+            raise ImageRejected(f"{self.endpoint.key}: {component} image sha256 is {digest}, the release "
+                                f"says {expected_sha256}; refusing to send it")
+        return digest
 
     def __enter__(self):
         return self

@@ -15,7 +15,6 @@ other bytes install the version the caller asked for.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -124,10 +123,7 @@ class FakeDriver(BmcDriver):
 
     def flash(self, component: str, image: bytes, expected_sha256: str, version: str,
               progress: ProgressCallback | None = None) -> dict:
-        digest = hashlib.sha256(image).hexdigest()
-        if digest != expected_sha256.strip().lower():
-            raise ImageRejected(f"{self.endpoint.key}: {component} image sha256 is {digest}, the release "
-                                f"says {expected_sha256}; refusing to send it")
+        digest = self._checked_digest(component, image, expected_sha256)
         bmc = self._bmc()
         if component not in bmc.oob_components or component not in bmc.firmware:
             raise Unsupported(f"{self.endpoint.key}: the BMC cannot flash {component!r} out of band")

@@ -15,7 +15,6 @@ Firmware versions come from, in order of preference:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import struct
 import threading
@@ -155,10 +154,7 @@ class IpmiDriver(BmcDriver):
 
     def flash(self, component: str, image: bytes, expected_sha256: str, version: str,
               progress: ProgressCallback | None = None) -> dict:
-        digest = hashlib.sha256(image).hexdigest()
-        if digest != expected_sha256.strip().lower():
-            raise ImageRejected(f"{self.endpoint.key}: {component} image sha256 is {digest}, the release "
-                                f"says {expected_sha256}; refusing to send it")
+        digest = self._checked_digest(component, image, expected_sha256)
         job = FlashJob(self.endpoint.key, component, version, digest, len(image))
         log.info("flash.start bmc=%s component=%s version=%s bytes=%d", self.endpoint.key, component,
                  version, len(image))
