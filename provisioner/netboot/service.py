@@ -50,6 +50,7 @@ class BootService:
         self.http_base = http_base.rstrip("/")
         self.renderer = Renderer(artifacts)
         self._releases: dict[str, dict] = {}
+        self._release_nodes: dict[str, dict[str, dict]] = {}  # release -> node name -> node
         self._macs: dict[str, str] = {}
         self._macs_at = 0.0
         self._mac_ttl = mac_cache_seconds
@@ -71,27 +72,23 @@ class BootService:
         doc = self._releases.get(release_id)
         if doc is None:
             doc = self.store.get_release(release_id).document  # verified against its id once
+            self._release_nodes[release_id] = {n["name"]: n for r in doc["inventory"]["racks"] for n in r["nodes"]}
             self._releases[release_id] = doc
         return doc
-
-    def blocked(self) -> list[Blocked]:
-        return [Blocked(b["component"], b["version"], b["reason"], b["model"]) for b in self.store.active_blocks()]
 
     def decide(self, mac: str):
         """(decision, node dict from the release or None, release document or None)."""
         name = self._node_name(mac)
-        row = self.store.node(name) if name else None
+        row, release_id, blocks = self.store.boot_view(name) if name else (None, None, [])
         if row is None:
             return decide(None, "unknown", None, None, [], {}), None, None
-        release_id = self.store.current_release_id(row.environment)
         doc = self.release_doc(release_id)
-        node = None
-        if doc:
-            node = next((n for r in doc["inventory"]["racks"] for n in r["nodes"] if n["name"] == row.name), None)
-        node = node or {"name": row.name, "model": row.model, "environment": row.environment,
-                        "boot_profile": "", "macs": row.macs}
-        d = decide(node, row.state, release_id, doc, self.blocked(), dict(row.observed or {}),
-                   row.installed_release)
+        node = self._release_nodes[release_id].get(row["name"]) if doc else None
+        node = node or {"name": row["name"], "model": row["model"], "environment": row["environment"],
+                        "boot_profile": "", "macs": row["macs"]}
+        blocked = [Blocked(b["component"], b["version"], b["reason"], b["model"]) for b in blocks]
+        d = decide(node, row["state"], release_id, doc, blocked, dict(row["observed"] or {}),
+                   row["installed_release"])
         return d, node, doc
 
     # -- boot configs -------------------------------------------------------------------------

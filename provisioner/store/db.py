@@ -78,5 +78,17 @@ class Database:
             finally:
                 s.close()
 
+    @contextmanager
+    def read(self):
+        """A Core connection for reads only: no turn to wait for (WAL readers never block), no commit."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def write(self):
+        """A Core connection in one transaction, taken in turn like `session()`; commits on success."""
+        with self._turn, self.engine.begin() as conn:
+            yield conn
+
     def close(self) -> None:
         self.engine.dispose()

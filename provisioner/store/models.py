@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -108,6 +108,8 @@ class BootTokenRow(Base):
     """A per-node, per-boot callback token (only its sha256 is stored). One live token per node."""
 
     __tablename__ = "boot_tokens"
+    __table_args__ = (Index("ix_boot_tokens_live", "node", sqlite_where=text("closed_at IS NULL"),
+                            postgresql_where=text("closed_at IS NULL")),)  # migration 0004
     token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     node: Mapped[str] = mapped_column(String(64), index=True)
     release_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

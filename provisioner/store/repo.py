@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import event, select
+from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from provisioner.errors import PolicyViolation, ReleaseError
@@ -40,6 +40,20 @@ def now() -> datetime:
 def aware(dt: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes; everything is stored in UTC."""
     return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
+# Prepared statements of the boot path (built once; each boot request only binds values).
+_tokens, _nodes, _blocks = BootTokenRow.__table__, NodeRow.__table__, BlockedVersionRow.__table__
+_ADD_EVENT = insert(NodeEventRow.__table__)
+_ADD_TOKEN = insert(_tokens)
+_SUPERSEDE = (update(_tokens)
+              .where(_tokens.c.node == bindparam("n"), _tokens.c.closed_at.is_(None), _tokens.c.issued_at < bindparam("t"))
+              .values(closed_at=bindparam("closed"), closed_by="superseded"))
+_BOOT_NODE = (select(_nodes, EnvironmentRow.release_id.label("env_release_id"))
+              .outerjoin(EnvironmentRow.__table__, EnvironmentRow.name == _nodes.c.environment)
+              .where(_nodes.c.name == bindparam("name")))
+_ACTIVE_BLOCKS = (select(_blocks.c.model, _blocks.c.component, _blocks.c.version, _blocks.c.reason)
+                  .where(_blocks.c.unblocked_at.is_(None)).order_by(_blocks.c.at))
 
 
 class Store:
@@ -232,19 +246,28 @@ class Store:
         """A fresh token for this boot of `node`; every earlier token of the node stops working.
 
         `event` (source, event, details) is recorded in the same transaction: one write per boot.
+        Prepared Core statements, not the ORM: this runs once per boot request of a boot storm.
         """
         token = secrets.token_urlsafe(24)
         issued = now()  # the newest request wins, whatever order concurrent transactions commit in
-        with self.db.session() as s:
+        with self.db.write() as conn:
             if event:
-                s.add(NodeEventRow(node=node, at=issued, **event))
-            for old in s.scalars(select(BootTokenRow).where(BootTokenRow.node == node,
-                                                            BootTokenRow.closed_at.is_(None),
-                                                            BootTokenRow.issued_at < issued)):
-                old.closed_at, old.closed_by = now(), "superseded"
-            s.add(BootTokenRow(token_sha256=hashlib.sha256(token.encode()).hexdigest(), node=node,
-                               release_id=release_id, action=action, issued_at=issued))
+                conn.execute(_ADD_EVENT, {"node": node, "at": issued, **event})
+            conn.execute(_SUPERSEDE, {"n": node, "t": issued, "closed": issued})
+            conn.execute(_ADD_TOKEN, {"token_sha256": hashlib.sha256(token.encode()).hexdigest(), "node": node,
+                                      "release_id": release_id, "action": action, "issued_at": issued})
         return token
+
+    def boot_view(self, name: str) -> tuple[dict | None, str | None, list[dict]]:
+        """What the netboot gate needs of the store, read without waiting for a writer's turn:
+        (the node's row as a dict or None, the release its environment points at, active blocks)."""
+        with self.db.read() as conn:
+            row = conn.execute(_BOOT_NODE, {"name": name}).mappings().first()
+            if row is None:
+                return None, None, []
+            active = conn.execute(_ACTIVE_BLOCKS).mappings().all()
+            row = dict(row)
+            return row, row.pop("env_release_id"), [dict(b) for b in active]
 
     def check_token(self, node: str, token: str, close_with: str | None = None, event: dict | None = None,
                     node_update=None) -> BootTokenRow:
