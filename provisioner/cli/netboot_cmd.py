@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import asdict
@@ -29,10 +30,15 @@ def boot_service(ctx: Context, http_base: str):
               help="Bootloaders served by relative path [default: DATA/boot-files].")
 @click.option("--public-url", default=None,
               help="Base URL nodes use to reach the HTTP server [default: http://<http-bind>].")
+@click.option("--http-workers", type=click.IntRange(0, 64), default=min(os.cpu_count() or 1, 8),
+              show_default="one per core",
+              help="HTTP worker processes (gunicorn); 0 serves HTTP from this process (waitress).")
+@click.option("--http-threads", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Threads per HTTP worker.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision and transfer.")
 @click.pass_obj
 def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None, public_url: str | None,
-          verbose: bool):
+          http_workers: int, http_threads: int, verbose: bool):
     """Run the site's boot services until interrupted (SIGINT/SIGTERM stop them cleanly).
 
     \b
@@ -47,9 +53,11 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
       sudo provisioner serve                                 # ports 69 and 8080 on all addresses
       provisioner serve --tftp-bind 127.0.0.1:6969 --http-bind 127.0.0.1:8080
       provisioner serve --tftp-bind off --public-url http://10.0.0.1:8080
+      provisioner serve --http-workers 4                     # a bigger boot server: 4 HTTP processes
     """
     from provisioner.netboot.dhcp import populate_boot_files
-    from provisioner.netboot.services import BootServices
+    from provisioner.netboot.http_pool import HttpPool
+    from provisioner.netboot.services import BootServices, parse_bind
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
@@ -62,8 +70,14 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
         populate_boot_files(boot_files)
     base = public_url or f"http://{http_bind if http else '127.0.0.1:8080'}"
     svc = boot_service(ctx, base)
+    pool = None
+    if http and http_workers:
+        pool = HttpPool(*parse_bind(http, 8080), spec_dir=ctx.settings.spec_dir, data_dir=ctx.settings.data_dir,
+                        db_url=ctx.settings.db_url, http_base=public_url, workers=http_workers,
+                        threads=http_threads, verbose=verbose)
     try:
-        services = BootServices(svc, tftp_bind=tftp, http_bind=http, boot_files=boot_files).start()
+        services = BootServices(svc, tftp_bind=tftp, http_bind=http, boot_files=boot_files,
+                                http_server=pool).start()
     except PermissionError:
         raise click.ClickException("cannot bind a port below 1024: run as root, grant CAP_NET_BIND_SERVICE, "
                                    "or use --tftp-bind/--http-bind with high ports") from None
@@ -78,7 +92,8 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
     if services.tftp:
         parts.append(f"TFTP {services.tftp.host}:{services.tftp.port} (boot files {boot_files})")
     if services.http:
-        parts.append(f"HTTP {services.http.host}:{services.http.port} (nodes use {svc.http_base})")
+        procs = f"{http_workers} worker processes, " if pool else ""
+        parts.append(f"HTTP {services.http.host}:{services.http.port} ({procs}nodes use {svc.http_base})")
     console.print("serving " + "; ".join(parts) + " — Ctrl-C to stop", highlight=False)
     stop.wait()
     services.stop()

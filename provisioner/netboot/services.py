@@ -61,10 +61,13 @@ class BootServices:
     """TFTP + HTTP for one site, sharing one BootService (so both hand out the same decisions)."""
 
     def __init__(self, service: BootService, *, tftp_bind: str | None, http_bind: str | None,
-                 boot_files: Path | None, http_threads: int = 16):
+                 boot_files: Path | None, http_threads: int = 16, http_server=None):
+        """`http_server` (e.g. an `HttpPool`) replaces the in-process waitress server for `http_bind`."""
         self.service = service
         self.tftp = self.http = None
-        if http_bind:
+        if http_server is not None:
+            self.http = http_server
+        elif http_bind:
             host, port = parse_bind(http_bind, 8080)
             self.http = HttpServer(create_app(service), host, port, http_threads)
         if tftp_bind:

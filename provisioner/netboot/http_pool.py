@@ -1,0 +1,147 @@
+"""The HTTP boot routes in several worker processes: Flask under gunicorn, gthread workers.
+
+A boot storm is hundreds of keep-alive connections, each asking for a small script rendered for
+its node. One Python process uses one core, and waitress's loop visits every open connection on
+every event, so `provisioner serve` runs the routes in a pool instead: it binds the listening
+socket itself (a busy port is a one-line error; port 0 becomes a real port), then hands the socket
+to a gunicorn arbiter in a child process (`fd://N`) whose workers each open the store and render on
+their own core. In-process embedding (the lab, the tests' sites) keeps `HttpServer` (waitress).
+
+    python -m provisioner.netboot.http_pool --fd N --spec DIR --data DIR --http-base URL [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import http.client
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("provisioner.netboot")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class HttpPool:
+    """The HTTP routes in a gunicorn child process with `workers` worker processes."""
+
+    def __init__(self, host: str, port: int, *, spec_dir: Path, data_dir: Path, db_url: str | None,
+                 http_base: str | None, workers: int = 2, threads: int = 8, verbose: bool = False):
+        self.host, self.port = host, port
+        self.spec_dir, self.data_dir, self.db_url = Path(spec_dir), Path(data_dir), db_url
+        self.http_base, self.workers, self.threads, self.verbose = http_base, workers, threads, verbose
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready_timeout: float = 60.0) -> HttpPool:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
+        self.http_base = self.http_base or f"http://{self.host}:{self.port}"
+        cmd = [sys.executable, "-m", "provisioner.netboot.http_pool", "--fd", str(sock.fileno()),
+               "--spec", str(self.spec_dir), "--data", str(self.data_dir), "--http-base", self.http_base,
+               "--workers", str(self.workers), "--threads", str(self.threads)]
+        if self.db_url:
+            cmd += ["--db-url", self.db_url]
+        if self.verbose:
+            cmd.append("--verbose")
+        try:
+            self.proc = subprocess.Popen(cmd, pass_fds=[sock.fileno()], preexec_fn=_die_with_parent)
+        finally:
+            sock.close()  # the child holds its own copy
+        self._wait_ready(ready_timeout)
+        log.info("http.start bind=%s:%s workers=%d", self.host, self.port, self.workers)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else "::1" if self.host == "::" else self.host
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise OSError(0, f"the HTTP workers exited at start (exit code {self.proc.returncode})")
+            # keep-alive, and this side closes first: the server's port keeps no TIME_WAIT behind
+            conn = http.client.HTTPConnection(host, self.port, timeout=2)
+            try:
+                conn.request("GET", "/healthz")
+                r = conn.getresponse()
+                r.read()
+                if r.status == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+            finally:
+                conn.close()
+        self.stop()
+        raise OSError(0, f"the HTTP workers did not answer within {timeout:.0f} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)  # gunicorn: graceful stop of the workers
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    ap = argparse.ArgumentParser(prog="provisioner.netboot.http_pool", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fd", type=int, required=True, help="listening socket inherited from the parent")
+    ap.add_argument("--spec", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--db-url", default=None)
+    ap.add_argument("--http-base", required=True, help="base URL nodes use to reach this server")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+
+    class Pool(BaseApplication):
+        def load_config(self):
+            for key, value in {
+                "bind": [f"fd://{args.fd}"], "workers": args.workers, "worker_class": "gthread",
+                "threads": args.threads, "keepalive": 30, "graceful_timeout": 2, "timeout": 60,
+                "worker_connections": 4096, "accesslog": None, "errorlog": "-",
+                "loglevel": "info" if args.verbose else "warning", "proc_name": "provisioner-http",
+            }.items():
+                self.cfg.set(key, value)
+
+        def load(self):  # in each worker, after the fork: its own store connections
+            from provisioner.api.app import create_app
+            from provisioner.context import Context, Settings
+            from provisioner.netboot.service import BootService
+
+            ctx = Context(Settings(spec_dir=args.spec, data_dir=args.data, db_url=args.db_url))
+            return create_app(BootService(ctx.store, ctx.artifacts, args.http_base))
+
+    Pool().run()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
