@@ -164,3 +164,78 @@ def test_a_port_in_use_is_a_one_line_error_not_a_traceback(tmp_path, busy):
     assert len(output.splitlines()) == 1, output
     assert "Address already in use" in output and output.startswith("Error:"), output
     assert time.monotonic() - t0 < 30
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def _is_pool(pid: int) -> bool:
+    try:
+        return b"http_pool" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return False
+
+
+def _http_workers(pid: int) -> list[int]:
+    """The gunicorn workers: grandchildren of serve (serve -> arbiter -> workers)."""
+    arbiters = [c for c in _descendants(pid) if _is_pool(c)]
+    return [w for a in arbiters[:1] for w in _descendants(a)]
+
+
+def test_serve_says_how_many_http_worker_processes_and_a_killed_worker_is_replaced(tmp_path):
+    need_tool("curl")
+    s = Site(tmp_path)
+    proc = s.start("--http-workers", "2")
+    try:
+        assert "2 worker processes" in proc.text(), proc.describe()
+        workers = _http_workers(proc.popen.pid)
+        assert len(workers) == 2, (workers, proc.describe())
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (len(now := _http_workers(proc.popen.pid)) < 2 or workers[0] in now):
+            time.sleep(0.1)
+        assert len(now) == 2 and workers[0] not in now, now
+        for _ in range(20):  # every request is answered, whichever worker takes it
+            r = curl("-f", f"{s.http}/boot/52-54-00-0a-01-01.ipxe")
+            assert r.returncode == 0 and b"provisioner.mode=install" in r.stdout, r.stderr + proc.text().encode()
+    finally:
+        proc.stop()
+
+
+def test_serve_killed_with_sigkill_leaves_no_http_worker_holding_the_port(tmp_path):
+    s = Site(tmp_path)
+    proc = s.start()
+    children = _descendants(proc.popen.pid)
+    assert children, proc.describe()
+    os.kill(proc.popen.pid, signal.SIGKILL)
+    proc.popen.wait(5)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+        time.sleep(0.1)
+    assert not [c for c in children if Path(f"/proc/{c}").exists()], "HTTP workers outlived serve"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+        t.bind(("127.0.0.1", s.http_port))
+
+
+def test_serve_with_http_workers_0_serves_http_from_its_own_process(tmp_path):
+    need_tool("curl")
+    s = Site(tmp_path)
+    proc = s.start("--http-workers", "0")
+    try:
+        assert "worker processes" not in proc.text()
+        assert not [c for c in _descendants(proc.popen.pid) if _is_pool(c)]
+        r = curl("-f", f"{s.http}/boot/52-54-00-0a-01-01.ipxe")
+        assert r.returncode == 0 and b"provisioner.mode=install provisioner.node=r1n01" in r.stdout, r.stderr
+    finally:
+        proc.stop()
