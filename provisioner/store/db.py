@@ -24,7 +24,11 @@ def default_url(data_dir: Path) -> str:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # Reads run side by side (WAL), so keep enough connections open for every serving thread:
+        # an overflow connection is closed when returned, and opening one again costs more than
+        # the query it was opened for.
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               pool_size=32, max_overflow=64)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):
