@@ -107,7 +107,8 @@ class BootService:
                 token = self.store.issue_token(node["name"], decision.release_id, decision.action, event)
             else:
                 self.store.node_event(node["name"], **event)
-        log.info(decision.log_line(norm))
+        if log.isEnabledFor(logging.INFO):  # the line is built only when someone reads it
+            log.info(decision.log_line(norm))
         variables = context_for(decision, doc, node, mac=norm, http_base=self.http_base, token=token)
         text = self._render(decision, kind, doc, variables)
         log.debug("netboot.rendered mac=%s kind=%s ms=%.2f", norm, kind, (time.perf_counter() - started) * 1000)
