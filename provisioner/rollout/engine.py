@@ -127,12 +127,14 @@ class RolloutEngine:
         self._blocks_at, self._blocks = 0.0, []
         self._lock = threading.Lock()
         self._last_read: dict[str, dict] = {}
+        self._finished: dict[str, set[str]] = {}
         self.callbacks = CallbackWatch(self.record, poll)
 
     # -- the whole rollout ----------------------------------------------------------------------
     def run(self, rid: int) -> RolloutResult:
         started = time.monotonic()
         rows = self.record.nodes(rid)
+        self._finished = self.record.finished_steps(rid)  # read once: only this run adds to it
         result = RolloutResult(rid, "running", held=[r.node for r in rows if r.status == "held"])
         result.done = [r.node for r in rows if r.status == "done"]
         result.failed = {r.node: r.error for r in rows if r.status == "failed"}
@@ -212,7 +214,7 @@ class RolloutEngine:
     # -- one node -------------------------------------------------------------------------------
     def _run_node(self, rid: int, row, result: RolloutResult) -> None:
         node, steps = row.node, STEPS[row.action]
-        done_steps = {s["step"] for s in self.record.steps(rid) if s["node"] == node and s["phase"] in ("end", "skip")}
+        done_steps = self._finished.get(node, set())
         self.record.set_node(rid, node, status="running", started_at=row.started_at or now())
         self.progress({"event": "node_start", "node": node, "action": row.action, "wave": row.wave})
         driver = self.driver_factory(self.endpoints[node])

@@ -80,6 +80,15 @@ class RolloutRecord:
             return [{"node": r.node, "step": r.step, "phase": r.phase, "details": r.details,
                      "at": aware(r.at)} for r in rows]
 
+    def finished_steps(self, rid: int) -> dict[str, set[str]]:
+        """Per node, the steps of rollout `rid` that ended (or were skipped): one query for the rollout."""
+        out: dict[str, set[str]] = {}
+        with self.db.session() as s:
+            for node, step in s.execute(select(RolloutStepRow.node, RolloutStepRow.step).where(
+                    RolloutStepRow.rollout_id == rid, RolloutStepRow.phase.in_(("end", "skip")))):
+                out.setdefault(node, set()).add(step)
+        return out
+
     def rollouts(self, environment: str | None = None, limit: int = 50) -> list[RolloutRow]:
         with self.db.session() as s:
             q = select(RolloutRow).order_by(RolloutRow.id.desc()).limit(limit)
