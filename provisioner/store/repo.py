@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 from sqlalchemy.exc import IntegrityError
 
 from provisioner.errors import PolicyViolation, ReleaseError
@@ -40,6 +40,9 @@ def now() -> datetime:
 def aware(dt: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes; everything is stored in UTC."""
     return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
+_NODE_COLUMNS = frozenset(NodeRow.__table__.columns.keys()) - {"name", "updated_at"}
 
 
 class Store:
@@ -148,13 +151,12 @@ class Store:
             return s.get(NodeRow, name)
 
     def update_node(self, name: str, **fields) -> None:
-        with self.db.session() as s:
-            row = s.get(NodeRow, name)
-            if row is None:
+        for k in fields:
+            if k not in _NODE_COLUMNS:
+                raise AttributeError(f"nodes have no field {k!r}")
+        with self.db.connection() as c:  # one UPDATE: rollouts call this several times per node
+            if c.execute(update(NodeRow).where(NodeRow.name == name).values(**fields, updated_at=now())).rowcount != 1:
                 raise ReleaseError(f"unknown node {name!r}")
-            for k, v in fields.items():
-                setattr(row, k, v)
-            row.updated_at = now()
 
     # -- approvals ------------------------------------------------------------------------
     def approve(self, release_id: str, approver: str, comment: str = "") -> bool:
@@ -203,8 +205,8 @@ class Store:
             return len(rows)
 
     def active_blocks(self) -> list[dict]:
-        with self.db.session() as s:
-            rows = s.scalars(select(BlockedVersionRow).where(BlockedVersionRow.unblocked_at.is_(None))
+        with self.db.connection() as c:  # read before every rollout step: no ORM objects
+            rows = c.execute(select(BlockedVersionRow).where(BlockedVersionRow.unblocked_at.is_(None))
                              .order_by(BlockedVersionRow.at))
             return [{"model": r.model, "component": r.component, "version": r.version, "reason": r.reason,
                      "incident": r.incident, "by": r.by, "at": aware(r.at).isoformat()} for r in rows]
