@@ -215,10 +215,11 @@ class RolloutEngine:
     def _run_node(self, rid: int, row, result: RolloutResult) -> None:
         node, steps = row.node, STEPS[row.action]
         done_steps = self._finished.get(node, set())
-        self.record.set_node(rid, node, status="running", started_at=row.started_at or now())
+        starting = {"status": "running", "started_at": row.started_at or now()}
         self.progress({"event": "node_start", "node": node, "action": row.action, "wave": row.wave})
         driver = self.driver_factory(self.endpoints[node])
         current = row.step or steps[0]
+        ended = None  # (step, phase, details) of the step just done, written with the next begin
         try:
             for step in steps:
                 if step in done_steps and step not in ("prepare", "verify"):
@@ -226,24 +227,28 @@ class RolloutEngine:
                 # read the blocks afresh: one issued while this node ran its last step stops it here,
                 # before it flashes the version (the wave loop only looks between nodes)
                 if self._halt.is_set() or (self._blocked_pins(max_age=0.0) and self._should_halt(result)):
-                    self.record.set_node(rid, node, status="pending")
+                    self.record.transition(rid, node, ended=ended, status="pending")
+                    ended = None
                     with self._lock:
                         result.halted[node] = step
                     self.progress({"event": "node_halted", "node": node, "step": step})
                     return
                 current = step
-                self.record.step(rid, node, step, "begin")
+                # one transaction: the last step's end, this step's begin (and, first, the node running)
+                self.record.transition(rid, node, ended=ended, begin=step, **starting)
+                ended, starting = None, {}
                 self.progress({"event": "node_step", "node": node, "step": step})
                 details = self._with_retries(lambda s=step: getattr(self, f"_step_{s}")(driver, row), node, step)
-                self.record.step(rid, node, step, "skip" if details.get("skipped") else "end", details)
-            self.record.set_node(rid, node, status="done", finished_at=now(), step="")
+                ended = (step, "skip" if details.get("skipped") else "end", details)
+            self.record.transition(rid, node, ended=ended, status="done", finished_at=now(), step="")
+            ended = None
             with self._lock:
                 result.done.append(node)
             self.progress({"event": "node_done", "node": node})
         except (NodeFailed, DriverError) as e:
             msg = str(e)
-            self.record.step(rid, node, current, "error", {"error": msg})
-            self.record.set_node(rid, node, status="failed", error=msg, finished_at=now())
+            self.record.transition(rid, node, ended=(current, "error", {"error": msg}), status="failed", error=msg,
+                                   finished_at=now())
             self.store.update_node(node, state="failed", state_reason=msg)
             self.store.node_event(node, "rollout", "failed", {"rollout": rid, "error": msg})
             with self._lock:
