@@ -307,10 +307,7 @@ class RolloutEngine:
         inbox = self.callbacks.subscribe(row.node)
         try:
             driver.set_one_time_boot("pxe")
-            if driver.power_status() == "on":
-                driver.power_cycle()
-            else:
-                driver.power_on()
+            driver.power_cycle()  # the contract: a server that is off is powered on (one status read less)
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
                 try:
