@@ -104,7 +104,7 @@ def phase(ctx: Context, name: str, fn, results: list) -> None:
         d.sort()
         print(f"   {step:13s} n={len(d):5d}  mean {statistics.mean(d) * 1000:7.1f} ms  "
               f"p95 {d[int(len(d) * 0.95) - 1] * 1000:7.1f} ms  sum {sum(d):7.1f} s")
-    results.append((name, wall, cpu, len(res.done), len(res.failed)))
+    results.append((name, wall, cpu, lab, len(res.done), len(res.failed)))
     if res.failed:
         print("   failures:", list(res.failed.items())[:5])
 
@@ -176,13 +176,13 @@ def main() -> int:
     finally:
         subprocess.run(cli + ["lab", "down"], check=False)
     t_plan, t_comp = bench_plan(args.plan_nodes)
-    print("\n| phase | nodes | wall (s) | engine CPU (s) | failed |\n|---|---|---|---|---|")
-    for name, wall, cpu, done, failed in results:
-        print(f"| {name} | {done + failed} | {wall:.1f} | {cpu:.1f} | {failed} |")
-    print(f"| plan, {args.plan_nodes} nodes (pure) | {args.plan_nodes} | {t_plan:.3f} | – | – |")
-    print(f"| compliance, {args.plan_nodes} nodes (store) | {args.plan_nodes} | {t_comp:.3f} | – | – |")
+    print("\n| phase | nodes | wall (s) | engine CPU (s) | lab CPU (s) | failed |\n|---|---|---|---|---|---|")
+    for name, wall, cpu, lab, done, failed in results:
+        print(f"| {name} | {done + failed} | {wall:.1f} | {cpu:.1f} | {lab:.1f} | {failed} |")
+    print(f"| plan, {args.plan_nodes} nodes (pure) | {args.plan_nodes} | {t_plan:.3f} | – | – | – |")
+    print(f"| compliance, {args.plan_nodes} nodes (store) | {args.plan_nodes} | {t_comp:.3f} | – | – | – |")
     shutil.rmtree(work, ignore_errors=True)
-    return 0 if all(r[4] == 0 for r in results) else 1
+    return 0 if all(r[-1] == 0 for r in results) else 1
 
 
 if __name__ == "__main__":
