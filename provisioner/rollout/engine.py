@@ -219,7 +219,7 @@ class RolloutEngine:
         self.progress({"event": "node_start", "node": node, "action": row.action, "wave": row.wave})
         driver = self.driver_factory(self.endpoints[node])
         current = row.step or steps[0]
-        ended = None  # (step, phase, details) of the step just done, written with the next begin
+        ended = None  # (step, phase, details, at) of the step just done, written with the next begin
         try:
             for step in steps:
                 if step in done_steps and step not in ("prepare", "verify"):
@@ -239,7 +239,7 @@ class RolloutEngine:
                 ended, starting = None, {}
                 self.progress({"event": "node_step", "node": node, "step": step})
                 details = self._with_retries(lambda s=step: getattr(self, f"_step_{s}")(driver, row), node, step)
-                ended = (step, "skip" if details.get("skipped") else "end", details)
+                ended = (step, "skip" if details.get("skipped") else "end", details, now())
             self.record.transition(rid, node, ended=ended, status="done", finished_at=now(), step="")
             ended = None
             with self._lock:

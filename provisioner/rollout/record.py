@@ -61,16 +61,17 @@ class RolloutRecord:
         self.transition(rid, node, ended=None if phase == "begin" else (step, phase, details),
                         begin=step if phase == "begin" else None)
 
-    def transition(self, rid: int, node: str, *, ended: tuple[str, str, dict | None] | None = None,
-                   begin: str | None = None, **node_fields) -> None:
-        """In one transaction: the row for the step that just ended (step, phase, details), the row
-        for the step about to begin, and any change to the node's rollout row. Each is committed
-        before the engine goes on, so the log still holds every step before and after it happens."""
+    def transition(self, rid: int, node: str, *, ended: tuple | None = None, begin: str | None = None,
+                   **node_fields) -> None:
+        """In one transaction: the row for the step that just ended, (step, phase, details) or
+        (step, phase, details, when it ended), the row for the step about to begin, and any change
+        to the node's rollout row. Each is committed before the engine goes on, so the log still
+        holds every step before and after it happens."""
         at, rows = now(), []
         if ended is not None:
-            step, phase, details = ended
+            step, phase, details, *when = ended
             rows.append({"rollout_id": rid, "node": node, "step": step, "phase": phase, "details": details or {},
-                         "at": at})
+                         "at": when[0] if when else at})
         if begin is not None:
             rows.append({"rollout_id": rid, "node": node, "step": begin, "phase": "begin", "details": {}, "at": at})
             node_fields["step"] = begin
