@@ -47,6 +47,18 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def lab_cpu_s(data: Path) -> float:
+    """CPU seconds of the lab process so far (it shares the machine's cores with the engine)."""
+    import json
+
+    try:
+        pid = json.loads((data / "lab" / "lab.json").read_text())["pid"]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, KeyError, IndexError):
+        return float("nan")
+
+
 def release(ctx: Context, spec: Path, author: str) -> str:
     c = Context(Settings(spec_dir=spec, data_dir=ctx.settings.data_dir, actor=author))
     rel = freeze(c.spec)
@@ -73,9 +85,10 @@ def bump_r650_bios(src: Path, dest: Path) -> None:
 
 
 def phase(ctx: Context, name: str, fn, results: list) -> None:
-    t0, c0 = time.monotonic(), cpu_s()
+    t0, c0, l0 = time.monotonic(), cpu_s(), lab_cpu_s(ctx.settings.data_dir)
     res = fn()
     wall, cpu = time.monotonic() - t0, cpu_s() - c0
+    lab = lab_cpu_s(ctx.settings.data_dir) - l0
     steps = RolloutRecord(ctx.store).steps(res.rollout_id)
     begun = {}
     per_step: dict[str, list[float]] = {}
@@ -86,12 +99,12 @@ def phase(ctx: Context, name: str, fn, results: list) -> None:
         elif key in begun:
             per_step.setdefault(s["step"], []).append((s["at"] - begun.pop(key)).total_seconds())
     print(f"\n{name}: {res.status} — {len(res.done)} done, {len(res.failed)} failed in {wall:.1f} s "
-          f"(engine CPU {cpu:.1f} s)")
+          f"(engine CPU {cpu:.1f} s, lab CPU {lab:.1f} s)")
     for step, d in per_step.items():
         d.sort()
         print(f"   {step:13s} n={len(d):5d}  mean {statistics.mean(d) * 1000:7.1f} ms  "
               f"p95 {d[int(len(d) * 0.95) - 1] * 1000:7.1f} ms  sum {sum(d):7.1f} s")
-    results.append((name, wall, cpu, len(res.done), len(res.failed)))
+    results.append((name, wall, cpu, lab, len(res.done), len(res.failed)))
     if res.failed:
         print("   failures:", list(res.failed.items())[:5])
 
@@ -163,13 +176,13 @@ def main() -> int:
     finally:
         subprocess.run(cli + ["lab", "down"], check=False)
     t_plan, t_comp = bench_plan(args.plan_nodes)
-    print("\n| phase | nodes | wall (s) | engine CPU (s) | failed |\n|---|---|---|---|---|")
-    for name, wall, cpu, done, failed in results:
-        print(f"| {name} | {done + failed} | {wall:.1f} | {cpu:.1f} | {failed} |")
-    print(f"| plan, {args.plan_nodes} nodes (pure) | {args.plan_nodes} | {t_plan:.3f} | – | – |")
-    print(f"| compliance, {args.plan_nodes} nodes (store) | {args.plan_nodes} | {t_comp:.3f} | – | – |")
+    print("\n| phase | nodes | wall (s) | engine CPU (s) | lab CPU (s) | failed |\n|---|---|---|---|---|---|")
+    for name, wall, cpu, lab, done, failed in results:
+        print(f"| {name} | {done + failed} | {wall:.1f} | {cpu:.1f} | {lab:.1f} | {failed} |")
+    print(f"| plan, {args.plan_nodes} nodes (pure) | {args.plan_nodes} | {t_plan:.3f} | – | – | – |")
+    print(f"| compliance, {args.plan_nodes} nodes (store) | {args.plan_nodes} | {t_comp:.3f} | – | – | – |")
     shutil.rmtree(work, ignore_errors=True)
-    return 0 if all(r[4] == 0 for r in results) else 1
+    return 0 if all(r[-1] == 0 for r in results) else 1
 
 
 if __name__ == "__main__":

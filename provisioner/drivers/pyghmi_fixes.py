@@ -30,6 +30,13 @@ Each fix is named by its letter in the research note:
      message; a login waiting in another thread could wake in between and die with
      AttributeError 'errormsg' instead of "Unauthorized name". Fixed by storing it first.
 
+  Q  (found here) Two threads race for one queued packet: `wait_for_rsp` and `process_pktqueue`
+     test a deque and then pop it, while another thread's event loop pops the same deque in
+     between; the loser died with IndexError "pop from an empty deque" (seen once in ~3,000 logins
+     with 32 threads reading BMCs), which is no DriverError and escaped every caller. Fixed by a
+     session queue whose pop of nothing is a no-op, and by one thread at a time draining a
+     session's packet queue.
+
 K (Get Device ID parsing) is done by the driver itself (`provisioner.drivers.ipmi.parse_device_id`);
 the server-side fixes A, B, C, G live with the simulator in `provisioner.lab`.
 
@@ -39,6 +46,7 @@ were written against; importing this module with any other pyghmi version raises
 
 from __future__ import annotations
 
+import collections
 import importlib.metadata
 import select
 import socket
@@ -179,6 +187,41 @@ def _wrap_mark_broken(original):
     return _mark_broken
 
 
+# -- Q ----------------------------------------------------------------------------------------------
+
+class _NothingQueued:
+    """What the session queue pops when another thread got there first."""
+
+    @staticmethod
+    def process_pktqueue():
+        return None
+
+
+class _SessionQueue(collections.deque):
+    """pyghmi's `sessionqueue`, where popping an empty queue (a lost race) yields a no-op session."""
+
+    def popleft(self):
+        try:
+            return collections.deque.popleft(self)
+        except IndexError:
+            return _NothingQueued
+
+
+_PKT_LOCKS_GUARD = threading.Lock()
+
+
+def _wrap_process_pktqueue(original):
+    def process_pktqueue(self):
+        lock = self.__dict__.get("_provisioner_pkt_lock")
+        if lock is None:
+            with _PKT_LOCKS_GUARD:
+                lock = self.__dict__.setdefault("_provisioner_pkt_lock", threading.RLock())
+        with lock:
+            return original(self)
+    process_pktqueue.__wrapped__ = original
+    return process_pktqueue
+
+
 # -- I ----------------------------------------------------------------------------------------------
 
 _CRED_POSITIONS = {1: "userid", 2: "password", 4: "kg"}  # Session(bmc, userid, password, port, kg, ...)
@@ -237,6 +280,8 @@ def apply() -> tuple[str, ...]:
     _session._io_recvfrom = _io_recvfrom
     _session._io_wait = _io_wait
     _session.select = _PollSelect
+    _session.sessionqueue = _SessionQueue(_session.sessionqueue)
+    S.process_pktqueue = _wrap_process_pktqueue(S.process_pktqueue)
     S.awaitresponse = _wrap_awaitresponse(S.awaitresponse)
     S._timedout = _wrap_timedout(S._timedout)
     S._relog = _release_command(S._relog)
@@ -245,7 +290,7 @@ def apply() -> tuple[str, ...]:
                           else S.__dict__["__new__"])
     S.__init__ = _wrap_init(S.__init__)
     _command.Command.oem_init = _wrap_oem_init(_command.Command.oem_init)
-    APPLIED = ("D", "E", "F", "H", "I", "J", "O", "P")
+    APPLIED = ("D", "E", "F", "H", "I", "J", "O", "P", "Q")
     setattr(_session, _MARK, APPLIED)
     return APPLIED
 

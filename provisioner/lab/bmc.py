@@ -89,6 +89,8 @@ class SimSite:
         self._timers: list = []
         self._timer_seq = itertools.count()
         self._dirty = threading.Event()
+        self._encoded: dict[str, str] = {}  # node -> its state as JSON, as of the last flush
+        self._changed: set[str] | None = None  # nodes changed since; None: all of them
         self._flush_lock = threading.Lock()
         self._stopping = threading.Event()
         self._hook_workers = hook_workers
@@ -221,7 +223,13 @@ class SimSite:
         if threading.current_thread() is not self._io_thread:
             self._wake()
 
-    def mark_dirty(self) -> None:
+    def mark_dirty(self, node: str | None = None) -> None:
+        """Note a change to `node`'s state (None: to any node's) for the next write of the state file."""
+        with self._lock:
+            if node is None:
+                self._changed = None
+            elif self._changed is not None:
+                self._changed.add(node)
         self._dirty.set()
 
     def notify_power_on(self, node: str, device: str) -> None:
@@ -235,7 +243,14 @@ class SimSite:
         with self._flush_lock:
             with self._lock:
                 self._dirty.clear()
-                text = json.dumps({"format": STATE_FORMAT, "nodes": self._states}, sort_keys=True)
+                # Only the nodes changed since the last write are encoded again (the site lock is
+                # held meanwhile, so the IO thread waits): the same text as one json.dumps of it all.
+                changed = self._states.keys() if self._changed is None else self._changed
+                for name in changed:
+                    self._encoded[name] = json.dumps(self._states[name], sort_keys=True)
+                self._changed = set()
+                nodes = ", ".join(f"{json.dumps(n)}: {self._encoded[n]}" for n in sorted(self._states))
+                text = f'{{"format": {STATE_FORMAT}, "nodes": {{{nodes}}}}}'
             tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
             tmp.write_text(text)
             os.replace(tmp, self.state_path)
@@ -247,7 +262,7 @@ class SimSite:
             self.bmcs[node].record(event)
         else:
             self._states[node]["log"].append({"at": round(time.time(), 3), **event})
-            self.mark_dirty()
+            self.mark_dirty(node)
 
     def _run_hook(self, node: str, device: str) -> None:
         try:

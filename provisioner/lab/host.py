@@ -16,13 +16,13 @@ Faults: a host whose firmware is on `boot_loop` never reaches iPXE and keeps pow
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import shlex
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -63,6 +63,7 @@ class NetbootHost:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sim-host")
         self._boots: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._conns = threading.local()  # this boot's HTTP connections, (host, port) -> connection
         self.journal: list[dict] = []  # what each host did, newest last (bounded)
 
     # -- the BMC hook ----------------------------------------------------------------------------
@@ -83,6 +84,12 @@ class NetbootHost:
         log.log(level, "host.%s node=%s %s", event, node, " ".join(f"{k}={v}" for k, v in details.items()))
 
     def _boot(self, node: str, device: str, boot: int) -> None:
+        try:
+            self._boot_once(node, device, boot)
+        finally:
+            self._close_connections()
+
+    def _boot_once(self, node: str, device: str, boot: int) -> None:
         try:
             fw = self.site.firmware(node)
             looping = sorted(f"{c} {v}" for c, v in fw.items() if (c, v) in self.boot_loop)
@@ -139,14 +146,44 @@ class NetbootHost:
         raise BootFailed("bootstrap script has no chain")
 
     def _get(self, url: str, data: bytes | None = None, headers: dict | None = None) -> bytes:
-        req = urllib.request.Request(url, data=data, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=self.http_timeout) as r:
-                return r.read()
-        except urllib.error.HTTPError as e:
-            raise BootFailed(f"GET {url.split('?')[0]}: HTTP {e.code} {e.read()[:200]!r}") from None
-        except (urllib.error.URLError, OSError) as e:
-            raise BootFailed(f"GET {url.split('?')[0]}: {e}") from None
+        """GET (or POST `data`) over HTTP/1.1, keeping the connection for the rest of this boot as
+        iPXE's connection pool does; a kept connection the server closed meanwhile is opened anew."""
+        where = url.split("?")[0]
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise BootFailed(f"GET {where}: unsupported URL")
+        key = (parts.hostname, parts.port or 80)
+        target = parts.path + (f"?{parts.query}" if parts.query else "") or "/"
+        pool = self._conns.__dict__.setdefault("pool", {})
+        for fresh in (False, True):
+            conn = pool.pop(key, None) if not fresh else None
+            reused = conn is not None
+            if conn is None:
+                conn = http.client.HTTPConnection(*key, timeout=self.http_timeout)
+            try:
+                conn.request("POST" if data is not None else "GET", target, body=data, headers=headers or {})
+                r = conn.getresponse()
+                body = r.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                conn.close()
+                if reused:
+                    continue  # the server closed the kept connection: once more on a new one
+                raise BootFailed(f"GET {where}: {e}") from None
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                raise BootFailed(f"GET {where}: {e}") from None
+            if r.will_close:
+                conn.close()
+            else:
+                pool[key] = conn
+            if r.status >= 400:
+                raise BootFailed(f"GET {where}: HTTP {r.status} {body[:200]!r}")
+            return body
+        raise AssertionError("unreachable")
+
+    def _close_connections(self) -> None:
+        for conn in self._conns.__dict__.pop("pool", {}).values():
+            conn.close()
 
     # -- the "kernel": flasher and installer --------------------------------------------------------
     def run_kernel(self, node: str, args: dict[str, str]) -> None:

@@ -80,7 +80,8 @@ class SimBmc(Bmc):
         self.down_until = 0.0
         self.hpm = hpm.HpmTarget(state["firmware"], model=node.get("model"),
                                  activation_s=site.activation_s, max_block=site.max_block,
-                                 schedule=site.call_later, record=self.record, changed=site.mark_dirty)
+                                 schedule=site.call_later, record=self.record,
+                                 changed=lambda: site.mark_dirty(self.name))
 
     # -- transport (IO thread) -----------------------------------------------------------------------
 
@@ -109,7 +110,7 @@ class SimBmc(Bmc):
         event = {"at": round(time.time(), 3), **event}
         self.state["log"].append(event)
         del self.state["log"][:-LOG_LIMIT]
-        self.site.mark_dirty()
+        self.site.mark_dirty(self.name)
 
     # -- IPMI commands -------------------------------------------------------------------------------
 
@@ -202,7 +203,7 @@ class SimBmc(Bmc):
             self.state["boot_override"] = None
         self.state["boots"] += 1
         self.state["last_boot"] = {"device": device, "at": round(time.time(), 3)}
-        self.site.mark_dirty()
+        self.site.mark_dirty(self.name)
         self.site.notify_power_on(self.name, device)
 
     def _set_boot_options(self, data: bytes) -> int:

@@ -127,12 +127,14 @@ class RolloutEngine:
         self._blocks_at, self._blocks = 0.0, []
         self._lock = threading.Lock()
         self._last_read: dict[str, dict] = {}
+        self._finished: dict[str, set[str]] = {}
         self.callbacks = CallbackWatch(self.record, poll)
 
     # -- the whole rollout ----------------------------------------------------------------------
     def run(self, rid: int) -> RolloutResult:
         started = time.monotonic()
         rows = self.record.nodes(rid)
+        self._finished = self.record.finished_steps(rid)  # read once: only this run adds to it
         result = RolloutResult(rid, "running", held=[r.node for r in rows if r.status == "held"])
         result.done = [r.node for r in rows if r.status == "done"]
         result.failed = {r.node: r.error for r in rows if r.status == "failed"}
@@ -212,11 +214,12 @@ class RolloutEngine:
     # -- one node -------------------------------------------------------------------------------
     def _run_node(self, rid: int, row, result: RolloutResult) -> None:
         node, steps = row.node, STEPS[row.action]
-        done_steps = {s["step"] for s in self.record.steps(rid) if s["node"] == node and s["phase"] in ("end", "skip")}
-        self.record.set_node(rid, node, status="running", started_at=row.started_at or now())
+        done_steps = self._finished.get(node, set())
+        starting = {"status": "running", "started_at": row.started_at or now()}
         self.progress({"event": "node_start", "node": node, "action": row.action, "wave": row.wave})
         driver = self.driver_factory(self.endpoints[node])
         current = row.step or steps[0]
+        ended = None  # (step, phase, details, at) of the step just done, written with the next begin
         try:
             for step in steps:
                 if step in done_steps and step not in ("prepare", "verify"):
@@ -224,24 +227,28 @@ class RolloutEngine:
                 # read the blocks afresh: one issued while this node ran its last step stops it here,
                 # before it flashes the version (the wave loop only looks between nodes)
                 if self._halt.is_set() or (self._blocked_pins(max_age=0.0) and self._should_halt(result)):
-                    self.record.set_node(rid, node, status="pending")
+                    self.record.transition(rid, node, ended=ended, status="pending")
+                    ended = None
                     with self._lock:
                         result.halted[node] = step
                     self.progress({"event": "node_halted", "node": node, "step": step})
                     return
                 current = step
-                self.record.step(rid, node, step, "begin")
+                # one transaction: the last step's end, this step's begin (and, first, the node running)
+                self.record.transition(rid, node, ended=ended, begin=step, **starting)
+                ended, starting = None, {}
                 self.progress({"event": "node_step", "node": node, "step": step})
                 details = self._with_retries(lambda s=step: getattr(self, f"_step_{s}")(driver, row), node, step)
-                self.record.step(rid, node, step, "skip" if details.get("skipped") else "end", details)
-            self.record.set_node(rid, node, status="done", finished_at=now(), step="")
+                ended = (step, "skip" if details.get("skipped") else "end", details, now())
+            self.record.transition(rid, node, ended=ended, status="done", finished_at=now(), step="")
+            ended = None
             with self._lock:
                 result.done.append(node)
             self.progress({"event": "node_done", "node": node})
         except (NodeFailed, DriverError) as e:
             msg = str(e)
-            self.record.step(rid, node, current, "error", {"error": msg})
-            self.record.set_node(rid, node, status="failed", error=msg, finished_at=now())
+            self.record.transition(rid, node, ended=(current, "error", {"error": msg}), status="failed", error=msg,
+                                   finished_at=now())
             self.store.update_node(node, state="failed", state_reason=msg)
             self.store.node_event(node, "rollout", "failed", {"rollout": rid, "error": msg})
             with self._lock:
@@ -300,10 +307,7 @@ class RolloutEngine:
         inbox = self.callbacks.subscribe(row.node)
         try:
             driver.set_one_time_boot("pxe")
-            if driver.power_status() == "on":
-                driver.power_cycle()
-            else:
-                driver.power_on()
+            driver.power_cycle()  # the contract: a server that is off is powered on (one status read less)
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
                 try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 
 from provisioner.plan import Plan
 from provisioner.store import audit
@@ -54,16 +54,38 @@ class RolloutRecord:
                                   .order_by(RolloutNodeRow.position)))
 
     def set_node(self, rid: int, node: str, **fields) -> None:
-        with self.db.session() as s:
-            row = s.get(RolloutNodeRow, (rid, node))
-            for k, v in fields.items():
-                setattr(row, k, v)
+        with self.db.write() as c:
+            self._set_node(c, rid, node, fields)
 
     def step(self, rid: int, node: str, step: str, phase: str, details: dict | None = None) -> None:
-        with self.db.session() as s:
-            s.add(RolloutStepRow(rollout_id=rid, node=node, step=step, phase=phase, details=details or {}, at=now()))
-            if phase == "begin":
-                s.get(RolloutNodeRow, (rid, node)).step = step
+        self.transition(rid, node, ended=None if phase == "begin" else (step, phase, details),
+                        begin=step if phase == "begin" else None)
+
+    def transition(self, rid: int, node: str, *, ended: tuple | None = None, begin: str | None = None,
+                   **node_fields) -> None:
+        """In one transaction: the row for the step that just ended, (step, phase, details) or
+        (step, phase, details, when it ended), the row for the step about to begin, and any change
+        to the node's rollout row. Each is committed before the engine goes on, so the log still
+        holds every step before and after it happens."""
+        at, rows = now(), []
+        if ended is not None:
+            step, phase, details, *when = ended
+            rows.append({"rollout_id": rid, "node": node, "step": step, "phase": phase, "details": details or {},
+                         "at": when[0] if when else at})
+        if begin is not None:
+            rows.append({"rollout_id": rid, "node": node, "step": begin, "phase": "begin", "details": {}, "at": at})
+            node_fields["step"] = begin
+        with self.db.write() as c:
+            if rows:
+                c.execute(insert(RolloutStepRow), rows)
+            if node_fields:
+                self._set_node(c, rid, node, node_fields)
+
+    @staticmethod
+    def _set_node(c, rid: int, node: str, fields: dict) -> None:
+        if c.execute(update(RolloutNodeRow).where(RolloutNodeRow.rollout_id == rid, RolloutNodeRow.node == node)
+                     .values(**fields)).rowcount != 1:
+            raise LookupError(f"rollout {rid} has no node {node!r}")
 
     def finish(self, rid: int, status: str, reason: str, by: str) -> None:
         with self.db.session() as s:
@@ -79,6 +101,15 @@ class RolloutRecord:
             rows = s.scalars(select(RolloutStepRow).where(RolloutStepRow.rollout_id == rid).order_by(RolloutStepRow.seq))
             return [{"node": r.node, "step": r.step, "phase": r.phase, "details": r.details,
                      "at": aware(r.at)} for r in rows]
+
+    def finished_steps(self, rid: int) -> dict[str, set[str]]:
+        """Per node, the steps of rollout `rid` that ended (or were skipped): one query for the rollout."""
+        out: dict[str, set[str]] = {}
+        with self.db.session() as s:
+            for node, step in s.execute(select(RolloutStepRow.node, RolloutStepRow.step).where(
+                    RolloutStepRow.rollout_id == rid, RolloutStepRow.phase.in_(("end", "skip")))):
+                out.setdefault(node, set()).add(step)
+        return out
 
     def rollouts(self, environment: str | None = None, limit: int = 50) -> list[RolloutRow]:
         with self.db.session() as s:
@@ -96,12 +127,12 @@ class RolloutRecord:
 
     # -- node callbacks -------------------------------------------------------------------------
     def last_event_seq(self) -> int:
-        with self.db.session() as s:
-            return s.scalar(select(func.max(NodeEventRow.seq))) or 0
+        with self.db.read() as c:
+            return c.scalar(select(func.max(NodeEventRow.seq))) or 0
 
     def callbacks_after(self, seq: int) -> list[tuple[int, str, str, dict]]:
         """Every node's reports after event `seq`, oldest first: (seq, node, event, details)."""
-        with self.db.session() as s:
+        with self.db.read() as s:
             rows = s.execute(select(NodeEventRow.seq, NodeEventRow.node, NodeEventRow.event, NodeEventRow.details)
                              .where(NodeEventRow.seq > seq, NodeEventRow.source == "callback")
                              .order_by(NodeEventRow.seq))

@@ -90,7 +90,8 @@ class Database:
 
     @contextmanager
     def write(self):
-        """A Core connection in one transaction, taken in turn like `session()`; commits on success."""
+        """A Core connection in one transaction, taken in turn like `session()`; commits on success.
+        For the hot paths (boot requests, rollout steps), where the ORM's unit of work was most of the cost."""
         with self._turn, self.engine.begin() as conn:
             yield conn
 

@@ -54,6 +54,7 @@ _BOOT_NODE = (select(_nodes, EnvironmentRow.release_id.label("env_release_id"))
               .where(_nodes.c.name == bindparam("name")))
 _ACTIVE_BLOCKS = (select(_blocks.c.model, _blocks.c.component, _blocks.c.version, _blocks.c.reason)
                   .where(_blocks.c.unblocked_at.is_(None)).order_by(_blocks.c.at))
+_NODE_COLUMNS = frozenset(NodeRow.__table__.columns.keys()) - {"name", "updated_at"}
 
 
 class Store:
@@ -162,13 +163,12 @@ class Store:
             return s.get(NodeRow, name)
 
     def update_node(self, name: str, **fields) -> None:
-        with self.db.session() as s:
-            row = s.get(NodeRow, name)
-            if row is None:
+        for k in fields:
+            if k not in _NODE_COLUMNS:
+                raise AttributeError(f"nodes have no field {k!r}")
+        with self.db.write() as c:  # one UPDATE: rollouts call this several times per node
+            if c.execute(update(NodeRow).where(NodeRow.name == name).values(**fields, updated_at=now())).rowcount != 1:
                 raise ReleaseError(f"unknown node {name!r}")
-            for k, v in fields.items():
-                setattr(row, k, v)
-            row.updated_at = now()
 
     # -- approvals ------------------------------------------------------------------------
     def approve(self, release_id: str, approver: str, comment: str = "") -> bool:
@@ -217,8 +217,8 @@ class Store:
             return len(rows)
 
     def active_blocks(self) -> list[dict]:
-        with self.db.session() as s:
-            rows = s.scalars(select(BlockedVersionRow).where(BlockedVersionRow.unblocked_at.is_(None))
+        with self.db.read() as c:  # read before every rollout step: no ORM objects, no turn to wait for
+            rows = c.execute(select(BlockedVersionRow).where(BlockedVersionRow.unblocked_at.is_(None))
                              .order_by(BlockedVersionRow.at))
             return [{"model": r.model, "component": r.component, "version": r.version, "reason": r.reason,
                      "incident": r.incident, "by": r.by, "at": aware(r.at).isoformat()} for r in rows]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import resource
 import socket
 import subprocess
 import sys
+import threading
 
 import pyghmi.ipmi.command as command
 import pyghmi.ipmi.private.session as session
@@ -17,7 +19,7 @@ from provisioner.drivers import pyghmi_fixes
 
 def test_fixes_are_applied_once_at_import_and_applying_again_changes_nothing():
     before = (session.Session._timedout, session.Session.awaitresponse, session._io_wait)
-    assert pyghmi_fixes.apply() == ("D", "E", "F", "H", "I", "J", "O", "P")
+    assert pyghmi_fixes.apply() == ("D", "E", "F", "H", "I", "J", "O", "P", "Q")
     assert (session.Session._timedout, session.Session.awaitresponse, session._io_wait) == before
     assert session._io_sendto is pyghmi_fixes._io_sendto and session._io_recvfrom is pyghmi_fixes._io_recvfrom
     assert not hasattr(session.Session._timedout.__wrapped__, "__wrapped__")  # wrapped exactly once
@@ -51,6 +53,25 @@ def test_releasing_the_waiting_lock_around_timedout_fix_f():
         wrapped(Probe())
         assert session.WAITING_SESSIONS._is_owned()  # and taken back afterwards
     assert held == [False]
+
+
+def test_a_lost_race_for_a_queued_packet_is_no_crash_fix_q():
+    assert isinstance(session.sessionqueue, pyghmi_fixes._SessionQueue)
+    q = pyghmi_fixes._SessionQueue()
+    assert q.popleft().process_pktqueue() is None  # another thread popped it first: nothing to do
+
+    class Probe:
+        def __init__(self):
+            self.pktqueue = collections.deque([(b"x",)])
+            self.seen = []
+
+    def original(self):  # pyghmi's shape: test, then pop
+        while self.pktqueue:
+            self.seen.append(self.pktqueue.popleft())
+
+    p = Probe()
+    pyghmi_fixes._wrap_process_pktqueue(original)(p)
+    assert p.seen == [(b"x",)] and isinstance(p._provisioner_pkt_lock, type(threading.RLock()))
 
 
 def test_pyghmis_io_thread_can_wait_on_sockets_past_descriptor_1024_fix_h():
