@@ -8,7 +8,7 @@ rendered). The load comes from wrk (Debian's `wrk`, C, one event loop per thread
 keep-alive connections, each asking for a random node's /boot/<mac>.ipxe; a Lua hook counts every
 answer that is not that node's install script. The same storm runs against both HTTP servers:
 `serve` with its default worker pool (gunicorn, one process per core) and `serve --http-workers 0`
-(waitress inside the serve process). Prints scripts/s, latency p50/p99, failures, and the server's
+(cheroot inside the serve process). Prints scripts/s, latency p50/p99, failures, and the server's
 CPU per script. Then the server-side cost alone: BootService.boot_config in-process, p50/p99.
 Goals: at least 1,000 scripts/s with 200 clients; render p99 under 2 ms.
 
@@ -193,7 +193,7 @@ def main() -> int:
 
     runs = []
     for workers, label in ((args.workers, f"serve (gunicorn, {args.workers} worker processes)"),
-                           (0, "serve --http-workers 0 (waitress, in process)")):
+                           (0, "serve --http-workers 0 (cheroot, in process)")):
         r = storm(spec, data, work, workers, macs, args)
         runs.append((label, r))
         print(f"\nHTTP {label}: {r['requests']:.0f} per-node iPXE scripts in {r['seconds']:.1f} s, "

@@ -32,7 +32,7 @@ def boot_service(ctx: Context, http_base: str):
               help="Base URL nodes use to reach the HTTP server [default: http://<http-bind>].")
 @click.option("--http-workers", type=click.IntRange(0, 64), default=min(os.cpu_count() or 1, 8),
               show_default="one per core",
-              help="HTTP worker processes (gunicorn); 0 serves HTTP from this process (waitress).")
+              help="HTTP worker processes (gunicorn); 0 serves HTTP from this process (cheroot).")
 @click.option("--http-threads", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Threads per HTTP worker.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision and transfer.")
@@ -61,8 +61,6 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
-    if not verbose:  # one line per queued request under a boot storm is noise, not news
-        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     tftp = None if tftp_bind == "off" else tftp_bind
     http = None if http_bind == "off" else http_bind
     boot_files = boot_files or ctx.settings.data_dir / "boot-files"

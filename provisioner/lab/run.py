@@ -55,8 +55,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
-    if not args.verbose:
-        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     from provisioner.lab.site import Lab
 
     ctx = Context(Settings(spec_dir=args.spec, data_dir=args.data, db_url=args.db, actor="lab"))

@@ -1,11 +1,11 @@
 """The HTTP boot routes in several worker processes: Flask under gunicorn, gthread workers.
 
 A boot storm is hundreds of keep-alive connections, each asking for a small script rendered for
-its node. One Python process uses one core, and waitress's loop visits every open connection on
-every event, so `provisioner serve` runs the routes in a pool instead: it binds the listening
-socket itself (a busy port is a one-line error; port 0 becomes a real port), then hands the socket
-to a gunicorn arbiter in a child process (`fd://N`) whose workers each open the store and render on
-their own core. In-process embedding (the lab, the tests' sites) keeps `HttpServer` (waitress).
+its node, and one Python process uses one core, so `provisioner serve` runs the routes in a pool
+of worker processes (one per core by default). It binds the listening socket itself (a busy port
+is a one-line error; port 0 becomes a real port), then hands the socket to a gunicorn arbiter in a
+child process (`fd://N`) whose workers each open the store and render on their own core.
+In-process embedding (the lab, the tests' sites, `--http-workers 0`) uses `HttpServer` (cheroot).
 
     python -m provisioner.netboot.http_pool --fd N --spec DIR --data DIR --http-base URL [--workers 2]
 """

@@ -1,4 +1,4 @@
-"""The HTTP boot routes over real sockets (Flask under waitress on loopback)."""
+"""The HTTP boot routes over real sockets (Flask under cheroot on loopback)."""
 
 from __future__ import annotations
 

@@ -140,8 +140,8 @@ def test_sigterm_stops_the_server_cleanly_within_3_seconds(tmp_path):
         u.bind(("127.0.0.1", s.tftp_port))
 
 
-@pytest.mark.parametrize("busy", ["tftp", "http"])
-def test_a_port_in_use_is_a_one_line_error_not_a_traceback(tmp_path, busy):
+@pytest.mark.parametrize("busy, workers", [("tftp", "2"), ("http", "2"), ("http", "0")])
+def test_a_port_in_use_is_a_one_line_error_not_a_traceback(tmp_path, busy, workers):
     s = Site(tmp_path)
     kind = socket.SOCK_DGRAM if busy == "tftp" else socket.SOCK_STREAM
     with socket.socket(socket.AF_INET, kind) as squatter:
@@ -156,7 +156,7 @@ def test_a_port_in_use_is_a_one_line_error_not_a_traceback(tmp_path, busy):
         t0 = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "provisioner", "--spec", str(s.spec), "--data", str(s.data),
                             "serve", "--tftp-bind", f"127.0.0.1:{tftp}", "--http-bind", f"127.0.0.1:{http}",
-                            "--boot-files", str(s.boot_files)],
+                            "--boot-files", str(s.boot_files), "--http-workers", workers],
                            capture_output=True, text=True, timeout=60, env=env)
     output = (r.stdout + r.stderr).strip()
     assert r.returncode != 0
