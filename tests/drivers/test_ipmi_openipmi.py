@@ -6,7 +6,7 @@ import subprocess
 import textwrap
 
 import pytest
-from conftest import need_tool
+from helpers import need_tool
 
 from provisioner.drivers.base import BmcEndpoint
 from provisioner.drivers.ipmi import IpmiDriver

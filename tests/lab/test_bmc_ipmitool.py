@@ -7,7 +7,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import need_tool
+from helpers import need_tool
 
 from provisioner.drivers.ipmi import IpmiDriver
 from provisioner.drivers.sim_oem import SIM_MANUFACTURER_ID

@@ -6,8 +6,7 @@ import json
 import socket
 import subprocess
 
-from conftest import need_tool
-from helpers import copy_spec, run_cli
+from helpers import copy_spec, need_tool, run_cli
 
 
 def private_spec(tmp_path):

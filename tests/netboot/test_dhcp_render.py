@@ -14,8 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import need_root, need_tool
-from helpers import copy_spec, run_cli
+from helpers import copy_spec, need_root, need_tool, run_cli
 from netns import DhcpProbe, dnsmasq, netns, pxe_boot_server_request, tail, wait_for
 
 from provisioner.spec.loader import load_spec

@@ -18,8 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import need_root, need_tool
-from helpers import built_site, copy_spec, pinned, run_cli
+from helpers import built_site, copy_spec, need_root, need_tool, pinned, run_cli
 from netns import IPXE_ROM, OVMF_CODE, OVMF_VARS, Netns, dnsmasq, netns, qemu, serve, tail, wait_for
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root]

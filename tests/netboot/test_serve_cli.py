@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import need_tool
-from helpers import built_site, copy_spec, pinned
+from helpers import built_site, copy_spec, need_tool, pinned
 from netns import serve
 
 R1N01_MAC = "52:54:00:0a:01:01"

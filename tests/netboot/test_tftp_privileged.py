@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import need_root, need_tool
+from helpers import need_root, need_tool
 
 _names = itertools.count()
 

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import need_tool
+from helpers import need_tool
 
 from provisioner.netboot.tftp import TftpServer
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from conftest import read_json
+from pipeline_site import read_json
 
 from provisioner import pipeline
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import LOOP_TIMEOUTS
+from pipeline_site import LOOP_TIMEOUTS
 
 from provisioner import pipeline
 from provisioner.rollout.record import RolloutRecord

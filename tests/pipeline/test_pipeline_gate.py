@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import read_json
+from pipeline_site import read_json
 
 from provisioner import pipeline
 from provisioner.demo import bump_bios

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import LOOP_TIMEOUTS, read_json
+from pipeline_site import LOOP_TIMEOUTS, read_json
 
 from provisioner import pipeline
 from provisioner.demo import bump_bios

@@ -18,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
-from conftest import Site, tune_spec
 from helpers import REPO, copy_spec
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from pipeline_site import Site, tune_spec
 
 from provisioner import pipeline
 from provisioner.context import Context, Settings

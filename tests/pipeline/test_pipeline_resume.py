@@ -17,7 +17,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import read_json
+from pipeline_site import read_json
 
 from provisioner import pipeline
 from provisioner.rollout.engine import STEPS
