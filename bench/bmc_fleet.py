@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from procstat import cpu_model, cpu_seconds  # noqa: E402  (bench/, the script's own folder)
+
 from provisioner.drivers.base import BmcEndpoint  # noqa: E402
 from provisioner.drivers.ipmi import IpmiDriver  # noqa: E402
 from provisioner.errors import DriverError  # noqa: E402
@@ -43,27 +45,15 @@ def provision(ep: BmcEndpoint) -> str | None:
         d.close()
 
 
-def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def run(endpoints: list[BmcEndpoint], threads: int, sims: list[SiteProcess]) -> dict:
-    sim0 = sum(proc_cpu(s.proc.pid) for s in sims)
+    sim0 = sum(cpu_seconds(s.proc.pid) for s in sims)
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         errors = [e for e in pool.map(provision, endpoints) if e]
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {"wall": wall, "client_cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
-            "sim_cpu": sum(proc_cpu(s.proc.pid) for s in sims) - sim0, "errors": errors}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+            "sim_cpu": sum(cpu_seconds(s.proc.pid) for s in sims) - sim0, "errors": errors}
 
 
 def main() -> int:

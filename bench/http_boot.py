@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline_scale import machine, release  # noqa: E402
+from procstat import tree_cpu_seconds  # noqa: E402
 
 from provisioner.context import Context, Settings  # noqa: E402
 
@@ -52,22 +53,6 @@ def free_port() -> int:
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p))]
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process and all its descendants, from /proc."""
-    total, todo = 0.0, [pid]
-    tick = os.sysconf("SC_CLK_TCK")
-    while todo:
-        p = todo.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    return total
 
 
 def start_server(spec: Path, data: Path, work: Path, workers: int) -> tuple[subprocess.Popen, int]:
@@ -144,12 +129,12 @@ def python_storm(port: int, macs: list[str], clients: int, seconds: float) -> di
 def storm(spec: Path, data: Path, work: Path, workers: int, macs: list[str], args) -> dict:
     server, port = start_server(spec, data, work, workers)
     try:
-        cpu0 = tree_cpu(server.pid)
+        cpu0 = tree_cpu_seconds(server.pid)
         if args.client == "wrk":
             r = wrk_storm(port, work / "macs.txt", args.clients, args.seconds)
         else:
             r = python_storm(port, macs, args.clients, args.seconds)
-        r["cpu_ms"] = (tree_cpu(server.pid) - cpu0) * 1000 / max(1, r["requests"])
+        r["cpu_ms"] = (tree_cpu_seconds(server.pid) - cpu0) * 1000 / max(1, r["requests"])
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=15)

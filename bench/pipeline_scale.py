@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from procstat import cpu_model, cpu_seconds  # noqa: E402  (bench/, the script's own folder)
+
 from provisioner import pipeline  # noqa: E402
 from provisioner.context import Context, Settings  # noqa: E402
 from provisioner.demo import bump_bios  # noqa: E402
@@ -37,9 +39,7 @@ from provisioner.rollout.record import RolloutRecord  # noqa: E402
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+    return f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}"
 
 
 def cpu_s() -> float:
@@ -52,9 +52,7 @@ def lab_cpu_s(data: Path) -> float:
     import json
 
     try:
-        pid = json.loads((data / "lab" / "lab.json").read_text())["pid"]
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(json.loads((data / "lab" / "lab.json").read_text())["pid"])
     except (OSError, ValueError, KeyError, IndexError):
         return float("nan")
 

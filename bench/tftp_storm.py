@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procstat import cpu_model, cpu_seconds  # bench/, the script's own folder
+
 BLKSIZE = 1468
 BOOTLOADER = "bootx64.efi"
 CLIENT_MAX_TIME = 90  # seconds; a client slower than this on loopback counts as failed (bounds the runtime)
@@ -70,11 +72,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def machine_busy_seconds() -> float:
@@ -154,8 +151,7 @@ def storm(server: Server, n: int, out: Path, expected_boot: str) -> tuple[float,
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown")
+    model = cpu_model()
     curl = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
     return (f"load average {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), {model}; Linux {platform.release()}; "
             f"Python {platform.python_version()}; curl {curl}")
