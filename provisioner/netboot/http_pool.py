@@ -16,7 +16,6 @@ import argparse
 import ctypes
 import http.client
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -143,5 +142,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -52,9 +52,13 @@ _SUPERSEDE = (update(_tokens)
 _BOOT_NODE = (select(_nodes, EnvironmentRow.release_id.label("env_release_id"))
               .outerjoin(EnvironmentRow.__table__, EnvironmentRow.name == _nodes.c.environment)
               .where(_nodes.c.name == bindparam("name")))
-_ACTIVE_BLOCKS = (select(_blocks.c.model, _blocks.c.component, _blocks.c.version, _blocks.c.reason)
-                  .where(_blocks.c.unblocked_at.is_(None)).order_by(_blocks.c.at))
+_ACTIVE_BLOCKS = select(_blocks).where(_blocks.c.unblocked_at.is_(None)).order_by(_blocks.c.at)
 _NODE_COLUMNS = frozenset(NodeRow.__table__.columns.keys()) - {"name", "updated_at"}
+
+
+def _block(r) -> dict:
+    return {"model": r.model, "component": r.component, "version": r.version, "reason": r.reason,
+            "incident": r.incident, "by": r.by, "at": aware(r.at).isoformat()}
 
 
 class Store:
@@ -218,10 +222,7 @@ class Store:
 
     def active_blocks(self) -> list[dict]:
         with self.db.read() as c:  # read before every rollout step: no ORM objects, no turn to wait for
-            rows = c.execute(select(BlockedVersionRow).where(BlockedVersionRow.unblocked_at.is_(None))
-                             .order_by(BlockedVersionRow.at))
-            return [{"model": r.model, "component": r.component, "version": r.version, "reason": r.reason,
-                     "incident": r.incident, "by": r.by, "at": aware(r.at).isoformat()} for r in rows]
+            return [_block(r) for r in c.execute(_ACTIVE_BLOCKS)]
 
     # -- audit ----------------------------------------------------------------------------
     def audit(self, actor: str, action: str, subject: str, details: dict | None = None) -> None:
@@ -265,9 +266,9 @@ class Store:
             row = conn.execute(_BOOT_NODE, {"name": name}).mappings().first()
             if row is None:
                 return None, None, []
-            active = conn.execute(_ACTIVE_BLOCKS).mappings().all()
+            active = [_block(r) for r in conn.execute(_ACTIVE_BLOCKS)]
             row = dict(row)
-            return row, row.pop("env_release_id"), [dict(b) for b in active]
+            return row, row.pop("env_release_id"), active
 
     def check_token(self, node: str, token: str, close_with: str | None = None, event: dict | None = None,
                     node_update=None) -> BootTokenRow:
