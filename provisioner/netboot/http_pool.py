@@ -85,9 +85,10 @@ class HttpPool:
                 if r.status == 200:
                     return
             except OSError:
-                time.sleep(0.05)
+                pass
             finally:
                 conn.close()
+            time.sleep(0.05)  # not up yet (refused, or not answering 200): ask again shortly
         self.stop()
         raise OSError(0, f"the HTTP workers did not answer within {timeout:.0f} s")
 
