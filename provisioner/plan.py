@@ -12,7 +12,7 @@ A plan never contains a flash to a blocked version, nor a flash of a component a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
 
@@ -45,6 +45,7 @@ class NodePlan:
     action: str
     reason: str
     flashes: tuple[Flash, ...] = ()
+    boot_mode: str = "uefi"  # the node's spec `firmware`: how its BMC is asked to PXE-boot it
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -148,7 +149,14 @@ def make_plan(release_id: str, release_doc: dict, environment: str, observed: li
         else:
             action, reason = "nothing", "at the pins, image of this release"
         out.append(NodePlan(o.name, o.rack, o.model, action, reason, flashes))
-    return Plan(release_id, environment, tuple(out))
+    modes = boot_modes(release_doc)
+    return Plan(release_id, environment, tuple(replace(n, boot_mode=modes.get(n.node, "uefi")) for n in out))
+
+
+def boot_modes(release_doc: dict) -> dict[str, str]:
+    """Node name -> its boot mode ("bios" | "uefi", the spec's `firmware` field; "uefi" if unset)."""
+    return {n["name"]: n.get("firmware") or "uefi"
+            for r in release_doc["inventory"]["racks"] for n in r["nodes"]}
 
 
 def _flash_words(flashes: tuple[Flash, ...]) -> str:

@@ -26,6 +26,10 @@ from dataclasses import asdict, dataclass, field
 COMPONENTS = ("bmc", "bios", "nic", "raid")
 POWER_STATES = ("on", "off")
 BOOT_DEVICES = ("pxe", "disk", "cdrom", "bios", "default")
+# How the server's firmware boots: legacy PC-compatible BIOS or UEFI. The node's spec field
+# `firmware` (inventory.yaml) names it; a server set up for one does not PXE-boot when asked for the
+# other (IPMI 2.0 §28.13 parameter 5 "BIOS boot type", Redfish BootSourceOverrideMode).
+BOOT_MODES = ("bios", "uefi")
 
 
 @dataclass(frozen=True)
@@ -113,11 +117,12 @@ class BmcDriver(abc.ABC):
         """
 
     @abc.abstractmethod
-    def set_one_time_boot(self, device: str = "pxe") -> None:
-        """Make the next boot, and only the next one, start from `device` (see BOOT_DEVICES).
+    def set_one_time_boot(self, device: str = "pxe", *, mode: str) -> None:
+        """Make the next boot, and only the next one, start from `device` (see BOOT_DEVICES) in boot
+        `mode` ("bios" or "uefi", see BOOT_MODES): the node's own firmware mode, from its spec.
 
-        Raises Unsupported (fatal) for an unknown device, BmcUnreachable, BmcTimeout, BmcBusy
-        (retryable) or BmcAuthError (fatal).
+        Raises Unsupported (fatal) for an unknown device or mode, or a mode the BMC cannot ask for;
+        BmcUnreachable, BmcTimeout, BmcBusy (retryable) or BmcAuthError (fatal).
         """
 
     @abc.abstractmethod
@@ -141,11 +146,12 @@ class BmcDriver(abc.ABC):
 
     @abc.abstractmethod
     def flash(self, component: str, image: bytes, expected_sha256: str, version: str,
-              progress: ProgressCallback | None = None) -> dict:
+              progress: ProgressCallback | None = None) -> FlashJob:
         """Write `image` to `component`, activate it, and verify by a fresh inventory read.
 
         Steps: check sha256(image) == expected_sha256 before a single byte is sent; start the
-        upgrade; upload; poll; activate; read the inventory again. Returns FlashJob.as_dict().
+        upgrade; upload; poll; activate; read the inventory again. Returns the finished FlashJob
+        (state "active"); a DriverError raised on the way carries the failed one as `.job`.
         Raises ImageRejected (fatal) if the digest differs, if the BMC refuses the image, or if
         after activation the BMC reports a version other than `version`; Unsupported (fatal) if the
         component cannot be flashed out of band; BmcUnreachable or BmcTimeout (retryable; the old
@@ -164,6 +170,15 @@ class BmcDriver(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Log out and release the session; the driver can still be used (it logs in again)."""
+
+    def _checked_mode(self, mode: str) -> str:
+        """`mode` if it is a boot mode this contract knows, else Unsupported (before any request)."""
+        from provisioner.errors import Unsupported
+
+        if mode not in BOOT_MODES:
+            raise Unsupported(f"{self.endpoint.key}: boot mode {mode!r} is unknown; expected one of "
+                              f"{', '.join(BOOT_MODES)}")
+        return mode
 
     def _checked_digest(self, component: str, image: bytes, expected_sha256: str) -> str:
         """sha256 of `image`, or ImageRejected if it differs from the release's: called before any byte is sent."""

@@ -43,7 +43,9 @@ class FakeBmc:
     oob_components: set[str] = field(default_factory=lambda: set(COMPONENTS))
     power: str = "off"
     boot_override: str | None = None      # the one-time boot device, until the next boot
+    boot_mode: str | None = None          # and the boot mode asked with it ("bios" or "uefi")
     last_boot_device: str | None = None
+    last_boot_mode: str | None = None     # the mode the last boot was asked for; None: no override
     boots: int = 0
     uploads: list[dict] = field(default_factory=list)   # every image that reached the BMC
     log: list[dict] = field(default_factory=list)
@@ -105,12 +107,14 @@ class FakeDriver(BmcDriver):
         bmc.record(event="power", power="cycle")
         self._boot(bmc)
 
-    def set_one_time_boot(self, device: str = "pxe", *, uefi: bool = False) -> None:
+    def set_one_time_boot(self, device: str = "pxe", *, mode: str) -> None:
         if device not in BOOT_DEVICES:
             raise Unsupported(f"boot device {device!r} is unknown; expected one of {', '.join(BOOT_DEVICES)}")
+        self._checked_mode(mode)
         bmc = self._bmc()
         bmc.boot_override = None if device == "default" else device
-        bmc.record(event="boot_override", device=bmc.boot_override, uefi=uefi)
+        bmc.boot_mode = None if device == "default" else mode
+        bmc.record(event="boot_override", device=bmc.boot_override, mode=bmc.boot_mode)
 
     def firmware_inventory(self) -> dict[str, str]:
         return dict(self._bmc().firmware)
@@ -160,7 +164,7 @@ class FakeDriver(BmcDriver):
             return {"ok": False, "driver": self.name, "bmc": self.endpoint.key,
                     "error": f"{type(e).__name__}: {e}", "retryable": e.retryable}
         return {"ok": True, "driver": self.name, "bmc": self.endpoint.key, "power": bmc.power,
-                "boot_device": bmc.boot_override or "default"}
+                "boot_device": bmc.boot_override or "default", "boot_mode": bmc.boot_mode or "default"}
 
     def close(self) -> None:
         pass
@@ -183,8 +187,8 @@ class FakeDriver(BmcDriver):
 
     @staticmethod
     def _boot(bmc: FakeBmc) -> None:
-        bmc.last_boot_device = bmc.boot_override or "disk"
-        bmc.boot_override = None
+        bmc.last_boot_device, bmc.last_boot_mode = bmc.boot_override or "disk", bmc.boot_mode
+        bmc.boot_override = bmc.boot_mode = None
         bmc.boots += 1
 
 

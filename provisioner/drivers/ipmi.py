@@ -51,7 +51,9 @@ SET_BOOT_OPTIONS, GET_BOOT_OPTIONS = 0x08, 0x09          # IPMI 2.0 §28.12, §2
 GET_DEVICE_ID = 0x01                                     # IPMI 2.0 §20.1
 CONTROL_OFF, CONTROL_ON, CONTROL_CYCLE = 0, 1, 2
 BOOT_FLAGS = 5                                           # boot options parameter 5
-BOOT_FLAG_VALID, BOOT_FLAG_EFI = 0x80, 0x20
+# Boot flags data 1 (IPMI 2.0 table 28-14): bit 7 valid, bit 6 persistent (0: next boot only),
+# bit 5 "BIOS boot type" (0: PC compatible / legacy, 1: EFI)
+BOOT_FLAG_VALID, BOOT_FLAG_PERSISTENT, BOOT_FLAG_EFI = 0x80, 0x40, 0x20
 # Boot device selector, bits 5:2 of boot flags byte 2 (IPMI 2.0 table 28-14)
 BOOT_SELECTORS = {"pxe": 1, "disk": 2, "cdrom": 5, "bios": 6, "default": 0}
 BOOT_NAMES = {1: "pxe", 2: "disk", 3: "disk", 5: "cdrom", 6: "bios", 0: "default"}
@@ -83,6 +85,15 @@ class DeviceId:
     def version(self) -> str:
         """Our dotted form (hpm1.decode_version): major.minor.aux."""
         return hpm1.decode_version(bytes([self.firmware_major, self.firmware_minor]) + self.aux.ljust(4, b"\0"))
+
+
+def boot_flags(device: str, mode: str) -> list[int]:
+    """Set System Boot Options data for a one-time boot from `device` in boot `mode` (§28.12, parameter 5)."""
+    selector = BOOT_SELECTORS[device]
+    if selector == 0:
+        return [BOOT_FLAGS, 0, 0, 0, 0, 0]  # flags not valid: the BIOS boots as it would by itself
+    flags = BOOT_FLAG_VALID | (BOOT_FLAG_EFI if mode == "uefi" else 0)  # persistent bit clear: once
+    return [BOOT_FLAGS, flags, selector << 2, 0, 0, 0]
 
 
 def parse_device_id(data: bytes) -> DeviceId:
@@ -135,12 +146,10 @@ class IpmiDriver(BmcDriver):
             self._ok(a, NETFN_CHASSIS, CHASSIS_CONTROL, [directive])
         self._run("power_cycle", cycle, retry_safe=False)
 
-    def set_one_time_boot(self, device: str = "pxe", *, uefi: bool = False) -> None:
+    def set_one_time_boot(self, device: str = "pxe", *, mode: str) -> None:
         if device not in BOOT_SELECTORS:
             raise Unsupported(f"boot device {device!r} is unknown; expected one of {', '.join(BOOT_SELECTORS)}")
-        selector = BOOT_SELECTORS[device]
-        flags = 0 if selector == 0 else BOOT_FLAG_VALID | (BOOT_FLAG_EFI if uefi else 0)
-        data = [BOOT_FLAGS, flags, selector << 2, 0, 0, 0]
+        data = boot_flags(device, self._checked_mode(mode))
         self._run("set_one_time_boot", lambda a: self._ok(a, NETFN_CHASSIS, SET_BOOT_OPTIONS, data))
 
     def firmware_inventory(self) -> dict[str, str]:
@@ -323,11 +332,14 @@ class IpmiDriver(BmcDriver):
     def _health(self, a) -> dict:
         power = self._power(a)
         code, flags = self._raw(a, NETFN_CHASSIS, GET_BOOT_OPTIONS, [BOOT_FLAGS, 0, 0])
-        boot = "unknown"
+        boot, mode = "unknown", "unknown"
         if code == 0 and len(flags) >= 4:
-            boot = BOOT_NAMES.get((flags[3] >> 2) & 0x0F, "other") if flags[2] & BOOT_FLAG_VALID else "default"
+            valid = flags[2] & BOOT_FLAG_VALID
+            boot = BOOT_NAMES.get((flags[3] >> 2) & 0x0F, "other") if valid else "default"
+            mode = ("uefi" if flags[2] & BOOT_FLAG_EFI else "bios") if valid else "default"
         ident = self._device_id(a)
-        return {"power": power, "boot_device": boot, "bmc_firmware_revision": ident.firmware_revision,
+        return {"power": power, "boot_device": boot, "boot_mode": mode,
+                "bmc_firmware_revision": ident.firmware_revision,
                 "manufacturer_id": ident.manufacturer_id, "product_id": ident.product_id}
 
     # -- flashing (PICMG HPM.1 §3) ---------------------------------------------------------------------

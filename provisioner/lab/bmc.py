@@ -19,7 +19,7 @@ it wins over the node list):
     {"format": 1, "nodes": {"r1n01": {
         "name": "r1n01", "power": "on", "boots": 3,
         "boot_override": {"device": "pxe", "persistent": false, "efi": false} | null,
-        "last_boot": {"device": "pxe", "at": 1795667949.9} | null,
+        "last_boot": {"device": "pxe", "efi": true | false | null, "at": 1795667949.9} | null,
         "firmware": {"bios": {"active": "1.20.0", "pending": "1.21.0" | null}, ...},
         "log": [{"at": ..., "event": "uploaded" | "activated" | "rejected" | "flash_aborted" |
                  "upload_started" | "power" | "boot_override" | "bmc_reboot" | "fault" |

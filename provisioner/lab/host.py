@@ -1,7 +1,12 @@
 """Simulated hosts that really netboot: the part of a lab server behind its BMC.
 
 When a simulated BMC powers its host on with the one-time boot device set to PXE, the host:
-  1. fetches its bootloader over TFTP (undionly.kpxe for BIOS, snponly.efi for UEFI);
+  0. reads the boot flags its BMC received, as firmware does at POST: a PXE request whose BIOS boot
+     type (IPMI 2.0 §28.13 parameter 5: legacy or EFI) is not the mode the host is set up for
+     (`firmware_type`, from the spec) is not honoured, as on real servers: no PXE, it boots from
+     disk and nothing reports back;
+  1. fetches its bootloader over TFTP, chosen by the flags (undionly.kpxe for legacy, snponly.efi
+     for EFI);
   2. runs "iPXE": BIOS hosts fetch their per-MAC script over TFTP (boot-<mac>.ipxe), UEFI hosts
      fetch the HTTP bootstrap and chain to /boot/<mac>.ipxe, as real iPXE does;
   3. interprets the script (imgfetch, kernel, initrd, chain, boot, echo, exit, goto, ||), checking
@@ -100,9 +105,16 @@ class NetbootHost:
             if device != "pxe":
                 self._note(node, "disk_boot", boot=boot, release=self.installed_release(node))
                 return
+            asked, own = self._asked_mode(node), self.fw_type.get(node, "uefi")
+            if asked != own:
+                # A UEFI-only firmware has no legacy PXE stack (and a legacy BIOS no EFI one): it
+                # skips the request and goes on down its boot order to the disk.
+                self._note(node, "boot_mode_mismatch", asked=asked, firmware=own, boot=boot)
+                self._note(node, "disk_boot", boot=boot, release=self.installed_release(node))
+                return
             for attempt in range(1, 4):  # like PXE firmware: retry the boot before giving up
                 try:
-                    self._netboot(node)
+                    self._netboot(node, asked)
                     return
                 except PxeRetry as e:
                     self._note(node, "pxe_retry", attempt=attempt, error=str(e))
@@ -115,17 +127,22 @@ class NetbootHost:
             self._note(node, "boot_failed", error=f"{e.__class__.__name__}: {e}")
 
     # -- firmware stage ---------------------------------------------------------------------------
-    def _netboot(self, node: str) -> None:
+    def _asked_mode(self, node: str) -> str:
+        """The boot mode of this boot's PXE request, from the flags the BMC handed the firmware."""
+        efi = (self.site.state(node).get("last_boot") or {}).get("efi")
+        return "uefi" if efi else "bios"
+
+    def _netboot(self, node: str, mode: str) -> None:
         mac = self.macs[node]
         hexhyp = mac.replace(":", "-")
         host, port = self.tftp
-        loader = "undionly.kpxe" if self.fw_type.get(node) == "bios" else "snponly.efi"
+        loader = "undionly.kpxe" if mode == "bios" else "snponly.efi"
         try:
             nbp = fetch(host, port, loader, blksize=1468, timeout=0.5, retries=6)
         except TftpFetchError as e:
             raise PxeRetry(f"PXE: {e}") from None
         self._note(node, "pxe", loader=loader, bytes=len(nbp))
-        if self.fw_type.get(node) == "bios":
+        if mode == "bios":
             try:
                 script = fetch(host, port, f"boot-{hexhyp}.ipxe", blksize=1468, timeout=0.5, retries=6).decode()
             except TftpFetchError as e:

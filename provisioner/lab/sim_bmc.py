@@ -202,7 +202,10 @@ class SimBmc(Bmc):
         if override and not override.get("persistent"):
             self.state["boot_override"] = None
         self.state["boots"] += 1
-        self.state["last_boot"] = {"device": device, "at": round(time.time(), 3)}
+        # What the host's firmware reads at POST: the device and the BIOS boot type flag (None: no
+        # override, the firmware boots the way it is set up to). The host honours these, not its spec.
+        self.state["last_boot"] = {"device": device, "efi": override.get("efi", False) if override else None,
+                                   "at": round(time.time(), 3)}
         self.site.mark_dirty(self.name)
         self.site.notify_power_on(self.name, device)
 

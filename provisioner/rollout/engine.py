@@ -306,7 +306,7 @@ class RolloutEngine:
         self.store.update_node(row.node, state=state, state_reason=f"rollout: {what}")
         inbox = self.callbacks.subscribe(row.node)
         try:
-            driver.set_one_time_boot("pxe")
+            driver.set_one_time_boot("pxe", mode=row.plan["boot_mode"])
             driver.power_cycle()  # the contract: a server that is off is powered on (one status read less)
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:

@@ -52,8 +52,10 @@ class SimHarness:
 
     def inspect(self) -> dict:
         st = self.site.state(self.node)
+        o = st["boot_override"]
         return {"power": st["power"],
-                "boot_override": st["boot_override"]["device"] if st["boot_override"] else None,
+                "boot_override": o["device"] if o else None,
+                "boot_mode": ("uefi" if o["efi"] else "bios") if o else None,  # the EFI bit it was sent
                 "boots": st["boots"],
                 "last_boot_device": st["last_boot"]["device"] if st["last_boot"] else None,
                 "firmware": {c: fw["active"] for c, fw in st["firmware"].items()},
@@ -86,7 +88,7 @@ class FakeHarness:
 
     def inspect(self) -> dict:
         b = self.bmc
-        return {"power": b.power, "boot_override": b.boot_override, "boots": b.boots,
+        return {"power": b.power, "boot_override": b.boot_override, "boot_mode": b.boot_mode, "boots": b.boots,
                 "last_boot_device": b.last_boot_device, "firmware": dict(b.firmware),
                 "uploads": list(b.uploads)}
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import time
 
 import bmc_harness
 import pytest
 from bmc_harness import FIRMWARE, MODEL
 
+from provisioner.drivers import driver_names, get_driver
+from provisioner.drivers.base import BOOT_MODES
 from provisioner.drivers.sim_oem import SIM_MANUFACTURER_ID
 from provisioner.errors import BmcAuthError, BmcUnreachable, ImageRejected, Unsupported
 from provisioner.lab.bmc import SIM_DEVICE_ID, SIM_PRODUCT_ID
@@ -54,7 +57,7 @@ def test_power_cycle_of_a_running_server_reboots_it_exactly_once(harness):
 
 
 def test_one_time_pxe_boot_applies_to_the_next_boot_only(harness):
-    harness.driver.set_one_time_boot("pxe")
+    harness.driver.set_one_time_boot("pxe", mode="uefi")
     assert harness.inspect()["boot_override"] == "pxe"
     harness.driver.power_cycle()
     assert harness.inspect()["last_boot_device"] == "pxe"
@@ -63,15 +66,34 @@ def test_one_time_pxe_boot_applies_to_the_next_boot_only(harness):
     assert (seen["last_boot_device"], seen["boot_override"]) == ("disk", None)
 
 
-def test_health_shows_power_and_the_pending_boot_device(harness):
-    harness.driver.set_one_time_boot("pxe")
+def test_health_shows_power_and_the_pending_boot_device_and_mode(harness):
+    harness.driver.set_one_time_boot("pxe", mode="bios")
     h = harness.driver.health()
-    assert h["ok"] and h["power"] == "off" and h["boot_device"] == "pxe"
+    assert h["ok"] and h["power"] == "off" and (h["boot_device"], h["boot_mode"]) == ("pxe", "bios")
+
+
+@pytest.mark.parametrize("mode", BOOT_MODES)
+def test_one_time_boot_reaches_the_bmc_in_the_nodes_boot_mode(harness, mode):
+    harness.driver.set_one_time_boot("pxe", mode=mode)
+    seen = harness.inspect()
+    assert (seen["boot_override"], seen["boot_mode"]) == ("pxe", mode)
 
 
 def test_an_unknown_boot_device_is_unsupported(harness):
     with pytest.raises(Unsupported):
-        harness.driver.set_one_time_boot("usb-stick")
+        harness.driver.set_one_time_boot("usb-stick", mode="uefi")
+
+
+def test_an_unknown_boot_mode_is_unsupported_and_nothing_reaches_the_bmc(harness):
+    with pytest.raises(Unsupported, match="boot mode 'efi'"):
+        harness.driver.set_one_time_boot("pxe", mode="efi")
+    assert harness.inspect()["boot_override"] is None
+
+
+@pytest.mark.parametrize("name", driver_names())
+def test_every_registered_driver_takes_the_boot_mode_as_a_required_keyword(name):
+    mode = inspect.signature(get_driver(name).set_one_time_boot).parameters.get("mode")
+    assert mode is not None and mode.kind is inspect.Parameter.KEYWORD_ONLY and mode.default is mode.empty
 
 
 def test_inventory_lists_every_component_with_its_exact_version(harness):

@@ -67,6 +67,18 @@ def test_ipmitool_sets_a_one_time_pxe_boot_that_our_driver_and_the_host_see(bmc)
     assert booted == [(node, "pxe")] and site.state(node)["boot_override"] is None
 
 
+@pytest.mark.parametrize("mode, boot_type", [("uefi", "BIOS EFI boot"), ("bios", "BIOS PC Compatible (legacy) boot")])
+def test_our_driver_asks_for_a_one_time_pxe_boot_in_the_nodes_boot_mode_as_ipmitool_reads_it(bmc, mode, boot_type):
+    _, _, ep = bmc
+    driver = IpmiDriver(ep)
+    driver.set_one_time_boot("pxe", mode=mode)
+    flags = ok(ep, "chassis", "bootparam", "get", "5")
+    assert "Boot Flag Valid" in flags and "Options apply to only next boot" in flags  # not persistent
+    assert boot_type in flags and "Boot Device Selector : Force PXE" in flags
+    health = driver.health()
+    assert (health["boot_device"], health["boot_mode"]) == ("pxe", mode)
+
+
 def test_ipmitool_mc_info_shows_the_simulated_identity_and_bmc_version(bmc):
     _, _, ep = bmc
     info = ok(ep, "mc", "info")
