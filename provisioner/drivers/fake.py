@@ -126,7 +126,7 @@ class FakeDriver(BmcDriver):
         return component in self._bmc().oob_components
 
     def flash(self, component: str, image: bytes, expected_sha256: str, version: str,
-              progress: ProgressCallback | None = None) -> dict:
+              progress: ProgressCallback | None = None) -> FlashJob:
         digest = self._checked_digest(component, image, expected_sha256)
         bmc = self._bmc()
         if component not in bmc.oob_components or component not in bmc.firmware:
@@ -155,7 +155,7 @@ class FakeDriver(BmcDriver):
                                 f"the release says {version!r}")
         job.state, job.finished_at = "active", time.time()
         _notify(progress, job)
-        return job.as_dict()
+        return job
 
     def health(self) -> dict:
         try:

@@ -1,108 +1,62 @@
 """IPMI 2.0 driver on pyghmi: power, one-time boot, firmware versions, HPM.1 out-of-band flash.
 
 Everything is sent as raw IPMI requests through pyghmi.ipmi.command.Command (one RMCP+ session
-per BMC, reused across calls), with pyghmi patched by provisioner.drivers.pyghmi_fixes, and each
-operation run by provisioner.drivers.bounded (one at a time per BMC, under a deadline, retried
-with backoff when the error is retryable).
+per BMC, reused across calls), and each operation is run by provisioner.drivers.bounded (one at a
+time per BMC, under a deadline, retried with backoff when the error is retryable). The rooms:
+
+    ipmi_wire      command numbers, boot flags, Get Device ID parsing (no I/O)
+    hpm_upgrade    the HPM.1 upgrade steps as a state machine (no I/O); this module sends them
+    ipmi_errors    pyghmi's exceptions and completion codes -> our error tree, in one place
+    pyghmi_fixes   every touch of pyghmi's private state, behind its version check
+    ipmi_oem       extensions for a manufacturer's OEM commands, found by entry point
 
 Firmware versions come from, in order of preference:
-  1. the lab simulator's OEM inventory command, only if Get Device ID names the simulator's
-     manufacturer (provisioner.drivers.sim_oem): exact version strings;
+  1. the OEM extension registered for the manufacturer Get Device ID names, if any;
   2. PICMG HPM.1 Get Component Properties (current version) for each component the BMC lists,
      named by its description string ("BMC", "BIOS", ...), decoded by hpm1.decode_version;
-  3. Get Device ID (firmware revision + aux bytes, parsed here: fix K) for the BMC alone.
+  3. Get Device ID (firmware revision + aux bytes) for the BMC alone.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
-from dataclasses import dataclass
 
-import pyghmi.exceptions
 from pyghmi.ipmi import command as ipmi_command
-from pyghmi.ipmi.private import session as ipmi_session
-from pyghmi.ipmi.private import util as ipmi_util
 
-from provisioner.drivers import (
-    bounded,
-    hpm1,
-    pyghmi_fixes,  # noqa: F401  (applies fixes D, E, F, H, I, J, O, P)
-    sim_oem,
-)
+from provisioner.drivers import bounded, hpm1, ipmi_errors, ipmi_oem, pyghmi_fixes
 from provisioner.drivers.base import BmcDriver, BmcEndpoint, ComponentVersion, FlashJob, ProgressCallback
-from provisioner.errors import (
-    BmcAuthError,
-    BmcBusy,
-    BmcTimeout,
-    BmcUnreachable,
-    DriverError,
-    ImageRejected,
-    Unsupported,
+from provisioner.drivers.hpm_upgrade import HpmUpgrade, payload_for
+from provisioner.drivers.ipmi_wire import (
+    BOOT_FLAGS,
+    BOOT_SELECTORS,
+    CHASSIS_CONTROL,
+    CHASSIS_STATUS,
+    CONTROL_CYCLE,
+    CONTROL_OFF,
+    CONTROL_ON,
+    GET_BOOT_OPTIONS,
+    GET_DEVICE_ID,
+    NETFN_APP,
+    NETFN_CHASSIS,
+    SET_BOOT_OPTIONS,
+    DeviceId,
+    boot_flags,
+    parse_device_id,
+    read_boot_flags,
 )
+from provisioner.errors import BmcUnreachable, DriverError, Unsupported
+
+__all__ = ["IpmiDriver", "DeviceId", "parse_device_id"]
 
 log = logging.getLogger(__name__)
 
-NETFN_CHASSIS, NETFN_APP = 0x00, 0x06
-CHASSIS_STATUS, CHASSIS_CONTROL = 0x01, 0x02            # IPMI 2.0 §28.2, §28.3
-SET_BOOT_OPTIONS, GET_BOOT_OPTIONS = 0x08, 0x09          # IPMI 2.0 §28.12, §28.13
-GET_DEVICE_ID = 0x01                                     # IPMI 2.0 §20.1
-CONTROL_OFF, CONTROL_ON, CONTROL_CYCLE = 0, 1, 2
-BOOT_FLAGS = 5                                           # boot options parameter 5
-# Boot flags data 1 (IPMI 2.0 table 28-14): bit 7 valid, bit 6 persistent (0: next boot only),
-# bit 5 "BIOS boot type" (0: PC compatible / legacy, 1: EFI)
-BOOT_FLAG_VALID, BOOT_FLAG_PERSISTENT, BOOT_FLAG_EFI = 0x80, 0x40, 0x20
-# Boot device selector, bits 5:2 of boot flags byte 2 (IPMI 2.0 table 28-14)
-BOOT_SELECTORS = {"pxe": 1, "disk": 2, "cdrom": 5, "bios": 6, "default": 0}
-BOOT_NAMES = {1: "pxe", 2: "disk", 3: "disk", 5: "cdrom", 6: "bios", 0: "default"}
-UPLOAD_TOO_LONG = (0xC7, 0xC8, 0xCA)                     # shrink the block and try again
 # Log in again rather than reuse a session idle this long: BMCs drop idle sessions after 30-60 s
-# (IPMI 2.0 §13.14 suggests 60 s), and pyghmi's own keepalives are switched off (_without_keepalive).
+# (IPMI 2.0 §13.14 suggests 60 s), and pyghmi's own keepalives are switched off (without_keepalive).
 SESSION_IDLE_S = 20.0
-
-
-@dataclass(frozen=True)
-class DeviceId:
-    """Get Device ID, parsed per IPMI 2.0 table 20-2 (pyghmi's get_firmware mangles the minor: fix K)."""
-    device_id: int
-    revision: int
-    available: bool
-    firmware_major: int
-    firmware_minor: int        # BCD, as sent
-    ipmi_version: str
-    manufacturer_id: int
-    product_id: int
-    aux: bytes
-
-    @property
-    def firmware_revision(self) -> str:
-        """As ipmitool prints it: "2.15", "9.08"."""
-        return f"{self.firmware_major}.{self.firmware_minor:02x}"
-
-    @property
-    def version(self) -> str:
-        """Our dotted form (hpm1.decode_version): major.minor.aux."""
-        return hpm1.decode_version(bytes([self.firmware_major, self.firmware_minor]) + self.aux.ljust(4, b"\0"))
-
-
-def boot_flags(device: str, mode: str) -> list[int]:
-    """Set System Boot Options data for a one-time boot from `device` in boot `mode` (§28.12, parameter 5)."""
-    selector = BOOT_SELECTORS[device]
-    if selector == 0:
-        return [BOOT_FLAGS, 0, 0, 0, 0, 0]  # flags not valid: the BIOS boots as it would by itself
-    flags = BOOT_FLAG_VALID | (BOOT_FLAG_EFI if mode == "uefi" else 0)  # persistent bit clear: once
-    return [BOOT_FLAGS, flags, selector << 2, 0, 0, 0]
-
-
-def parse_device_id(data: bytes) -> DeviceId:
-    d = bytes(data)
-    if len(d) < 11:
-        raise ValueError(f"Get Device ID answer is {len(d)} bytes, expected at least 11")
-    return DeviceId(d[0], d[1] & 0x0F, not d[2] & 0x80, d[2] & 0x7F, d[3], f"{d[4] & 0x0F}.{d[4] >> 4}",
-                    int.from_bytes(d[6:9], "little") & 0x0FFFFF, int.from_bytes(d[9:11], "little"),
-                    d[11:15])
+# Get Target Upgrade Capabilities: completion codes meaning "no HPM.1 here" rather than a failure
+NO_HPM = (0xC1, 0xCC, 0xD4, 0xD5)
 
 
 class IpmiDriver(BmcDriver):
@@ -162,24 +116,25 @@ class IpmiDriver(BmcDriver):
         return self._run("supports_oob_flash", lambda a: component in self._components(a))
 
     def flash(self, component: str, image: bytes, expected_sha256: str, version: str,
-              progress: ProgressCallback | None = None) -> dict:
+              progress: ProgressCallback | None = None) -> FlashJob:
         digest = self._checked_digest(component, image, expected_sha256)
         job = FlashJob(self.endpoint.key, component, version, digest, len(image))
         log.info("flash.start bmc=%s component=%s version=%s bytes=%d", self.endpoint.key, component,
                  version, len(image))
         try:
-            result = bounded.run(self.endpoint.key, f"flash {component}",
-                                 lambda a: self._flash(a, job, image, progress), timeout=self.flash_timeout,
-                                 retries=self.retries, backoff=self.backoff, abandon=self._abandon,
-                                 retry_safe=False, stall_timeout=self.timeout, lock_timeout=self.timeout)
+            bounded.run(self.endpoint.key, f"flash {component}",
+                        lambda a: self._attempt(a, lambda a: self._flash(a, job, image, progress)),
+                        timeout=self.flash_timeout, retries=self.retries, backoff=self.backoff,
+                        abandon=self._abandon, retry_safe=False, stall_timeout=self.timeout,
+                        lock_timeout=self.timeout)
         except DriverError as e:
             job.state, job.error, job.finished_at = "failed", f"{type(e).__name__}: {e}", time.time()
-            e.job = job.as_dict()
+            e.job = job
             log.warning("flash.failed bmc=%s component=%s error=%s", self.endpoint.key, component, job.error)
             raise
         log.info("flash.done bmc=%s component=%s version=%s seconds=%s", self.endpoint.key, component,
-                 version, result["seconds"])
-        return result
+                 version, job.as_dict()["seconds"])
+        return job
 
     def health(self) -> dict:
         started = time.monotonic()
@@ -197,11 +152,11 @@ class IpmiDriver(BmcDriver):
         if cmd is None:
             return
         # Close Session is sent without waiting for the answer (pyghmi's logout), so this is quick.
-        future = bounded.POOL.submit(cmd.ipmi_session.logout)
+        future = bounded.POOL.submit(pyghmi_fixes.logout, cmd)
         try:
             future.result(timeout=1.0)
         except Exception:  # a failed logout only leaves a session for the BMC to time out
-            _drop_session(cmd.ipmi_session)
+            pyghmi_fixes.drop_command(cmd)
 
     # -- running ---------------------------------------------------------------------------------------
 
@@ -212,27 +167,29 @@ class IpmiDriver(BmcDriver):
 
     def _attempt(self, a: bounded.Attempt, fn):
         try:
-            self._connect(a)
-            return fn(a)
-        except pyghmi.exceptions.IpmiException as e:
-            raise self._map(e, a) from None
-        except OSError as e:
-            raise BmcUnreachable(f"{self.endpoint.key}: {e}") from None
+            with ipmi_errors.map_exceptions(self.endpoint):
+                self._connect(a)
+                return fn(a)
+        except BmcUnreachable:
+            with self._conn_lock:  # a session that got no answer is not reused
+                if self._cmd is a.session:
+                    self._cmd = None
+            raise
 
     def _connect(self, a: bounded.Attempt) -> ipmi_command.Command:
         with self._conn_lock:
             cmd, self._cmd = self._cmd, None
-            if (cmd is not None and not cmd.ipmi_session.broken and cmd.ipmi_session.logged
+            if (cmd is not None and pyghmi_fixes.session_usable(cmd)
                     and time.monotonic() - self._last_used < SESSION_IDLE_S):
                 self._cmd = a.session = cmd
                 return cmd
         if cmd is not None:
-            _logout_quietly(cmd.ipmi_session)  # idle too long: the BMC may have dropped it already
+            pyghmi_fixes.logout(cmd)  # idle too long: the BMC may have dropped it already
         ep = self.endpoint
         # bytes credentials (fix I): str ones made a second Command() to the same BMC hang
         cmd = ipmi_command.Command(bmc=ep.address, userid=ep.username.encode(),
                                    password=ep.password.encode(), port=ep.port)
-        _without_keepalive(cmd.ipmi_session)
+        pyghmi_fixes.without_keepalive(cmd)
         a.session = cmd
         a.check()
         with self._conn_lock:
@@ -243,32 +200,18 @@ class IpmiDriver(BmcDriver):
         with self._conn_lock:
             if self._cmd is a.session:
                 self._cmd = None
+        ep = self.endpoint
         if a.session is not None:
-            _drop_session(a.session.ipmi_session)
+            pyghmi_fixes.drop_command(a.session)
         else:
-            _forget_login(self.endpoint)
-
-    def _map(self, e: pyghmi.exceptions.IpmiException, a: bounded.Attempt) -> DriverError:
-        msg, code, key = str(e), getattr(e, "ipmicode", 0), self.endpoint.key
-        if any(s in msg for s in ("Incorrect password", "Unauthorized name", "Unauthorized role",
-                                  "Invalid username", "privelege", "privilege")) or code == 0xD4:
-            return BmcAuthError(f"{key}: credentials refused for user {self.endpoint.username!r} ({msg})")
-        if code == 0xC1:
-            return Unsupported(f"{key}: the BMC does not support this command ({msg})")
-        if code in (0xC0, 0xC3) or "Insufficient resources" in msg:
-            return BmcBusy(f"{key}: the BMC is busy ({msg})")
-        if code in (0, 0xFFFF) or "timeout" in msg or "no longer connected" in msg:
-            with self._conn_lock:
-                self._cmd = None
-            return BmcUnreachable(f"{key}: no answer from the BMC ({msg or 'timeout'})")
-        return DriverError(f"{key}: the BMC answered completion code {code:#04x} ({msg})")
+            pyghmi_fixes.forget_login(ep.address, ep.username.encode(), ep.password.encode(), ep.port)
 
     def _raw(self, a: bounded.Attempt, netfn: int, command: int, data=()) -> tuple[int, bytes]:
         """One request; (completion code, data). Raises for no answer."""
         a.check()
         rsp = a.session.raw_command(netfn=netfn, command=command, data=bytes(data))
         if "data" not in rsp:  # pyghmi's retries ran out: {'error': 'timeout', 'code': 0xffff}
-            raise pyghmi.exceptions.IpmiException(rsp.get("error", "timeout"), rsp.get("code", 0xFFFF))
+            raise ipmi_errors.no_answer(self.endpoint, rsp)
         a.answered = True
         a.progressed()
         self._last_used = time.monotonic()
@@ -277,8 +220,7 @@ class IpmiDriver(BmcDriver):
     def _ok(self, a, netfn: int, command: int, data=()) -> bytes:
         code, body = self._raw(a, netfn, command, data)
         if code:
-            raise pyghmi.exceptions.IpmiException(ipmi_util.get_ipmi_error(
-                {"code": code, "netfn": netfn + 1, "command": command}) or "error", code)
+            raise ipmi_errors.completion_error(self.endpoint, code, netfn, command)
         return body
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -293,10 +235,11 @@ class IpmiDriver(BmcDriver):
 
     def _read_versions(self, a) -> list[ComponentVersion]:
         ident = self._identity or self._device_id(a)
-        if ident.manufacturer_id == sim_oem.SIM_MANUFACTURER_ID:
-            records = sim_oem.unpack_inventory(self._ok(a, sim_oem.NETFN_OEM, sim_oem.GET_INVENTORY))
-            return [ComponentVersion(name, v, sim_oem.STATE_NAMES.get(state, "unknown"))
-                    for name, state, v in records]
+        oem = ipmi_oem.extension_for(ident.manufacturer_id)
+        if oem is not None:
+            versions = oem.firmware_versions(lambda netfn, command, data=b"": self._ok(a, netfn, command, data))
+            if versions is not None:
+                return versions
         out = []
         for name, cid in self._components(a).items():
             raw = self._ok(a, hpm1.NETFN_PICMG, hpm1.GET_COMPONENT_PROPERTIES,
@@ -317,197 +260,70 @@ class IpmiDriver(BmcDriver):
         code, caps = self._raw(a, hpm1.NETFN_PICMG, hpm1.GET_TARGET_UPGRADE_CAPABILITIES, [hpm1.PICMG_ID])
         found: dict[str, int] = {}
         if code == 0 and len(caps) >= 8:
-            self._hpm_upgrade_timeout = max(5.0, caps[3] * 5.0)
+            self._hpm_upgrade_timeout = max(5.0, caps[3] * 5.0)  # HPM.1 table 3-10: units of 5 s
             for cid in range(8):
                 if caps[7] & (1 << cid):
                     desc = self._ok(a, hpm1.NETFN_PICMG, hpm1.GET_COMPONENT_PROPERTIES,
                                     [hpm1.PICMG_ID, cid, hpm1.PROP_DESCRIPTION])[1:]
                     name = desc.split(b"\0", 1)[0].decode("ascii", "replace").strip().lower() or f"component{cid}"
                     found.setdefault(name, cid)
-        elif code not in (0xC1, 0xCC, 0xD4, 0xD5):
-            raise pyghmi.exceptions.IpmiException("Get Target Upgrade Capabilities failed", code)
+        elif code not in NO_HPM:
+            raise ipmi_errors.completion_error(self.endpoint, code, hpm1.NETFN_PICMG,
+                                               hpm1.GET_TARGET_UPGRADE_CAPABILITIES)
         self._hpm_components = found
         return found
 
     def _health(self, a) -> dict:
         power = self._power(a)
         code, flags = self._raw(a, NETFN_CHASSIS, GET_BOOT_OPTIONS, [BOOT_FLAGS, 0, 0])
-        boot, mode = "unknown", "unknown"
-        if code == 0 and len(flags) >= 4:
-            valid = flags[2] & BOOT_FLAG_VALID
-            boot = BOOT_NAMES.get((flags[3] >> 2) & 0x0F, "other") if valid else "default"
-            mode = ("uefi" if flags[2] & BOOT_FLAG_EFI else "bios") if valid else "default"
+        boot, mode = read_boot_flags(flags) if code == 0 else ("unknown", "unknown")
         ident = self._device_id(a)
         return {"power": power, "boot_device": boot, "boot_mode": mode,
                 "bmc_firmware_revision": ident.firmware_revision,
                 "manufacturer_id": ident.manufacturer_id, "product_id": ident.product_id}
 
-    # -- flashing (PICMG HPM.1 §3) ---------------------------------------------------------------------
+    # -- flashing (PICMG HPM.1 §3, steps in provisioner.drivers.hpm_upgrade) --------------------------------
 
-    def _flash(self, a, job: FlashJob, image: bytes, progress) -> dict:
-        self._connect(a)
-        try:
-            return self._flash_steps(a, job, image, progress)
-        except pyghmi.exceptions.IpmiException as e:
-            raise self._map(e, a) from None
-        except OSError as e:
-            raise BmcUnreachable(f"{self.endpoint.key}: {e}") from None
-
-    def _flash_steps(self, a, job: FlashJob, image: bytes, progress) -> dict:
+    def _flash(self, a, job: FlashJob, image: bytes, progress) -> FlashJob:
         key, component = self.endpoint.key, job.component
         comps = self._components(a)
         if component not in comps:
             raise Unsupported(f"{key}: the BMC cannot flash {component!r} out of band "
                               f"(HPM.1 components: {', '.join(comps) or 'none'})")
         cid = comps[component]
-        payload = _payload_for(image, cid, key, component)
-        job.bytes_total = len(payload)
+        payload = payload_for(image, cid, key, component)
         job.previous_version = self._active(a, component)
-        self._notify(job, progress, "uploading")
-
-        code, _ = self._raw(a, hpm1.NETFN_PICMG, hpm1.INITIATE_UPGRADE_ACTION,
-                            [hpm1.PICMG_ID, 1 << cid, hpm1.ACTION_UPLOAD_FOR_UPGRADE])
-        code = self._long(a, code)
-        if code == 0xD5:
-            raise BmcBusy(f"{key}: the BMC is in the middle of another firmware operation")
-        if code:
-            raise ImageRejected(f"{key}: the BMC refused to start an upgrade of {component} (code {code:#04x})")
-        a.committed = True
-        block, confirmed, offset, number = self.block_size, False, 0, 0
-        while offset < len(payload):
-            chunk = payload[offset:offset + block]
-            code, _ = self._raw(a, hpm1.NETFN_PICMG, hpm1.UPLOAD_FIRMWARE_BLOCK,
-                                bytes([hpm1.PICMG_ID, number & 0xFF]) + chunk)
-            if code in UPLOAD_TOO_LONG and not confirmed and block > 16:
-                block = max(16, block // 2)
-                continue
-            code = self._long(a, code)
-            if code:
-                raise BmcUnreachable(f"{key}: the BMC dropped the upload of {component} at block {number} "
-                                     f"(code {code:#04x}); {job.previous_version} is still active; flash again")
-            confirmed, offset, number = True, offset + len(chunk), number + 1
-            job.bytes_sent, job.blocks, job.block_size = offset, number, block
-            self._notify(job, progress)
-
-        code, _ = self._raw(a, hpm1.NETFN_PICMG, hpm1.FINISH_FIRMWARE_UPLOAD,
-                            bytes([hpm1.PICMG_ID, cid]) + struct.pack("<I", len(payload)))
-        code = self._long(a, code)
-        if code in (hpm1.CC_HPM_81, hpm1.CC_HPM_82, hpm1.CC_HPM_83):
-            raise ImageRejected(f"{key}: the BMC refused the {component} image after upload (code {code:#04x}: "
-                                f"{'length mismatch' if code == hpm1.CC_HPM_81 else 'validation failed'})")
-        if code:
-            raise DriverError(f"{key}: Finish Firmware Upload failed with code {code:#04x}")
-
-        self._notify(job, progress, "activating")
-        code, _ = self._raw(a, hpm1.NETFN_PICMG, hpm1.ACTIVATE_FIRMWARE, [hpm1.PICMG_ID])
-        code = self._long(a, code, self._hpm_upgrade_timeout)
-        if code:
-            raise DriverError(f"{key}: activation of {component} failed with code {code:#04x}")
-
-        self._notify(job, progress, "verifying")
-        found = self._active(a, component)  # a fresh read, never a cached one
-        if found != job.version:
-            raise ImageRejected(f"{key}: after activation {component} reports {found!r}, the release says "
-                                f"{job.version!r}")
-        job.finished_at = time.time()
-        self._notify(job, progress, "active")
-        return job.as_dict()
+        upgrade = HpmUpgrade(job, cid, payload, block_size=self.block_size,
+                             activation_timeout=self._hpm_upgrade_timeout, poll_interval=self.poll_interval)
+        self._notify(job, progress)
+        seen = (job.state, job.blocks)
+        while not upgrade.done:
+            if upgrade.step == "verify":
+                upgrade.verified(self._active(a, component))  # a fresh read, never a cached one
+            else:
+                request = upgrade.request()
+                if request.wait:
+                    time.sleep(request.wait)
+                try:
+                    with ipmi_errors.map_exceptions(self.endpoint):
+                        code, body = self._raw(a, hpm1.NETFN_PICMG, request.command, request.data)
+                except BmcUnreachable as e:
+                    raise upgrade.no_answer(str(e)) from None
+                upgrade.answer(code, body, time.monotonic())
+                a.committed = a.committed or upgrade.committed
+            if (job.state, job.blocks) != seen:
+                seen = (job.state, job.blocks)
+                self._notify(job, progress)
+        return job
 
     def _active(self, a, component: str) -> str | None:
         versions = self._read_versions(a)
         return next((v.version for v in versions if v.component == component and v.state == "active"), None)
 
-    def _long(self, a, code: int, limit: float = 60.0) -> int:
-        """Wait out a long-duration command (code 80h) by polling Get Upgrade Status (HPM.1 §3.4)."""
-        deadline = time.monotonic() + limit
-        while code == hpm1.CC_IN_PROGRESS:
-            if time.monotonic() > deadline:
-                raise BmcTimeout(f"{self.endpoint.key}: HPM.1 command still in progress after {limit:.0f}s")
-            time.sleep(self.poll_interval)
-            status = self._ok(a, hpm1.NETFN_PICMG, hpm1.GET_UPGRADE_STATUS, [hpm1.PICMG_ID])
-            code = status[2] if len(status) >= 3 else 0
-        return code
-
     @staticmethod
-    def _notify(job: FlashJob, progress, state: str | None = None) -> None:
-        if state:
-            job.state = state
+    def _notify(job: FlashJob, progress) -> None:
         if progress is not None:
             try:
                 progress(job)
             except Exception:
                 log.exception("flash.progress_callback_failed component=%s", job.component)
-
-
-def _payload_for(image: bytes, cid: int, key: str, component: str) -> bytes:
-    """The bytes to upload: the component's record of an HPM.1 image, or the image itself."""
-    if not image.startswith(hpm1.IMAGE_SIGNATURE):
-        return image
-    try:
-        parsed = hpm1.parse_image(image)
-    except ValueError as e:
-        raise ImageRejected(f"{key}: {component} image is not a valid HPM.1 image: {e}") from None
-    upload = parsed.upload_for(cid)
-    if upload is None:
-        raise ImageRejected(f"{key}: the HPM.1 image has no upload record for {component} (component id {cid})")
-    return upload.data
-
-
-def _drop_session(s) -> None:
-    """End a session whose caller gave up on it: no reuse, no retries, no timers.
-
-    pyghmi runs every session's retry timers from whichever thread waits in its event loop, so
-    a session left to time out on its own (a dead BMC: 10-20 s of retries, then a logout) stalls
-    unrelated logins in other threads; seen here as 5-12 s pauses among 500 healthy BMCs. So the
-    abandoned session is taken off every pyghmi list and told it is over: its own thread leaves
-    its wait loop at once with "Session no longer connected" and nobody else touches it again.
-    """
-    S = ipmi_session.Session
-    with ipmi_util.protect(ipmi_session.KEEPALIVE_SESSIONS):
-        S.keepalive_sessions.pop(s, None)
-    with ipmi_util.protect(ipmi_session.WAITING_SESSIONS):
-        S.waiting_sessions.pop(s, None)
-    for k, v in list(S.initting_sessions.items()):
-        if v is s:
-            S.initting_sessions.pop(k, None)
-    s.lastpayload = s.onlogpayload = None
-    s.logged, s.logging, s.incommand = 0, False, False
-    if not getattr(s, "broken", True):
-        s.errormsg = "session abandoned after its caller's deadline"  # pyghmi raises with it
-        s.broken = True
-        if getattr(s, "socket", None) is not None:
-            s.socketpool[s.socket] -= 1
-    evq = getattr(s, "evq", None)
-    while evq:
-        evq.popleft().set()
-
-
-def _without_keepalive(s) -> None:
-    """Take a session off pyghmi's keepalive list.
-
-    pyghmi sends keepalives from whichever thread happens to be waiting in its event loop; for a
-    BMC that went away, the keepalive's timeout and logout then block that unrelated thread for
-    10-15 s (seen here: one round of 500 operations stalled 12 s). The driver re-logs in after
-    SESSION_IDLE_S instead.
-    """
-    with ipmi_util.protect(ipmi_session.KEEPALIVE_SESSIONS):
-        ipmi_session.Session.keepalive_sessions.pop(s, None)
-
-
-def _logout_quietly(s) -> None:
-    try:
-        s.logout()  # Close Session, not waited for
-    except Exception:
-        _drop_session(s)
-
-
-def _forget_login(ep: BmcEndpoint) -> None:
-    """A login we abandoned before it returned a session: end it (see _drop_session).
-
-    Found by its key in pyghmi's list of logins in progress; anyone else logging in to this BMC
-    with these credentials would have joined that very login.
-    """
-    key = (ep.address, ep.username.encode(), ep.password.encode(), ep.port)
-    for k, v in list(ipmi_session.Session.initting_sessions.items()):
-        if k[:4] == key:
-            _drop_session(v)

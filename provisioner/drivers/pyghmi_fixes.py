@@ -1,4 +1,7 @@
-"""Client-side fixes for pyghmi 1.6.19, applied once at import (see research/ipmi-feasibility.md §6).
+"""Every touch of pyghmi's private state, behind one version check: the client-side fixes for pyghmi
+1.6.19, applied once at import (see research/ipmi-feasibility.md §6), and the session helpers the
+IPMI driver needs (is a session still usable, end one its caller gave up on, text of a completion
+code). No other module of provisioner.drivers imports pyghmi's private modules.
 
 Each fix is named by its letter in the research note:
 
@@ -37,7 +40,7 @@ Each fix is named by its letter in the research note:
      session queue whose pop of nothing is a no-op, and by one thread at a time draining a
      session's packet queue.
 
-K (Get Device ID parsing) is done by the driver itself (`provisioner.drivers.ipmi.parse_device_id`);
+K (Get Device ID parsing) is done by the driver itself (`provisioner.drivers.ipmi_wire.parse_device_id`);
 the server-side fixes A, B, C, G live with the simulator in `provisioner.lab`.
 
 The patches replace private pyghmi functions, so they are only correct for the exact release they
@@ -64,6 +67,7 @@ if _installed != PYGHMI_VERSION:
 
 import pyghmi.ipmi.command as _command  # noqa: E402  (after the version check, on purpose)
 import pyghmi.ipmi.private.session as _session  # noqa: E402
+import pyghmi.ipmi.private.util as _util  # noqa: E402
 
 _MARK = "_provisioner_fixes"
 _tl = threading.local()
@@ -293,6 +297,84 @@ def apply() -> tuple[str, ...]:
     APPLIED = ("D", "E", "F", "H", "I", "J", "O", "P", "Q")
     setattr(_session, _MARK, APPLIED)
     return APPLIED
+
+
+# -- session helpers for the driver ---------------------------------------------------------------
+
+def session_usable(cmd: _command.Command) -> bool:
+    """Whether a Command's session is logged in and not broken, so a request may reuse it."""
+    s = cmd.ipmi_session
+    return not s.broken and bool(s.logged)
+
+
+def completion_text(code: int, netfn: int, command: int) -> str | None:
+    """pyghmi's text for a completion code of a request (netfn of the request, not the response)."""
+    return _util.get_ipmi_error({"code": code, "netfn": netfn + 1, "command": command})
+
+
+def drop_session(s) -> None:
+    """End a session whose caller gave up on it: no reuse, no retries, no timers.
+
+    pyghmi runs every session's retry timers from whichever thread waits in its event loop, so
+    a session left to time out on its own (a dead BMC: 10-20 s of retries, then a logout) stalls
+    unrelated logins in other threads; seen here as 5-12 s pauses among 500 healthy BMCs. So the
+    abandoned session is taken off every pyghmi list and told it is over: its own thread leaves
+    its wait loop at once with "Session no longer connected" and nobody else touches it again.
+    """
+    S = _session.Session
+    with _util.protect(_session.KEEPALIVE_SESSIONS):
+        S.keepalive_sessions.pop(s, None)
+    with _util.protect(_session.WAITING_SESSIONS):
+        S.waiting_sessions.pop(s, None)
+    for k, v in list(S.initting_sessions.items()):
+        if v is s:
+            S.initting_sessions.pop(k, None)
+    s.lastpayload = s.onlogpayload = None
+    s.logged, s.logging, s.incommand = 0, False, False
+    if not getattr(s, "broken", True):
+        s.errormsg = "session abandoned after its caller's deadline"  # pyghmi raises with it
+        s.broken = True
+        if getattr(s, "socket", None) is not None:
+            s.socketpool[s.socket] -= 1
+    evq = getattr(s, "evq", None)
+    while evq:
+        evq.popleft().set()
+
+
+def drop_command(cmd: _command.Command) -> None:
+    drop_session(cmd.ipmi_session)
+
+
+def without_keepalive(cmd: _command.Command) -> None:
+    """Take a Command's session off pyghmi's keepalive list.
+
+    pyghmi sends keepalives from whichever thread happens to be waiting in its event loop; for a
+    BMC that went away, the keepalive's timeout and logout then block that unrelated thread for
+    10-15 s (seen here: one round of 500 operations stalled 12 s). The driver logs in again after
+    an idle while instead.
+    """
+    with _util.protect(_session.KEEPALIVE_SESSIONS):
+        _session.Session.keepalive_sessions.pop(cmd.ipmi_session, None)
+
+
+def logout(cmd: _command.Command) -> None:
+    """Close Session, not waited for (pyghmi's logout); a failure drops the session instead."""
+    try:
+        cmd.ipmi_session.logout()
+    except Exception:
+        drop_session(cmd.ipmi_session)
+
+
+def forget_login(address: str, username: bytes, password: bytes, port: int) -> None:
+    """A login we abandoned before it returned a session: end it (see drop_session).
+
+    Found by its key in pyghmi's list of logins in progress; anyone else logging in to this BMC
+    with these credentials would have joined that very login.
+    """
+    key = (address, username, password, port)
+    for k, v in list(_session.Session.initting_sessions.items()):
+        if k[:4] == key:
+            drop_session(v)
 
 
 apply()

@@ -18,7 +18,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from provisioner.drivers import hpm1, sim_oem
+from provisioner.drivers import hpm1
+from provisioner.lab import ipmi_oem
 
 COMPONENTS = ("bmc", "bios", "nic", "raid")   # HPM.1 component ids 0..3
 DESCRIPTIONS = {"bmc": "BMC", "bios": "BIOS", "nic": "NIC", "raid": "RAID"}
@@ -285,22 +286,22 @@ class HpmTarget:
     def _names(self, mask: int) -> list[str]:
         return [n for i, n in enumerate(COMPONENTS) if mask & (1 << i)]
 
-    # -- OEM: exact version strings (provisioner.drivers.sim_oem) --------------------------------------
+    # -- OEM: exact version strings (provisioner.lab.ipmi_oem) --------------------------------------
 
     def handle_oem(self, command: int, data: bytes) -> tuple[int, bytes]:
-        if command == sim_oem.GET_INVENTORY:
+        if command == ipmi_oem.GET_INVENTORY:
             records = []
             for name in COMPONENTS:
                 fw = self.firmware.get(name)
                 if fw:
-                    records.append((name, sim_oem.STATE_ACTIVE, fw["active"]))
+                    records.append((name, ipmi_oem.STATE_ACTIVE, fw["active"]))
                     if fw.get("pending"):
-                        records.append((name, sim_oem.STATE_PENDING, fw["pending"]))
-            return 0, sim_oem.pack_inventory(records)
-        if command == sim_oem.GET_VERSION_STRING:
+                        records.append((name, ipmi_oem.STATE_PENDING, fw["pending"]))
+            return 0, ipmi_oem.pack_inventory(records)
+        if command == ipmi_oem.GET_VERSION_STRING:
             if not data or data[0] >= len(COMPONENTS) or COMPONENTS[data[0]] not in self.firmware:
                 return hpm1.CC_HPM_82, b""
-            which = "pending" if len(data) > 1 and data[1] == sim_oem.STATE_PENDING else "active"
+            which = "pending" if len(data) > 1 and data[1] == ipmi_oem.STATE_PENDING else "active"
             v = self.firmware[COMPONENTS[data[0]]].get(which)
             return (0, v.encode("ascii", "replace")) if v else (hpm1.CC_HPM_82, b"")
         return 0xC1, b""

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from pyghmi.ipmi.bmc import Bmc
 
-from provisioner.drivers import hpm1, sim_oem
-from provisioner.lab import hpm, ipmi_server
+from provisioner.drivers import hpm1
+from provisioner.lab import hpm, ipmi_oem, ipmi_server
 
 if TYPE_CHECKING:
     from provisioner.lab.bmc import SimSite
@@ -68,7 +68,7 @@ class SimBmc(Bmc):
         self.address, self.port = node["bmc_address"], int(node["bmc_port"])
         self.deviceid, self.revision = SIM_DEVICE_ID, 1
         self.ipmiversion, self.additionaldevices = 2, 0x80  # IPMI 2.0; chassis device
-        self.mfgid, self.prodid = sim_oem.SIM_MANUFACTURER_ID, SIM_PRODUCT_ID
+        self.mfgid, self.prodid = ipmi_oem.SIM_MANUFACTURER_ID, SIM_PRODUCT_ID
         self.authdata = _Credentials(self)
         self.authcap = struct.pack("BBBBBBBBB", 0, 1, 0b10000000, 0b00000100, 0b00000010, 0, 0, 0, 0)
         self.kg, self.timeout = None, 60
@@ -119,7 +119,7 @@ class SimBmc(Bmc):
         try:
             if netfn == hpm1.NETFN_PICMG:
                 code, body = self._hpm(cmd, data)
-            elif netfn == sim_oem.NETFN_OEM:
+            elif netfn == ipmi_oem.NETFN_OEM:
                 code, body = self.hpm.handle_oem(cmd, data)
             elif netfn == 0x06 and cmd == 0x01:
                 return self.send_device_id(session)

@@ -11,11 +11,11 @@ import pytest
 from bmc_harness import FIRMWARE, MODEL
 
 from provisioner.drivers import driver_names, get_driver
-from provisioner.drivers.base import BOOT_MODES
-from provisioner.drivers.sim_oem import SIM_MANUFACTURER_ID
+from provisioner.drivers.base import BOOT_MODES, FlashJob
 from provisioner.errors import BmcAuthError, BmcUnreachable, ImageRejected, Unsupported
 from provisioner.lab.bmc import SIM_DEVICE_ID, SIM_PRODUCT_ID
 from provisioner.lab.hpm import build_hpm_image, build_sim_payload
+from provisioner.lab.ipmi_oem import SIM_MANUFACTURER_ID
 
 sim_site, harness = bmc_harness.sim_site, bmc_harness.harness  # fixtures
 
@@ -114,7 +114,9 @@ def test_every_component_can_be_flashed_out_of_band(harness):
 def test_flash_installs_the_version_and_verifies_it(harness):
     image = build_sim_payload("bios", "1.21.0", MODEL, size=6000)
     job = harness.driver.flash("bios", image, sha(image), "1.21.0")
-    assert (job["state"], job["previous_version"], job["version"]) == ("active", "1.20.0", "1.21.0")
+    assert isinstance(job, FlashJob)
+    assert (job.state, job.previous_version, job.version) == ("active", "1.20.0", "1.21.0")
+    assert job.as_dict()["state"] == "active" and job.as_dict()["seconds"] >= 0
     assert harness.inspect()["firmware"]["bios"] == "1.21.0"
     assert harness.driver.firmware_inventory()["bios"] == "1.21.0"
 

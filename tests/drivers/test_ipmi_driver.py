@@ -12,7 +12,8 @@ from bmc_harness import FIRMWARE, MODEL
 
 from provisioner.drivers import get_driver, open_driver
 from provisioner.drivers.base import BmcEndpoint
-from provisioner.drivers.ipmi import IpmiDriver, parse_device_id
+from provisioner.drivers.ipmi import IpmiDriver
+from provisioner.drivers.ipmi_wire import parse_device_id
 from provisioner.errors import BmcAuthError, BmcBusy, BmcTimeout, BmcUnreachable, ImageRejected
 from provisioner.lab.hpm import build_sim_payload
 
@@ -102,7 +103,7 @@ def test_power_lost_mid_flash_leaves_the_old_version_and_a_retryable_error(sim_s
     driver = IpmiDriver(ep, timeout=1.5, block_size=1024)
     with pytest.raises(BmcTimeout, match="no progress") as e:
         driver.flash("bios", image, sha(image), "1.21.0")
-    assert e.value.retryable and e.value.job["state"] == "failed" and 0 < e.value.job["bytes_sent"] < 40_000
+    assert e.value.retryable and e.value.job.state == "failed" and 0 < e.value.job.bytes_sent < 40_000
     log = site.state(node)["log"]
     aborted = [x for x in log if x["event"] == "flash_aborted"]
     assert aborted and aborted[0]["components"] == ["bios"] and aborted[0]["blocks"] == 10
@@ -124,7 +125,7 @@ def test_upload_blocks_shrink_to_what_the_bmc_accepts(sim_site):
     site, node, ep = one(sim_site, max_block=100)
     image = build_sim_payload("nic", "22.40.0", MODEL, size=3000)
     job = IpmiDriver(ep, block_size=1024).flash("nic", image, sha(image), "22.40.0")
-    assert job["block_size"] == 64 and job["blocks"] == 47
+    assert job.block_size == 64 and job.blocks == 47
     assert site.firmware(node)["nic"] == "22.40.0"
 
 
@@ -155,7 +156,7 @@ def test_one_operation_at_a_time_per_bmc_even_across_driver_objects(sim_site):
     with pytest.raises(BmcBusy, match="another operation"):
         IpmiDriver(ep, timeout=0.3).power_status()
     t.join(30)
-    assert result["job"]["state"] == "active"
+    assert result["job"].state == "active"
     assert IpmiDriver(ep).power_status() == "off"
 
 

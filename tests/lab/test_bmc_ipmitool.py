@@ -10,10 +10,10 @@ import pytest
 from helpers import need_tool
 
 from provisioner.drivers.ipmi import IpmiDriver
-from provisioner.drivers.sim_oem import SIM_MANUFACTURER_ID
 from provisioner.lab.bmc import SIM_DEVICE_ID, SIM_PRODUCT_ID, SimSite
 from provisioner.lab.bmc_process import generate_nodes
 from provisioner.lab.hpm import build_hpm_image, build_sim_payload
+from provisioner.lab.ipmi_oem import SIM_MANUFACTURER_ID
 from provisioner.lab.loopback import free_block
 
 FIRMWARE = {"bmc": "2.1.0", "bios": "1.20.0", "nic": "22.31.6", "raid": "52.26.0"}

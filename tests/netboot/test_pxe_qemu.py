@@ -8,6 +8,10 @@ records what the netboot gate handed the node and the callback the node made wit
 The artifacts are small random stand-ins, so the kernels never run: the proof is the HTTP hits the
 node makes (node events in the store, the serve log), not an installed OS. Debian's iPXE has no
 `poweroff`, so every boot ends with the test killing qemu.
+
+Every boot goes through the driver path: our IPMI driver asks the node's simulated BMC for a one-time
+PXE boot in the node's boot mode (inventory `firmware`), and the VM gets the firmware the flags the
+BMC received ask for: the EFI boot type starts OVMF, the legacy one SeaBIOS.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from pathlib import Path
 import pytest
 from helpers import built_site, copy_spec, need_root, need_tool, pinned, run_cli
 from netns import IPXE_ROM, OVMF_CODE, OVMF_VARS, Netns, dnsmasq, netns, qemu, serve, tail, wait_for
+
+from provisioner.drivers.ipmi import IpmiDriver
+from provisioner.lab.bmc import SimSite
+from provisioner.lab.bmc_process import generate_nodes
+from provisioner.lab.loopback import free_block
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root]
 
@@ -34,8 +43,10 @@ ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]|\x1bc")
 class Lab:
     """One namespace with br0, dnsmasq and `provisioner serve`, shared by the boots of this module."""
 
-    def __init__(self, work: Path, ns: Netns, ctx, rel, dhcp, server):
+    def __init__(self, work: Path, ns: Netns, ctx, rel, dhcp, server, bmcs: SimSite):
         self.work, self.ns, self.ctx, self.rel, self.dhcp, self.server = work, ns, ctx, rel, dhcp, server
+        self.bmcs = bmcs  # one simulated BMC per node of MACS, on loopback outside the namespace
+        self.modes = {n.name: n.firmware for _, n in ctx.spec.nodes()}
         self._taps = 0
 
     def new_tap(self) -> str:
@@ -73,9 +84,20 @@ def lab(tmp_path_factory):
         except BaseException:
             dhcp.stop()
             raise
+        base, port = free_block(len(MACS))
+        nodes = generate_nodes(len(MACS), base=base, port=port)
+        for n, name in zip(nodes, MACS, strict=True):
+            n["name"] = name
         try:
-            yield Lab(work, ns, ctx, rel, dhcp, server)
+            bmcs = SimSite(nodes).start()
+        except BaseException:
+            server.stop()
+            dhcp.stop()
+            raise
+        try:
+            yield Lab(work, ns, ctx, rel, dhcp, server, bmcs)
         finally:
+            bmcs.stop()
             server.stop()
             dhcp.stop()
 
@@ -93,9 +115,27 @@ def dhcp_boot_files(log: str, mac: str) -> set[str]:
     return names
 
 
-def boot(lab: Lab, node: str, firmware: str, done, name: str) -> tuple[list[dict], str]:
-    """Power on a VM with `node`'s MAC until `done(events)` holds for the node's new events; kill it.
+def firmware_asked(lab: Lab, node: str, *, option_rom: bool = True) -> str:
+    """Ask `node`'s BMC, through our driver, for a one-time PXE boot in the node's boot mode; power
+    it on; return the qemu firmware the flags the BMC handed the host at that boot ask for."""
+    driver = IpmiDriver(lab.bmcs.endpoints()[node], timeout=5)
+    try:
+        driver.set_one_time_boot("pxe", mode=lab.modes[node])
+        driver.power_cycle()
+    finally:
+        driver.close()
+    flags = lab.bmcs.state(node)["last_boot"]  # device selector and BIOS boot type, as received
+    assert flags["device"] == "pxe", flags
+    if not flags["efi"]:
+        return "bios"  # legacy boot type: SeaBIOS with the iPXE option ROM
+    return "uefi" if option_rom else "uefi-pxe"  # OVMF, with or without iPXE's EFI ROM
+
+
+def boot(lab: Lab, node: str, done, name: str, *, option_rom: bool = True) -> tuple[list[dict], str]:
+    """Set `node`'s boot through its BMC, then run a VM with `node`'s MAC and the firmware the BMC's
+    flags ask for until `done(events)` holds for the node's new events; kill it.
     Returns (new events, serial console text). Fails with every log tail if the deadline passes."""
+    firmware = firmware_asked(lab, node, option_rom=option_rom)
     need_tool(str(IPXE_ROM))
     if firmware != "bios":
         need_tool(str(OVMF_CODE), str(OVMF_VARS))
@@ -114,7 +154,7 @@ def boot(lab: Lab, node: str, firmware: str, done, name: str) -> tuple[list[dict
     finally:
         vm.stop()
         lab.ns.ip("link", "del", tap)
-    print(f"{name}: {node} booted to its callback in {took:.1f} s")
+    print(f"{name}: {node} ({lab.modes[node]}) booted with {firmware} to its callback in {took:.1f} s")
     return events, ANSI.sub("", tail(vm.serial, 200))
 
 
@@ -133,7 +173,7 @@ def callback(event: str):
 
 def test_bios_seabios_ipxe_rom_boots_an_installing_node_into_its_install(lab):
     lab.ctx.store.update_node("r1n04", state="installing", observed=pinned(lab.rel, "r650"))
-    events, serial = boot(lab, "r1n04", "bios", callback("started"), "bios-install")
+    events, serial = boot(lab, "r1n04", callback("started"), "bios-install")
     decision = next(e for e in events if e["source"] == "netboot")
     assert decision["event"] == "install" and decision["details"]["kind"] == "ipxe"
     assert decision["details"]["release"] == lab.rel.id
@@ -149,7 +189,7 @@ def test_bios_seabios_ipxe_rom_boots_an_installing_node_into_its_install(lab):
 def test_uefi_ovmf_ipxe_rom_boots_a_flashing_node_into_the_flasher(lab):
     lab.ctx.store.update_node("r1n01", state="flashing",
                               observed={**pinned(lab.rel, "r650"), "bios": "1.14.0"})
-    events, serial = boot(lab, "r1n01", "uefi", callback("started"), "uefi-flash")
+    events, serial = boot(lab, "r1n01", callback("started"), "uefi-flash")
     assert kinds(events)[:2] == [("netboot", "flash"), ("callback", "started")]
     decision, started = events[0], events[1]
     assert decision["details"]["components"] == ["bios"] and decision["details"]["release"] == lab.rel.id
@@ -162,7 +202,7 @@ def test_uefi_ovmf_ipxe_rom_boots_a_flashing_node_into_the_flasher(lab):
 
 def test_uefi_ovmf_own_pxe_fetches_snponly_over_our_tftp_then_installs(lab):
     lab.ctx.store.update_node("r1n03", state="installing", observed=pinned(lab.rel, "r650"))
-    events, serial = boot(lab, "r1n03", "uefi-pxe", callback("started"), "uefi-pxe-install")
+    events, serial = boot(lab, "r1n03", callback("started"), "uefi-pxe-install", option_rom=False)
     assert kinds(events)[:2] == [("netboot", "install"), ("callback", "started")]
     assert events[1]["details"]["boot_action"] == "install"
     acked = dhcp_boot_files(tail(lab.dhcp.dhcp_log, 100000), MACS["r1n03"])
@@ -177,7 +217,7 @@ def test_a_node_running_blocked_firmware_is_held_not_booted(lab):
     """Active node, bios 1.12.1 on the deny-list, no re-provision scheduled: the hold config."""
     lab.ctx.store.update_node("r1n08", state="active", observed={**pinned(lab.rel, "r650"), "bios": "1.12.1"})
     before = lab.last_seq("r1n08")
-    _, serial = boot(lab, "r1n08", "bios", callback("held"), "bios-hold")
+    _, serial = boot(lab, "r1n08", callback("held"), "bios-hold")
     time.sleep(1)  # anything the script did after the callback would be recorded by now
     events = lab.events("r1n08", before)
     assert kinds(events) == [("netboot", "hold"), ("callback", "held")]
@@ -191,7 +231,7 @@ def test_an_installing_node_on_blocked_firmware_is_reflashed_never_installed(lab
     """The gate's rule for a node due a reimage that runs a blocked version: flash to the pins first
     (tests/netboot/test_gate.py); it never gets the install config."""
     lab.ctx.store.update_node("r1n04", state="installing", observed={**pinned(lab.rel, "r650"), "bios": "1.12.1"})
-    events, serial = boot(lab, "r1n04", "bios", callback("started"), "bios-blocked-install")
+    events, serial = boot(lab, "r1n04", callback("started"), "bios-blocked-install")
     assert kinds(events)[:2] == [("netboot", "flash"), ("callback", "started")]
     assert "runs blocked bios 1.12.1" in events[0]["details"]["reason"]
     assert events[0]["details"]["components"] == ["bios"]

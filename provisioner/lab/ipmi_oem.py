@@ -2,9 +2,10 @@
 
 HPM.1 versions are 6 bytes and cannot carry every version string a vendor uses ("7.00.60" has a
 leading zero, see provisioner.drivers.hpm1). The simulated BMC therefore also answers two OEM
-commands under netfn 0x30. A driver only sends them to a BMC whose Get Device ID reports
-SIM_MANUFACTURER_ID, because netfn 0x30 means something different (sometimes destructive) on
-every real vendor's BMC.
+commands under netfn 0x30. The IPMI driver sends them only through `LabOem`, its OEM extension
+registered for SIM_MANUFACTURER_ID (entry point group "provisioner.ipmi_oem", see
+provisioner.drivers.ipmi_oem), because netfn 0x30 means something different (sometimes destructive)
+on every real vendor's BMC. The driver itself never names the simulator.
 
   netfn 0x30 cmd 0x01  Get component version string
       request:  [component id (HPM.1 numbering), which (0 = active, 1 = pending)]
@@ -16,6 +17,8 @@ every real vendor's BMC.
 """
 
 from __future__ import annotations
+
+from provisioner.drivers.base import ComponentVersion
 
 NETFN_OEM = 0x30
 GET_VERSION_STRING = 0x01
@@ -54,3 +57,13 @@ def unpack_inventory(data: bytes) -> list[tuple[str, int, str]]:
     except IndexError:
         raise ValueError("truncated OEM firmware inventory record") from None
     return out
+
+
+class LabOem:
+    """The IPMI driver's extension for the lab's BMCs: exact version strings from GET_INVENTORY."""
+
+    manufacturer_id = SIM_MANUFACTURER_ID
+
+    def firmware_versions(self, send) -> list[ComponentVersion]:
+        return [ComponentVersion(name, version, STATE_NAMES.get(state, "unknown"))
+                for name, state, version in unpack_inventory(send(NETFN_OEM, GET_INVENTORY, b""))]
