@@ -30,7 +30,7 @@ from provisioner.drivers import BmcEndpoint, open_driver
 from provisioner.drivers.base import BmcDriver
 from provisioner.errors import DriverError
 from provisioner.netboot.gate import Blocked
-from provisioner.plan import blocked_pins, pins_by_model
+from provisioner.plan import blocked_pins, boot_modes, pins_by_model
 from provisioner.rollout.record import RolloutRecord
 from provisioner.store.repo import Store, now
 
@@ -306,7 +306,7 @@ class RolloutEngine:
         self.store.update_node(row.node, state=state, state_reason=f"rollout: {what}")
         inbox = self.callbacks.subscribe(row.node)
         try:
-            driver.set_one_time_boot("pxe", mode=row.plan["boot_mode"])
+            driver.set_one_time_boot("pxe", mode=row.plan.get("boot_mode") or boot_modes(self.doc)[row.node])
             driver.power_cycle()  # the contract: a server that is off is powered on (one status read less)
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
