@@ -138,8 +138,11 @@ class FakeDriver(BmcDriver):
             bmc.power_loss_during_flash = False
             bmc.power = "off"
             bmc.record(event="flash_aborted", component=component, reason="power lost during upload")
-            raise BmcUnreachable(f"{self.endpoint.key}: the BMC stopped answering during the upload of "
-                                 f"{component}; {job.previous_version} is still active; flash again")
+            error = BmcUnreachable(f"{self.endpoint.key}: the BMC stopped answering during the upload of "
+                                   f"{component}; {job.previous_version} is still active; flash again")
+            job.state, job.error, job.finished_at = "failed", f"BmcUnreachable: {error}", time.time()
+            error.job = job  # as the contract says: a failed flash carries its job
+            raise error
         bmc.uploads.append({"component": component, "version": installs, "bytes": len(payload),
                             "sha256": digest})
         job.bytes_sent, job.blocks = len(image), 1

@@ -70,6 +70,9 @@ class SimHarness:
     def reject_password(self) -> None:
         self.site.set_fault(self.node, wrong_password=True)
 
+    def lose_power_during_next_upload(self) -> None:
+        self.site.set_fault(self.node, power_loss_at_block=2, outage_s=0.3)
+
     def close(self) -> None:
         self.driver.close()
 
@@ -100,6 +103,9 @@ class FakeHarness:
 
     def reject_password(self) -> None:
         self.bmc.password = "something-else"
+
+    def lose_power_during_next_upload(self) -> None:
+        self.bmc.power_loss_during_flash = True
 
     def close(self) -> None:
         FakeDriver.reset()

@@ -12,7 +12,7 @@ from bmc_harness import FIRMWARE, MODEL
 
 from provisioner.drivers import driver_names, get_driver
 from provisioner.drivers.base import BOOT_MODES, FlashJob
-from provisioner.errors import BmcAuthError, BmcUnreachable, ImageRejected, Unsupported
+from provisioner.errors import BmcAuthError, BmcTimeout, BmcUnreachable, ImageRejected, Unsupported
 from provisioner.lab.bmc import SIM_DEVICE_ID, SIM_PRODUCT_ID
 from provisioner.lab.hpm import build_hpm_image, build_sim_payload
 from provisioner.lab.ipmi_oem import SIM_MANUFACTURER_ID
@@ -155,6 +155,18 @@ def test_flash_of_an_image_for_another_component_is_rejected(harness):
     with pytest.raises(ImageRejected):
         harness.driver.flash("bios", image, sha(image), "22.40.0")
     assert harness.inspect()["firmware"]["bios"] == "1.20.0"
+
+
+def test_a_bmc_that_loses_power_mid_upload_is_retryable_keeps_the_old_version_and_carries_the_failed_job(harness):
+    image = build_sim_payload("bios", "1.21.0", MODEL, size=8000)
+    harness.lose_power_during_next_upload()
+    driver = harness.open(timeout=1.5, block_size=1024)
+    with pytest.raises((BmcUnreachable, BmcTimeout)) as e:
+        driver.flash("bios", image, sha(image), "1.21.0")
+    assert e.value.retryable and isinstance(e.value.job, FlashJob) and e.value.job.state == "failed"
+    assert e.value.job.previous_version == "1.20.0" and harness.inspect()["firmware"]["bios"] == "1.20.0"
+    time.sleep(0.4)  # the BMC's outage after power loss
+    assert driver.flash("bios", image, sha(image), "1.21.0").state == "active"  # again, from the start
 
 
 def test_refused_credentials_are_a_fatal_auth_error(harness):
