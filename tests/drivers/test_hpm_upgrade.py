@@ -36,12 +36,15 @@ def job(version: str = "1.21.0") -> FlashJob:
     return FlashJob("10.0.0.9:623", "bios", version, "0" * 64, 0, previous_version="1.20.0")
 
 
-def run(upgrade: HpmUpgrade, target: Target) -> list[int]:
-    """Drive `upgrade` to its end against `target`; returns the commands sent, in order."""
+def run(upgrade: HpmUpgrade, target: Target, states: list[str] | None = None) -> list[int]:
+    """Drive `upgrade` to its end against `target`, as the driver does; returns the commands sent,
+    in order, and appends the job's state before each step to `states`."""
     sent, now = [], 0.0
     while not upgrade.done:
+        if states is not None:
+            states.append(upgrade.job.state)
         if upgrade.step == "verify":
-            upgrade.verified(target.firmware["bios"]["active"])
+            upgrade.verified(target.firmware["bios"]["active"])  # the driver's fresh read
             continue
         request = upgrade.request()
         now += request.wait
@@ -51,26 +54,15 @@ def run(upgrade: HpmUpgrade, target: Target) -> list[int]:
 
 
 def test_every_step_in_order_installs_the_version_and_keeps_the_job_current():
-    target, j = Target(), job()
+    target, j, states = Target(), job(), []
     payload = build_sim_payload("bios", "1.21.0", "r650", size=2500)
-    upgrade = HpmUpgrade(j, BIOS, payload, block_size=1024, poll_interval=0.1)
-    states = []
-    sent, now = [], 0.0
-    while not upgrade.done:
-        states.append(j.state)
-        if upgrade.step == "verify":
-            upgrade.verified(target.firmware["bios"]["active"])
-            continue
-        request = upgrade.request()
-        now += request.wait
-        sent.append(request.command)
-        upgrade.answer(*target.answer(request.command, request.data), now)
+    sent = run(HpmUpgrade(j, BIOS, payload, block_size=1024, poll_interval=0.1), target, states)
     assert sent[:5] == [hpm1.INITIATE_UPGRADE_ACTION, hpm1.UPLOAD_FIRMWARE_BLOCK, hpm1.UPLOAD_FIRMWARE_BLOCK,
                         hpm1.UPLOAD_FIRMWARE_BLOCK, hpm1.FINISH_FIRMWARE_UPLOAD]
     assert sent[5] == hpm1.ACTIVATE_FIRMWARE and set(sent[6:]) == {hpm1.GET_UPGRADE_STATUS}  # long-duration
     assert target.firmware["bios"] == {"active": "1.21.0", "pending": None}
     assert (j.state, j.bytes_sent, j.blocks, j.bytes_total) == ("active", 2500, 3, 2500) and j.finished_at
-    assert states[0] == "uploading" and "activating" in states and "verifying" in states
+    assert states[0] == "uploading" and "activating" in states and states[-1] == "verifying"
     assert [e["event"] for e in target.log] == ["upload_started", "uploaded", "activated"]
 
 
