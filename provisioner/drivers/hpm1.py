@@ -1,8 +1,7 @@
 """PICMG HPM.1 wire format: command numbers, completion codes, versions and upgrade images. No I/O.
 
 References are to PICMG HPM.1 r1.0 ("IPM Controller Firmware Upgrade"); ipmitool's
-lib/ipmi_hpmfwupg.c is the independent implementation our images and simulator are checked
-against.
+lib/ipmi_hpmfwupg.c is the independent implementation our images are checked against.
 
 Versions. HPM.1 carries a firmware version as 6 bytes: major (7 bits), minor (one BCD byte,
 0-99) and 4 auxiliary bytes. Our versions are dotted strings; the mapping is
@@ -12,8 +11,8 @@ Versions. HPM.1 carries a firmware version as 6 bytes: major (7 bits), minor (on
 
 so ipmitool prints "2.1.5" as `2.01 00000005` and decode_version() gives "2.1.5" back. Anything
 that does not fit (a leading-zero "7.00.60", a vendor string "U46-2.1") is encoded on a best-effort
-basis and cannot be recovered from the bytes alone; the simulator therefore also answers an OEM
-"get component version string" command with the exact string (see provisioner.lab.hpm).
+basis and cannot be recovered from the bytes alone; a BMC whose manufacturer offers exact version
+strings through OEM commands is read through its extension (provisioner.drivers.ipmi_oem).
 """
 
 from __future__ import annotations
