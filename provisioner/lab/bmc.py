@@ -18,11 +18,11 @@ it wins over the node list):
 
     {"format": 1, "nodes": {"r1n01": {
         "name": "r1n01", "power": "on", "boots": 3,
-        "boot_override": {"device": "pxe", "persistent": false, "efi": false} | null,
+        "boot_override": {"device": "pxe", "persistent": false, "efi": false, "set_at": ...} | null,
         "last_boot": {"device": "pxe", "efi": true | false | null, "at": 1795667949.9} | null,
         "firmware": {"bios": {"active": "1.20.0", "pending": "1.21.0" | null}, ...},
         "log": [{"at": ..., "event": "uploaded" | "activated" | "rejected" | "flash_aborted" |
-                 "upload_started" | "power" | "boot_override" | "bmc_reboot" | "fault" |
+                 "upload_started" | "power" | "boot_override" | "boot_override_expired" | "bmc_reboot" | "fault" |
                  "inband_flash" | "hand_flash", ...}, ...]}}}     (the last 100 events per node)
 
 Faults (set_fault, kept in memory only): unreachable, delay_s, loss, wrong_password,
@@ -69,18 +69,21 @@ class SimSite:
 
     on_power_on(node_name, boot_device) is called on a worker thread whenever a simulated host
     starts booting (power on, cycle, reset); boot_device is "pxe", "disk", ... after the one-time
-    override (if any) was consumed.
+    override (if any) was consumed. A one-time override not followed by a restart within
+    boot_flag_timeout_s expires, as IPMI 2.0 §28.12 has real BMCs do after 60 s.
     """
 
     def __init__(self, nodes: list[dict], *, state_path: str | os.PathLike | None = None,
                  on_power_on: Callable[[str, str], None] | None = None, activation_s: float = 0.1,
-                 max_block: int = 1024, seed: int = 0, flush_interval: float = 0.5, hook_workers: int = 4):
+                 max_block: int = 1024, seed: int = 0, flush_interval: float = 0.5, hook_workers: int = 4,
+                 boot_flag_timeout_s: float = 60.0):
         self.nodes = {n["name"]: dict(n) for n in nodes}
         if len(self.nodes) != len(nodes):
             raise ValueError("node names must be unique")
         self.state_path = Path(state_path) if state_path else None
         self.on_power_on = on_power_on
         self.activation_s, self.max_block = activation_s, max_block
+        self.boot_flag_timeout_s = boot_flag_timeout_s  # a one-time boot request expires unused after this
         self.flush_interval = flush_interval
         self.rng = random.Random(seed)
         self.bmcs: dict[str, SimBmc] = {}

@@ -197,10 +197,10 @@ class SimBmc(Bmc):
             self.record({"event": "power", "power": power, "reason": why})
 
     def _boot(self) -> None:
-        override = self.state["boot_override"]
-        device = override["device"] if override else "disk"
+        override = self._pending_override()
         if override and not override.get("persistent"):
             self.state["boot_override"] = None
+        device = override["device"] if override else "disk"
         self.state["boots"] += 1
         # What the host's firmware reads at POST: the device and the BIOS boot type flag (None: no
         # override, the firmware boots the way it is set up to). The host honours these, not its spec.
@@ -208,6 +208,18 @@ class SimBmc(Bmc):
                                    "at": round(time.time(), 3)}
         self.site.mark_dirty(self.name)
         self.site.notify_power_on(self.name, device)
+
+    def _pending_override(self) -> dict | None:
+        """The boot request still in force. IPMI 2.0 §28.12: the BMC clears the boot flags' valid
+        bit when no restart follows within 60 s of setting them (boot_flag_timeout_s here)."""
+        o = self.state["boot_override"]
+        if o and not o.get("persistent"):
+            age = time.time() - o.get("set_at", time.time())
+            if age > self.site.boot_flag_timeout_s:
+                self.state["boot_override"] = None
+                self.record({"event": "boot_override_expired", "override": o, "age_s": round(age, 1)})
+                return None
+        return o
 
     def _set_boot_options(self, data: bytes) -> int:
         if not data:
@@ -226,7 +238,8 @@ class SimBmc(Bmc):
             self.state["boot_override"] = None
         else:
             self.state["boot_override"] = {"device": BOOT_DEVICES[selector],
-                                           "persistent": bool(flags & 0x40), "efi": bool(flags & 0x20)}
+                                           "persistent": bool(flags & 0x40), "efi": bool(flags & 0x20),
+                                           "set_at": round(time.time(), 3)}
         self.record({"event": "boot_override", "override": self.state["boot_override"]})
         return 0
 
@@ -236,7 +249,7 @@ class SimBmc(Bmc):
             return 0, bytes([1, param, 0])
         if param != 5:
             return 0x80, b""
-        o = self.state["boot_override"]
+        o = self._pending_override()
         if not o:
             return 0, bytes([1, 5, 0, 0, 0, 0, 0])
         selector = next(k for k, v in BOOT_DEVICES.items() if v == o["device"])

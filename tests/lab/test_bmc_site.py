@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -51,6 +52,22 @@ def test_power_boot_override_and_firmware_survive_a_restart(running, tmp_path):
     st = again.state("sim0000")
     assert st["power"] == "on" and st["boot_override"]["device"] == "pxe"
     assert IpmiDriver(again.endpoints()["sim0000"]).firmware_inventory() == {**FIRMWARE, "bios": "1.19.0"}
+
+
+def test_a_one_time_boot_request_not_followed_by_a_restart_in_time_expires_as_on_real_bmcs(running):
+    boots = []
+    site = running(nodes(1), boot_flag_timeout_s=0.3, on_power_on=lambda node, device: boots.append(device))
+    d = IpmiDriver(site.endpoints()["sim0000"])
+    d.set_one_time_boot("pxe", mode="uefi")
+    d.power_on()  # in time: the request is honoured
+    d.set_one_time_boot("pxe", mode="uefi")
+    assert d.health()["boot_device"] == "pxe"
+    time.sleep(0.5)
+    assert d.health()["boot_device"] == "default"  # the BMC cleared the valid bit
+    d.power_cycle()
+    site.stop()  # waits for the hook pool
+    assert boots == ["pxe", "disk"]
+    assert [e["event"] for e in site.state("sim0000")["log"]].count("boot_override_expired") == 1
 
 
 def test_the_state_file_is_plain_json_replaced_whole(running, tmp_path):

@@ -24,6 +24,7 @@ def test_a_rollout_sets_the_efi_boot_flag_on_uefi_nodes_and_the_legacy_one_on_bi
     assert result.status == "done" and sorted(result.done) == ["s1n01", "s1n04"], result.as_dict()
     for node, mode in modes.items():
         asked = [e["override"] for e in site.bmc_log(node) if e["event"] == "boot_override"]
-        assert asked and all(o == {"device": "pxe", "persistent": False, "efi": mode == "uefi"} for o in asked), asked
+        assert asked and all((o["device"], o["persistent"], o["efi"]) == ("pxe", False, mode == "uefi")
+                             for o in asked), asked
         netboots = [e for e in site.lab.host.journal if e["node"] == node and e["event"] == "pxe"]
         assert netboots and {e["loader"] for e in netboots} == {"snponly.efi" if mode == "uefi" else "undionly.kpxe"}
