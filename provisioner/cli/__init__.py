@@ -51,6 +51,8 @@ def cli(ctx: click.Context, spec_dir: Path, data_dir: Path, db_url: str | None, 
     """
     # Direct store access is the installation's root; the typed name is only a claim (auth/identity.py).
     # PROVISIONER_TOKEN, when set, makes build, promote, rollback and approve act as its account.
+    if actor is not None and not actor.strip():
+        raise click.BadParameter("a name cannot be empty", param_hint="--as")
     ctx.obj = Context(Settings(spec_dir=spec_dir, data_dir=data_dir, db_url=db_url,
                                actor=Actor.local_store(claimed=actor or default_actor()),
                                token=os.environ.get("PROVISIONER_TOKEN") or None))

@@ -291,7 +291,8 @@ class Store:
                 q = q.limit(limit)
             rows = list(s.scalars(q))[::-1]
             return [{"seq": r.seq, "at": aware(r.at).isoformat(), "actor": r.actor, "action": r.action,
-                     "subject": r.subject, "details": r.details, "hash": r.hash} for r in rows]
+                     "subject": r.subject, "details": r.details, "hash": r.hash, "account_id": r.account_id,
+                     "auth_method": r.auth_method, "client": r.client} for r in rows]
 
     def verify_audit(self):
         with self.db.session() as s:
