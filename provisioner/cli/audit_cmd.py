@@ -12,11 +12,12 @@ from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
 from provisioner.context import Context
 from provisioner.errors import AuditError
-from provisioner.store import checkpoints
 
 
 def _paths(ctx: Context) -> tuple[Path, Path]:
     """(signing key, checkpoint file): DATA/site.yaml's audit_checkpoints, else in the data directory."""
+    from provisioner.store import checkpoints
+
     cfg = ctx.site.audit_checkpoints
     return (cfg.key or ctx.settings.data_dir / checkpoints.KEY_FILE,
             cfg.file or ctx.settings.data_dir / checkpoints.CHECKPOINT_FILE)
@@ -45,6 +46,8 @@ def audit_verify(ctx: Context, checkpoint_file: Path | None, public_key: Path | 
       provisioner audit verify --json     # {"ok": true, "entries": 42, "problems": []}
       provisioner audit verify --checkpoints /backup/audit-checkpoints.jsonl --public-key /backup/audit.pub
     """
+    from provisioner.store import checkpoints  # cryptography: only for the commands that sign or check
+
     n, problems = ctx.store.verify_audit()
     key, file = _paths(ctx)
     if checkpoint_file is None and public_key is None and file.exists() and checkpoints.public_path(key).exists():
@@ -84,6 +87,8 @@ def audit_checkpoint(ctx: Context, watch: bool):
       provisioner audit checkpoint                # once (cron, or after a change)
       provisioner audit checkpoint --watch        # the signer, as a service on the server host
     """
+    from provisioner.store import checkpoints
+
     key, file = _paths(ctx)
     cfg = ctx.site.audit_checkpoints
     signer = checkpoints.Checkpointer(ctx.store, key, file, cfg.every_entries, cfg.every_minutes * 60)
