@@ -70,11 +70,15 @@ class Accounts:
                                                     AccountRow.oidc_subject == subject))
             return to_account(row) if row else None
 
-    def bind_oidc(self, account_id: int, issuer: str, subject: str, by: str) -> None:
+    def bind_oidc(self, account_id: int, issuer: str, subject: str, by: str) -> bool:
+        """Bind an SSO identity to an account on its first sign-in; False if it is bound already."""
         with self.db.session() as s:
-            row = s.get(AccountRow, account_id)
+            row = s.get(AccountRow, account_id, with_for_update=True)
+            if row.oidc_subject is not None:
+                return False
             row.oidc_issuer, row.oidc_subject = issuer, subject
-            audit.append(s, by, "account.oidc", row.username, {"account": row.id, "issuer": issuer})
+            audit.append(s, by, "account.oidc", row.username, {"account": row.id, "issuer": issuer, "sub": subject})
+        return True
 
     def password_hash(self, username: str) -> tuple[Account, str | None] | None:
         with self.db.session() as s:
