@@ -53,7 +53,8 @@ def run(*args: str, spec: Path, data: Path, who: str = "alice", ok=(0,), stdin: 
     """One `provisioner` command, in process; `stdin` is what is piped in, `token` PROVISIONER_TOKEN."""
     prefix = "PROVISIONER_TOKEN=prv_… " if token else ""
     piped = "echo *** | " if stdin is not None else ""
-    console.print(f"[dim]$ {piped}{prefix}provisioner {'--as ' + who + ' ' if who != 'alice' else ''}"
+    named = who != "alice" or args[0] == "approve"  # approve authenticates the --as account
+    console.print(f"[dim]$ {piped}{prefix}provisioner {'--as ' + who + ' ' if named else ''}"
                   f"{' '.join(args)}[/dim]")
     saved = sys.stdin, os.environ.get("PROVISIONER_TOKEN")
     if stdin is not None:

@@ -12,7 +12,7 @@ from provisioner.cli import cli
 from provisioner.cli.auth_input import authenticated_actor
 from provisioner.cli.output import console, err_console, json_option, table
 from provisioner.context import Context
-from provisioner.errors import ProvisionerError, RolloutHalted, SpecError
+from provisioner.errors import NotAuthenticated, ProvisionerError, RolloutHalted, SpecError
 
 ENV = click.argument("environment", default="production")
 
@@ -186,7 +186,12 @@ def approve(ctx: Context, release_id: str, comment: str, withdraw: bool, token: 
       PROVISIONER_TOKEN=prv_... provisioner approve 3f1c
       provisioner --as bob approve 3f1c --withdraw --comment "saw errors in the soak"
     """
-    who = authenticated_actor(ctx, token, password_stdin)
+    try:
+        who = authenticated_actor(ctx, token, password_stdin)
+    except NotAuthenticated as e:  # a refused approval is audited, a failed sign-in included
+        ctx.store.audit(ctx.settings.actor, "release.approve.refused", ctx.store.resolve_release_id(release_id),
+                        {"reason": str(e)})
+        raise
     changed = pipeline.approve(ctx, release_id, who, comment, withdraw=withdraw)
     rel = ctx.store.get_release(release_id)
     data = {"release": rel.id, "approver": who.name, "withdrawn" if withdraw else "recorded": changed,
