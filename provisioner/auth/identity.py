@@ -104,5 +104,6 @@ class Actor(str):
 
     def audit_fields(self) -> dict:
         """The structured identity an audit entry carries beside the label."""
+        client = self.client if self.claimed is None else f"{self.client} as {self.claimed} (unverified)"
         return {"account_id": self.account.id if self.account else None, "auth_method": str(self.method),
-                "client": self.client if self.claimed is None else f"{self.client} as {self.claimed} (unverified)"}
+                "client": client[:255] if client else None}  # the column's width

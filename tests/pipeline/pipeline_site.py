@@ -121,8 +121,9 @@ class Site:
     def firmware_changes(self, node: str) -> list[dict]:
         return [e for e in self.bmc_log(node) if e["event"] in FIRMWARE_CHANGES]
 
-    def cli(self, *args: str, who: str = "alice", spec: Path | None = None, timeout: float = 120):
-        return run_cli("--as", who, *args, spec=spec or self.spec, data=self.data, timeout=timeout)
+    def cli(self, *args: str, who: str = "alice", spec: Path | None = None, timeout: float = 120,
+            env: dict | None = None):
+        return run_cli("--as", who, *args, spec=spec or self.spec, data=self.data, timeout=timeout, env=env)
 
 
 def read_json(stdout: str):

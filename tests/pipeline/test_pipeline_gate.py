@@ -263,3 +263,21 @@ def test_a_release_changing_one_model_counts_the_staging_nodes_it_leaves_alone(m
     verdict = pipeline.gate(ctx2, r2)
     assert verdict.ok, verdict.missing
     assert verdict.facts["active_nodes"] == ["s1n01", "s1n02", "s1n03", "s1n04"]
+
+
+def test_with_a_token_the_build_is_authored_by_its_account_and_held_to_its_role(unstaged):
+    site, _, tok = unstaged
+    viewer = site.cli("release", "build", env={"PROVISIONER_TOKEN": tok["vic"]})
+    assert viewer.returncode == 3
+    assert viewer.stderr.strip() == "error: vic (viewer) may not build; it needs the operator role"
+    policy = yaml.safe_load((site.spec / "policy.yaml").read_text())
+    policy["staging_gate"]["soak_seconds"] = 7  # a new release
+    (site.spec / "policy.yaml").write_text(yaml.safe_dump(policy))
+    built = site.cli("release", "build", "--json", who="someone-else", env={"PROVISIONER_TOKEN": tok["u2"]})
+    assert built.returncode == 0, built.stderr
+    rid = read_json(built.stdout)["id"]
+    assert read_json(built.stdout)["author"] == "u2"
+    (entry,) = [e for e in audit_actions(site, "release.build") if e["subject"] == rid]
+    assert (entry["actor"], entry["account_id"], entry["auth_method"]) == ("u2", 2, "token")
+    own = approve(site, rid[:12], token=tok["u2"])
+    assert own.returncode == 3 and "u2 built release" in own.stderr
