@@ -281,3 +281,12 @@ def test_with_a_token_the_build_is_authored_by_its_account_and_held_to_its_role(
     assert (entry["actor"], entry["account_id"], entry["auth_method"]) == ("u2", 2, "token")
     own = approve(site, rid[:12], token=tok["u2"])
     assert own.returncode == 3 and "u2 built release" in own.stderr
+
+
+def test_a_wrong_site_floor_is_one_line_naming_the_file_and_field(make_site):
+    site = make_site(lab=False)
+    rid = site.build()
+    (site.data / "site.yaml").write_text("gate_floor:\n  approvals: 0\n")
+    r = site.cli("gate", rid[:12])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"error: {site.data / 'site.yaml'}: gate_floor.approvals: Input should be greater than or equal to 1" in r.stderr

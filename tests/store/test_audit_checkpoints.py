@@ -125,3 +125,15 @@ def test_audit_checkpoint_signs_now_and_logs_it(tmp_path, caplog):
     line = json.loads((data / checkpoints.CHECKPOINT_FILE).read_text().splitlines()[-1])
     assert line["seq"] == 2 and line["sig"]
     assert stat.S_IMODE(os.stat(data / checkpoints.KEY_FILE).st_mode) == 0o600
+
+
+def test_the_signer_signs_after_its_interval_even_below_its_entry_count(tmp_path):
+    ctx = Context(Settings(spec_dir=tmp_path, data_dir=tmp_path / "data"))
+    history(ctx, 1)
+    signer = Checkpointer(ctx.store, tmp_path / "k.key", tmp_path / "cp.jsonl", every_entries=1000, every_seconds=3600)
+    assert signer.tick().seq == 1  # the first look always signs
+    history(ctx, 1)
+    assert signer.tick() is None  # 1 entry of 1000, 0 of 60 minutes
+    signer.every_seconds = 0
+    assert signer.tick().seq == 2
+    assert signer.tick() is None  # the head has not moved: nothing new to sign
