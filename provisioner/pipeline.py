@@ -15,8 +15,8 @@ from provisioner.drivers import BmcEndpoint, open_driver
 from provisioner.errors import DriverError, Forbidden, NotAuthenticated, PolicyViolation, ReleaseError
 from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
 from provisioner.plan import Observed, Plan, blocked_pins, image_key, make_plan, pins_by_model
-from provisioner.policy.authz import Action, Facts, Who, decide, same_person
-from provisioner.policy.gate import GateVerdict, StagingNode, evaluate, rules_in_force
+from provisioner.policy.authz import Action, Decision, Facts, Who, decide, same_person
+from provisioner.policy.gate import GateVerdict, StagingNode, evaluate, rules_in_force, staging_environment
 from provisioner.rollout.engine import RolloutEngine, RolloutResult
 from provisioner.rollout.record import RolloutRecord
 from provisioner.store.repo import aware, now
@@ -157,13 +157,14 @@ def _author(ctx: Context, release_id: str, meta: dict) -> Who:
 
 
 def authorise(ctx: Context, actor, action: Action, subject: str, facts: Facts | None = None,
-              refusal: Callable[[str], str] | None = None) -> None:
-    """Apply the matrix; a refusal is audited, then raised (Forbidden for a role, else PolicyViolation)."""
+              refusal: Callable[[Decision], str] | None = None) -> None:
+    """Apply the matrix; a refusal is audited, then raised (Forbidden for a role, else PolicyViolation).
+    `refusal` words a refusal in the terms of the case at hand."""
     who = _who(actor)
     d = decide(action, who, facts)
     if d.allowed:
         return
-    reason = refusal(d.reason) if refusal else d.reason
+    reason = refusal(d) if refusal else d.reason
     ctx.store.audit(actor, "authz.refused", subject, {"action": str(action), "reason": reason})
     raise (Forbidden if d.by_role else PolicyViolation)(reason)
 
@@ -183,14 +184,13 @@ def approve(ctx: Context, release_ref: str, who=None, comment: str = "", *, with
         return ctx.store.withdraw_approval(rel.id, who, comment)
     author = _author(ctx, rel.id, ctx.store.release_meta(rel.id))
     authorise(ctx, who, Action.APPROVE, rel.id, Facts(other=author),
-              refusal=lambda r: r.replace("this release", f"release {rel.short}"))
+              refusal=lambda d: d.reason.replace("this release", f"release {rel.short}"))
 
     def refuse(reason: str):
         ctx.store.audit(who, "release.approve.refused", rel.id, {"reason": reason})
         raise PolicyViolation(reason)
 
-    rules, _ = rules_in_force(rel.document["policy"]["staging_gate"], None, ctx.site.floor())
-    staging = rules["environment"]
+    staging = staging_environment(ctx.site.floor())
     outcomes = RolloutRecord(ctx.store).outcomes(rel.id, staging)
     halted = [r.id for r in RolloutRecord(ctx.store).rollouts(staging, limit=1000)
               if r.release_id == rel.id and r.status == "halted"]
@@ -207,14 +207,14 @@ def approve(ctx: Context, release_ref: str, who=None, comment: str = "", *, with
 def promote(ctx: Context, release_ref: str, to: str, force_gate: bool = False) -> str | None:
     rel = ctx.store.get_release(release_ref)
     refuse_blocked(ctx, rel, "promote")
-    rules, _ = rules_in_force(rel.document["policy"]["staging_gate"], None, ctx.site.floor())
-    if to == rules["environment"]:
+    if to == staging_environment(ctx.site.floor()):
         authorise(ctx, ctx.actor, Action.PROMOTE_STAGING, rel.id)
     else:
         verdict = None if force_gate else gate(ctx, rel.id, target=to)
         missing = "; ".join(verdict.missing) if verdict else ""
         authorise(ctx, ctx.actor, Action.PROMOTE_PRODUCTION, rel.id, Facts(gate_passes=verdict is None or verdict.ok),
-                  refusal=lambda r: f"release {rel.short} has not passed the staging gate: {missing}" if missing else r)
+                  refusal=lambda d: d.reason if d.by_role or not missing
+                  else f"release {rel.short} has not passed the staging gate: {missing}")
     return ctx.store.point_environment(to, rel.id, ctx.actor, f"promote {rel.short}", action="env.promote")
 
 
@@ -242,14 +242,13 @@ def rollback(ctx: Context, env: str, to: str | None = None, progress: Callable |
     if to:
         target = ctx.store.get_release(to)
         was_active = any(h["release_id"] == target.id for h in history)
-        rules, _ = rules_in_force(target.document["policy"]["staging_gate"], None, ctx.site.floor())
-        verdict = None if was_active or env == rules["environment"] else gate(ctx, target.id, target=env)
+        verdict = None if was_active or env == staging_environment(ctx.site.floor()) else gate(ctx, target.id, target=env)
         missing = "; ".join(verdict.missing) if verdict else ""
         authorise(ctx, ctx.actor, Action.ROLLBACK_TO, env,
                   Facts(was_active_before=was_active, gate_passes=verdict is None or verdict.ok),
-                  refusal=lambda r: f"cannot roll {env} back to {target.short}: it was never active in {env} and "
-                                    f"has not passed the staging gate ({missing}); promote it through staging instead"
-                                    if missing else r)
+                  refusal=lambda d: d.reason if d.by_role or not missing
+                  else f"cannot roll {env} back to {target.short}: it was never active in {env} and has not "
+                       f"passed the staging gate ({missing}); promote it through staging instead")
     else:
         hist = [h for h in history if h["release_id"] != current]
         if not hist:

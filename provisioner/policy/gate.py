@@ -28,9 +28,14 @@ def rules_in_force(own: dict, in_production: dict | None, floor: dict | None) ->
                       ("site floor", (floor or {}).get(key))]
         name, value = max(((n, v) for n, v in candidates if v is not None), key=lambda nv: nv[1])
         rules[key], source[key] = value, name
-    rules["environment"] = (floor or {}).get("environment") or DEFAULT_STAGING
+    rules["environment"] = staging_environment(floor)
     source["environment"] = "site floor" if (floor or {}).get("environment") else "default"
     return rules, source
+
+
+def staging_environment(floor: dict | None) -> str:
+    """Where releases are proven: the site's choice (its floor), never a release's."""
+    return (floor or {}).get("environment") or DEFAULT_STAGING
 
 
 @dataclass(frozen=True)

@@ -266,10 +266,13 @@ def test_a_release_changing_one_model_counts_the_staging_nodes_it_leaves_alone(m
 
 
 def test_with_a_token_the_build_is_authored_by_its_account_and_held_to_its_role(unstaged):
-    site, _, tok = unstaged
+    site, first, tok = unstaged
     viewer = site.cli("release", "build", env={"PROVISIONER_TOKEN": tok["vic"]})
     assert viewer.returncode == 3
     assert viewer.stderr.strip() == "error: vic (viewer) may not build; it needs the operator role"
+    promote = site.cli("promote", first[:12], "--to", "production", env={"PROVISIONER_TOKEN": tok["vic"]})
+    assert promote.stderr.strip() == "error: vic (viewer) may not promote to production; it needs the operator role"
+    assert site.ctx.store.current_release_id("production") is None
     policy = yaml.safe_load((site.spec / "policy.yaml").read_text())
     policy["staging_gate"]["soak_seconds"] = 7  # a new release
     (site.spec / "policy.yaml").write_text(yaml.safe_dump(policy))
