@@ -7,12 +7,17 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provisioner.releases.artifacts import ArtifactStore
+from provisioner.site_config import SiteConfig, load_site_config
 from provisioner.spec.loader import load_spec
 from provisioner.spec.models import Spec
 from provisioner.store.db import Database, default_url
 from provisioner.store.repo import Store
+
+if TYPE_CHECKING:
+    from provisioner.auth.identity import Actor
 
 
 def default_actor() -> str:
@@ -24,7 +29,8 @@ class Settings:
     spec_dir: Path = field(default_factory=lambda: Path("."))
     data_dir: Path = field(default_factory=lambda: Path(".provisioner"))
     db_url: str | None = None
-    actor: str = field(default_factory=default_actor)
+    actor: str = field(default_factory=default_actor)  # a name, or an Actor (auth/identity.py)
+    token: str | None = None  # a personal API token: act as its account where an account is needed
 
     @property
     def url(self) -> str:
@@ -45,6 +51,22 @@ class Context:
     def store(self) -> Store:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         return Store(Database(self.settings.url))
+
+    @cached_property
+    def actor(self) -> Actor:
+        """Who acts: the token's account when a token was given, else direct store access (root)."""
+        from provisioner.auth.authenticate import with_token
+        from provisioner.auth.identity import Actor
+
+        if self.settings.token:
+            return with_token(self.store.accounts, self.settings.token, client="local")
+        a = self.settings.actor
+        return a if isinstance(a, Actor) else Actor.local_store(claimed=str(a))
+
+    @cached_property
+    def site(self) -> SiteConfig:
+        """DATA/site.yaml: the gate floor and the audit checkpoints (site_config.py)."""
+        return load_site_config(self.settings.data_dir)
 
     @cached_property
     def artifacts(self) -> ArtifactStore:

@@ -14,7 +14,9 @@ it all afterwards.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import os
 import re
 import shutil
 import sys
@@ -32,6 +34,7 @@ from provisioner.context import Context, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 BAD_MODEL, BAD_COMPONENT, BAD_VERSION = "dl360g10", "bios", "2.90.0"
+PASSWORDS = {"alice": "alice-demo-pass", "bob": "bob-demo-pass", "carol": "carol-demo-pass"}  # demo only
 timeline: list[tuple[float, str]] = []
 T0 = time.monotonic()
 
@@ -45,9 +48,26 @@ def say(title: str) -> None:
     mark(title)
 
 
-def run(*args: str, spec: Path, data: Path, who: str = "alice", ok=(0,)) -> int:
-    console.print(f"[dim]$ provisioner {' '.join(args)}[/dim]")
-    code = cli(["--spec", str(spec), "--data", str(data), "--as", who, *args])
+def run(*args: str, spec: Path, data: Path, who: str = "alice", ok=(0,), stdin: str | None = None,
+        token: str | None = None) -> int:
+    """One `provisioner` command, in process; `stdin` is what is piped in, `token` PROVISIONER_TOKEN."""
+    prefix = "PROVISIONER_TOKEN=prv_… " if token else ""
+    piped = "echo *** | " if stdin is not None else ""
+    named = who != "alice" or args[0] == "approve"  # approve authenticates the --as account
+    console.print(f"[dim]$ {piped}{prefix}provisioner {'--as ' + who + ' ' if named else ''}"
+                  f"{' '.join(args)}[/dim]")
+    saved = sys.stdin, os.environ.get("PROVISIONER_TOKEN")
+    if stdin is not None:
+        sys.stdin = io.StringIO(stdin + "\n")
+    if token:
+        os.environ["PROVISIONER_TOKEN"] = token
+    try:
+        code = cli(["--spec", str(spec), "--data", str(data), "--as", who, *args])
+    finally:
+        sys.stdin = saved[0]
+        os.environ.pop("PROVISIONER_TOKEN", None)
+        if saved[1] is not None:
+            os.environ["PROVISIONER_TOKEN"] = saved[1]
     if code not in ok:
         raise SystemExit(f"demo step failed: provisioner {' '.join(args)} exited {code}")
     return code
@@ -123,10 +143,17 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
     run("promote", r1[:12], "--to", "staging", spec=spec, data=data)
     run("apply", "staging", spec=spec, data=data)
     run("gate", r1[:12], spec=spec, data=data, ok=(1,))
-    run("approve", r1[:12], "--as", "alice", spec=spec, data=data, ok=(3,))  # the author cannot approve
-    run("approve", r1[:12], "--as", "bob", "--comment", "staging clean", spec=spec, data=data)
-    run("approve", r1[:12], "--as", "bob", spec=spec, data=data)  # twice counts once
-    run("approve", r1[:12], "--as", "carol", spec=spec, data=data)
+    # Approvals are made by accounts: the server host's admin creates them (passwords hashed, argon2id)
+    for name in ("alice", "bob", "carol"):
+        run("user", "add", name, "--role", "approver", "--password-stdin", spec=spec, data=data,
+            stdin=PASSWORDS[name])
+    carol_token, _ = ctx.store.accounts.create_token("carol", "demo", ctx.actor, days=1)  # shown once
+    run("approve", r1[:12], "--password-stdin", spec=spec, data=data, who="alice", stdin=PASSWORDS["alice"],
+        ok=(3,))  # the author cannot approve, under any spelling of her name; the refusal is audited
+    run("approve", r1[:12], "--comment", "staging clean", "--password-stdin", spec=spec, data=data, who="bob",
+        stdin=PASSWORDS["bob"])
+    run("approve", r1[:12], "--password-stdin", spec=spec, data=data, who="BOB", stdin=PASSWORDS["bob"])  # counts once
+    run("approve", r1[:12], spec=spec, data=data, token=carol_token)  # a personal API token instead of a password
     wait_soak(ctx.spec.policy.staging_gate.soak_seconds + 0.5)
     run("gate", r1[:12], spec=spec, data=data)
 

@@ -3,6 +3,8 @@
 ProvisionerError
   + SpecError              a spec file is wrong: file, line, field, what is wrong, what to write (exit 2)
   + PolicyViolation        a blocked or unapproved version was asked for (exit 3, HTTP 409)
+    - Forbidden            the authorisation matrix refuses this action to this role (exit 3, HTTP 403)
+  + NotAuthenticated       no valid account behind the request: bad password or token, disabled (exit 9, HTTP 401)
   + ReleaseError           a release is unknown, or a stored release/artifact would be changed (exit 4)
     - ArtifactMismatch     an artifact's bytes do not hash to its name
   + StoreError             the store is unreachable or its schema is not migrated (exit 5)
@@ -57,6 +59,16 @@ class SpecProblem:
 
 class PolicyViolation(ProvisionerError):
     exit_code = 3
+    http_status = 409
+
+
+class Forbidden(PolicyViolation):
+    http_status = 403
+
+
+class NotAuthenticated(ProvisionerError):
+    exit_code = 9
+    http_status = 401
 
 
 class ReleaseError(ProvisionerError):

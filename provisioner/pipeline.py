@@ -9,12 +9,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from provisioner.auth.identity import normalise_username
 from provisioner.context import Context
 from provisioner.drivers import BmcEndpoint, open_driver
-from provisioner.errors import DriverError, PolicyViolation, ReleaseError
+from provisioner.errors import DriverError, Forbidden, NotAuthenticated, PolicyViolation, ReleaseError
 from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
 from provisioner.plan import Observed, Plan, blocked_pins, image_key, make_plan, pins_by_model
-from provisioner.policy.gate import GateVerdict, StagingNode, evaluate
+from provisioner.policy.authz import Action, Decision, Facts, Who, decide, same_person
+from provisioner.policy.gate import GateVerdict, StagingNode, evaluate, rules_in_force, staging_environment
 from provisioner.rollout.engine import RolloutEngine, RolloutResult
 from provisioner.rollout.record import RolloutRecord
 from provisioner.store.repo import aware, now
@@ -116,34 +118,104 @@ def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", prog
     return engine.run(rid)
 
 
-def gate(ctx: Context, release_ref: str) -> GateVerdict:
+def gate(ctx: Context, release_ref: str, target: str = "production") -> GateVerdict:
+    """The staging evidence for a release against the rules in force (policy/gate.rules_in_force):
+    the strictest of its own, those of the release active in `target`, and the site's floor."""
     rel = ctx.store.get_release(release_ref)
     meta = ctx.store.release_meta(rel.id)
-    pol = rel.document["policy"]["staging_gate"]
-    env = pol["environment"]
+    own = rel.document["policy"]["staging_gate"]
+    current = ctx.store.current_release_id(target)
+    in_force = ctx.store.get_release(current).document["policy"]["staging_gate"] if current else None
+    rules, source = rules_in_force(own, in_force, ctx.site.floor())
+    env = rules["environment"]
     nodes = [StagingNode(r.name, r.release_id, r.state, aware(r.healthy_since)) for r in ctx.store.nodes(env)]
     outcomes = RolloutRecord(ctx.store).outcomes(rel.id, env)
-    approvers = [a["approver"] for a in ctx.store.approvals(rel.id)]
-    return evaluate(rel.id, meta["author"], pol, nodes, outcomes, approvers, now())
+    author = _author(ctx, rel.id, meta)
+    approvers = [a["approver"] for a in ctx.store.approvals(rel.id)
+                 if not same_person(Who(_norm(a["approver"]), None, a["account_id"]), author)]
+    verdict = evaluate(rel.id, author.username, rules, nodes, outcomes, approvers, now())
+    verdict.facts.update(rules_source=source, release_policy=own)
+    return verdict
 
 
-def approve(ctx: Context, release_ref: str, who: str, comment: str = "") -> bool:
+def _norm(name: str) -> str:
+    try:
+        return normalise_username(name)
+    except NotAuthenticated:
+        return name
+
+
+def _who(actor) -> Who:
+    """The matrix's view of an actor: an authenticated account, or the store's root (unverified name)."""
+    if getattr(actor, "authenticated", False):
+        return Who(actor.account.username, actor.account.role, actor.account.id)
+    return Who(_norm(getattr(actor, "name", str(actor))), None, None)
+
+
+def _author(ctx: Context, release_id: str, meta: dict) -> Who:
+    return Who(_norm(meta["author"]), None, ctx.store.release_author_account(release_id))
+
+
+def authorise(ctx: Context, actor, action: Action, subject: str, facts: Facts | None = None,
+              refusal: Callable[[Decision], str] | None = None) -> None:
+    """Apply the matrix; a refusal is audited, then raised (Forbidden for a role, else PolicyViolation).
+    `refusal` words a refusal in the terms of the case at hand."""
+    who = _who(actor)
+    d = decide(action, who, facts)
+    if d.allowed:
+        return
+    reason = refusal(d) if refusal else d.reason
+    ctx.store.audit(actor, "authz.refused", subject, {"action": str(action), "reason": reason})
+    raise (Forbidden if d.by_role else PolicyViolation)(reason)
+
+
+def approve(ctx: Context, release_ref: str, who=None, comment: str = "", *, withdraw: bool = False) -> bool:
+    """Record (or, with `withdraw`, take back) one approval by `who`, an Actor bound to an account.
+
+    Refused, and the refusal audited: without an authenticated account, for a role that may not
+    approve, for the release's author (normalised names and account ids), for a release that
+    failed on staging or pins a blocked version.
+    """
+    who = who if who is not None else ctx.actor
     rel = ctx.store.get_release(release_ref)
-    author = ctx.store.release_meta(rel.id)["author"]
-    if who == author:
-        raise PolicyViolation(f"{who} built release {rel.short} and cannot approve it; ask someone else")
+    if withdraw:  # taking one's own approval back needs the account, not the approver role
+        if not getattr(who, "authenticated", False):
+            authorise(ctx, who, Action.APPROVE, rel.id)
+        return ctx.store.withdraw_approval(rel.id, who, comment)
+    author = _author(ctx, rel.id, ctx.store.release_meta(rel.id))
+    authorise(ctx, who, Action.APPROVE, rel.id, Facts(other=author),
+              refusal=lambda d: d.reason.replace("this release", f"release {rel.short}"))
+
+    def refuse(reason: str):
+        ctx.store.audit(who, "release.approve.refused", rel.id, {"reason": reason})
+        raise PolicyViolation(reason)
+
+    staging = staging_environment(ctx.site.floor())
+    outcomes = RolloutRecord(ctx.store).outcomes(rel.id, staging)
+    halted = [r.id for r in RolloutRecord(ctx.store).rollouts(staging, limit=1000)
+              if r.release_id == rel.id and r.status == "halted"]
+    if outcomes.get("failed", 0) or halted:
+        refuse(f"release {rel.short} failed on {staging} ({outcomes.get('failed', 0)} node(s) failed"
+               + (f", rollout {halted[-1]} halted" if halted else "") + "); build a fixed release instead")
+    bad = blocked_pins(rel.document, active_blocks(ctx))
+    if bad:
+        m, c, v, b = bad[0]
+        refuse(f"release {rel.short} pins {m} {c} {v}, blocked ({b.reason}); it cannot be approved")
     return ctx.store.approve(rel.id, who, comment)
 
 
 def promote(ctx: Context, release_ref: str, to: str, force_gate: bool = False) -> str | None:
     rel = ctx.store.get_release(release_ref)
     refuse_blocked(ctx, rel, "promote")
-    staging = rel.document["policy"]["staging_gate"]["environment"]
-    if to != staging and not force_gate:
-        verdict = gate(ctx, rel.id)
-        if not verdict.ok:
-            raise PolicyViolation(f"release {rel.short} has not passed the staging gate: " + "; ".join(verdict.missing))
-    return ctx.store.point_environment(to, rel.id, ctx.settings.actor, f"promote {rel.short}", action="env.promote")
+    if to == staging_environment(ctx.site.floor()):
+        authorise(ctx, ctx.actor, Action.PROMOTE_STAGING, rel.id)
+    else:
+        verdict = None if force_gate else gate(ctx, rel.id, target=to)
+        missing = "; ".join(verdict.missing) if verdict else ""
+        authorise(ctx, ctx.actor, Action.PROMOTE_PRODUCTION, rel.id, Facts(gate_passes=verdict is None or verdict.ok),
+                  refusal=lambda d: d.reason if d.by_role or not missing
+                  else f"release {rel.short} has not passed the staging gate: {missing}")
+    return ctx.store.point_environment(to, rel.id, ctx.actor, f"promote {rel.short}", action="env.promote")
 
 
 def block(ctx: Context, component: str, version: str, reason: str, *, model: str | None = None,
@@ -163,20 +235,32 @@ def block(ctx: Context, component: str, version: str, reason: str, *, model: str
 
 
 def rollback(ctx: Context, env: str, to: str | None = None, progress: Callable | None = None) -> RolloutResult:
+    """Point `env` back at its previous release (one person), or `to` a release that was active
+    there before or passes the staging gate, and apply it."""
     current = ctx.store.current_release_id(env)
+    history = ctx.store.environment_history(env)
     if to:
         target = ctx.store.get_release(to)
+        was_active = any(h["release_id"] == target.id for h in history)
+        verdict = None if was_active or env == staging_environment(ctx.site.floor()) else gate(ctx, target.id, target=env)
+        missing = "; ".join(verdict.missing) if verdict else ""
+        authorise(ctx, ctx.actor, Action.ROLLBACK_TO, env,
+                  Facts(was_active_before=was_active, gate_passes=verdict is None or verdict.ok),
+                  refusal=lambda d: d.reason if d.by_role or not missing
+                  else f"cannot roll {env} back to {target.short}: it was never active in {env} and has not "
+                       f"passed the staging gate ({missing}); promote it through staging instead")
     else:
-        hist = [h for h in ctx.store.environment_history(env) if h["release_id"] != current]
+        hist = [h for h in history if h["release_id"] != current]
         if not hist:
             raise ReleaseError(f"{env} has no previous release to roll back to")
         target = ctx.store.get_release(hist[-1]["release_id"])
+        authorise(ctx, ctx.actor, Action.ROLLBACK_PREVIOUS, env)
     bad = blocked_pins(target.document, active_blocks(ctx))
     if bad:
         m, c, v, b = bad[0]
         raise PolicyViolation(f"cannot roll {env} back to {target.short}: it pins {m} {c} {v}, blocked since "
                               f"({b.reason}); build a release with another {c} version and promote it instead")
-    ctx.store.point_environment(env, target.id, ctx.settings.actor, f"rollback from {(current or '-')[:12]}",
+    ctx.store.point_environment(env, target.id, ctx.actor, f"rollback from {(current or '-')[:12]}",
                                 action="env.rollback")
     return apply(ctx, env, kind="rollback", reason=f"rollback to {target.short}", progress=progress)
 

@@ -2,16 +2,18 @@
 
 Exit codes: 0 ok · 1 error (or a bug, with a traceback) · 2 spec error, or `plan` found changes ·
 3 policy violation · 4 release error · 5 store error · 6 audit chain broken · 7 BMC driver error ·
-8 rollout halted.
+8 rollout halted · 9 not authenticated (wrong password or token, disabled account).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from provisioner.auth.identity import Actor
 from provisioner.context import Context, Settings, default_actor
 from provisioner.errors import ProvisionerError, SpecError
 
@@ -21,9 +23,11 @@ Examples:
   provisioner release build --json          freeze it into a release; prints {"id": ...}
   provisioner release diff A B              what changed between two releases
   provisioner audit verify                  prove the audit log was not edited
+  provisioner user add bob --role approver  an account (password asked for)
 
 Global options can also be set as environment variables:
-  PROVISIONER_SPEC, PROVISIONER_DATA, PROVISIONER_DB, PROVISIONER_USER.
+PROVISIONER_SPEC, PROVISIONER_DATA, PROVISIONER_DB, PROVISIONER_USER; and PROVISIONER_TOKEN,
+a personal API token: build, promote, rollback and approve then act as its account.
 """
 
 
@@ -35,7 +39,8 @@ Global options can also be set as environment variables:
 @click.option("--db", "db_url", envvar="PROVISIONER_DB", default=None,
               help="SQLAlchemy URL of the store [default: SQLite in the data directory].")
 @click.option("--as", "actor", envvar="PROVISIONER_USER", default=None,
-              help="Who is acting, for the audit log [default: your login name].")
+              help="Your account's name in local mode: `approve` asks for its password; other local commands "
+                   "run as the store's root and record the name as unverified [default: your login name].")
 @click.version_option(package_name="provisioner")
 @click.pass_context
 def cli(ctx: click.Context, spec_dir: Path, data_dir: Path, db_url: str | None, actor: str | None) -> None:
@@ -44,14 +49,19 @@ def cli(ctx: click.Context, spec_dir: Path, data_dir: Path, db_url: str | None, 
     The fleet is declared in a spec directory, frozen into content-addressed releases, proven
     on staging, approved, and rolled out by re-provisioning, never by patching.
     """
+    # Direct store access is the installation's root; the typed name is only a claim (auth/identity.py).
+    # PROVISIONER_TOKEN, when set, makes build, promote, rollback and approve act as its account.
+    if actor is not None and not actor.strip():
+        raise click.BadParameter("a name cannot be empty", param_hint="--as")
     ctx.obj = Context(Settings(spec_dir=spec_dir, data_dir=data_dir, db_url=db_url,
-                               actor=actor or default_actor()))
+                               actor=Actor.local_store(claimed=actor or default_actor()),
+                               token=os.environ.get("PROVISIONER_TOKEN") or None))
 
 
 def main(argv: list[str] | None = None) -> int:
     from provisioner.cli import audit_cmd, release_cmd  # noqa: F401  (registers commands)
 
-    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd"):
+    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd", "user_cmd"):
         try:
             __import__(f"provisioner.cli.{mod}")
         except ModuleNotFoundError as e:

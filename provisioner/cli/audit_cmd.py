@@ -1,6 +1,10 @@
-"""`provisioner audit verify|log`."""
+"""`provisioner audit verify|log|checkpoint`."""
 
 from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
 
 import click
 
@@ -10,27 +14,57 @@ from provisioner.context import Context
 from provisioner.errors import AuditError
 
 
+def _paths(ctx: Context) -> tuple[Path, Path]:
+    """(signing key, checkpoint file): DATA/site.yaml's audit_checkpoints, else in the data directory."""
+    from provisioner.store import checkpoints
+
+    cfg = ctx.site.audit_checkpoints
+    return (cfg.key or ctx.settings.data_dir / checkpoints.KEY_FILE,
+            cfg.file or ctx.settings.data_dir / checkpoints.CHECKPOINT_FILE)
+
+
 @cli.group()
 def audit():
-    """The append-only, hash-chained audit log of every change."""
+    """The append-only, hash-chained audit log of every change, anchored by signed checkpoints."""
 
 
 @audit.command("verify")
+@click.option("--checkpoints", "checkpoint_file", type=click.Path(path_type=Path), default=None,
+              help="Signed checkpoints to hold the chain against [default: the server's, when present].")
+@click.option("--public-key", type=click.Path(path_type=Path), default=None,
+              help="The checkpoint signer's public key (PEM) [default: the server's .pub, when present].")
 @json_option
 @click.pass_obj
-def audit_verify(ctx: Context):
-    """Prove no audit entry was edited or deleted (exit 6 if one was).
+def audit_verify(ctx: Context, checkpoint_file: Path | None, public_key: Path | None):
+    """Prove no audit entry was edited or deleted, and with checkpoints, that the chain was not
+    rewritten, truncated or emptied (exit 6 if it was).
 
     \b
-    Example:
+    Keep a copy of the checkpoint file and the public key off the server: a verify against the
+    copies catches what a writer with the database's keys could do.
+    Examples:
       provisioner audit verify --json     # {"ok": true, "entries": 42, "problems": []}
+      provisioner audit verify --checkpoints /backup/audit-checkpoints.jsonl --public-key /backup/audit.pub
     """
+    from provisioner.store import checkpoints  # cryptography: only for the commands that sign or check
+
     n, problems = ctx.store.verify_audit()
-    data = {"ok": not problems, "entries": n, "problems": [str(p) for p in problems]}
+    key, file = _paths(ctx)
+    if checkpoint_file is None and public_key is None and file.exists() and checkpoints.public_path(key).exists():
+        checkpoint_file, public_key = file, checkpoints.public_path(key)
+    if (checkpoint_file is None) != (public_key is None):
+        raise click.UsageError("--checkpoints and --public-key go together")
+    data = {"ok": True, "entries": n, "problems": []}
+    if checkpoint_file is not None:
+        good, cp_problems = checkpoints.verify(ctx.store, checkpoint_file, checkpoints.load_public_key(public_key))
+        problems = problems + cp_problems
+        data["checkpoints"] = good
+    data.update(ok=not problems, problems=[str(p) for p in problems])
 
     def render(d):
         if d["ok"]:
-            console.print(f"audit log intact: {d['entries']} entries, chain verified")
+            anchored = f", anchored by {d['checkpoints']} signed checkpoint(s)" if "checkpoints" in d else ""
+            console.print(f"audit log intact: {d['entries']} entries, chain verified{anchored}")
         for p in d["problems"]:
             click.echo(f"error: {p}", err=True)
 
@@ -40,16 +74,49 @@ def audit_verify(ctx: Context):
     return data, render
 
 
+@audit.command("checkpoint")
+@click.option("--watch", is_flag=True, help="Keep running: sign every N entries and M minutes (DATA/site.yaml).")
+@json_option
+@click.pass_obj
+def audit_checkpoint(ctx: Context, watch: bool):
+    """Sign the chain's head now (creating the signing key, 0600, on first use) and append the
+    checkpoint to the checkpoint file and the log.
+
+    \b
+    Examples:
+      provisioner audit checkpoint                # once (cron, or after a change)
+      provisioner audit checkpoint --watch        # the signer, as a service on the server host
+    """
+    from provisioner.store import checkpoints
+
+    key, file = _paths(ctx)
+    cfg = ctx.site.audit_checkpoints
+    signer = checkpoints.Checkpointer(ctx.store, key, file, cfg.every_entries, cfg.every_minutes * 60)
+    if watch:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        stop = threading.Event()
+        try:
+            signer.run(stop)
+        except KeyboardInterrupt:
+            stop.set()
+        return None
+    cp = signer.tick(force=True)
+    data = {**cp.__dict__, "file": str(file), "public_key": str(checkpoints.public_path(key))}
+    return data, lambda d: console.print(f"checkpoint: entry {d['seq']} signed ({d['hash'][:16]}…) → {d['file']}; "
+                                         f"public key {d['public_key']}")
+
+
 @audit.command("log")
 @click.option("--limit", default=50, show_default=True, help="Newest entries to show.")
 @json_option
 @click.pass_obj
 def audit_log(ctx: Context, limit: int):
-    """Show the newest audit entries: who did what, when."""
+    """Show the newest audit entries: who did what, how they were identified, when."""
     rows = ctx.store.audit_entries(limit)
 
     def render(d):
-        table("audit log", ["#", "at", "actor", "action", "subject"],
-              [[r["seq"], r["at"][:19], r["actor"], r["action"], r["subject"][:40]] for r in d])
+        table("audit log", ["#", "at", "actor", "how", "action", "subject"],
+              [[r["seq"], r["at"][:19], r["actor"], r.get("auth_method") or "", r["action"], r["subject"][:40]]
+               for r in d])
 
     return rows, render

@@ -9,9 +9,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from provisioner import pipeline
 from provisioner.cli import cli
+from provisioner.cli.auth_input import authenticated_actor
 from provisioner.cli.output import console, err_console, json_option, table
 from provisioner.context import Context
-from provisioner.errors import ProvisionerError, RolloutHalted, SpecError
+from provisioner.errors import NotAuthenticated, ProvisionerError, RolloutHalted, SpecError
 
 ENV = click.argument("environment", default="production")
 
@@ -161,26 +162,47 @@ def gate_cmd(ctx: Context, release_id: str):
 
 @cli.command()
 @click.argument("release_id")
-@click.option("--as", "who", required=True, help="The approver's name (not the release's author).")
-@click.option("--comment", default="", help="Why you approve.")
+@click.option("--comment", default="", help="Why you approve (or withdraw).")
+@click.option("--withdraw", is_flag=True, help="Take your approval back.")
+@click.option("--token", envvar="PROVISIONER_TOKEN", default=None,
+              help="Your personal API token (env PROVISIONER_TOKEN) instead of a password.")
+@click.option("--password-stdin", is_flag=True, help="Read the password of the --as account from stdin.")
 @json_option
 @click.pass_obj
-def approve(ctx: Context, release_id: str, who: str, comment: str):
-    """Record one approval of RELEASE_ID at the staging gate.
+def approve(ctx: Context, release_id: str, comment: str, withdraw: bool, token: str | None, password_stdin: bool):
+    """Record one approval of RELEASE_ID at the staging gate, as your account.
 
     \b
-    The author cannot approve; the same person approving twice counts once.
-    Example:
-      provisioner approve 3f1c --as alice --comment "staging clean for 24h"
+    The approval is made by an authenticated account: your API token (--token or
+    PROVISIONER_TOKEN), or the password of the account named by the global --as (default: your
+    login name), asked for on the terminal or read with --password-stdin. It is recorded in the
+    audit chain, which is what the gate counts. Refused (exit 3, and audited) for the release's
+    author, a role other than approver/admin, a release that failed on staging or pins a
+    blocked version. The same person approving twice counts once.
+
+    \b
+    Examples:
+      provisioner --as bob approve 3f1c --comment "staging clean for 24h"
+      PROVISIONER_TOKEN=prv_... provisioner approve 3f1c
+      provisioner --as bob approve 3f1c --withdraw --comment "saw errors in the soak"
     """
-    created = pipeline.approve(ctx, release_id, who, comment)
+    try:
+        who = authenticated_actor(ctx, token, password_stdin)
+    except NotAuthenticated as e:  # a refused approval is audited, a failed sign-in included
+        ctx.store.audit(ctx.settings.actor, "release.approve.refused", ctx.store.resolve_release_id(release_id),
+                        {"reason": str(e)})
+        raise
+    changed = pipeline.approve(ctx, release_id, who, comment, withdraw=withdraw)
     rel = ctx.store.get_release(release_id)
-    data = {"release": rel.id, "approver": who, "recorded": created,
+    data = {"release": rel.id, "approver": who.name, "withdrawn" if withdraw else "recorded": changed,
             "approvers": [a["approver"] for a in ctx.store.approvals(rel.id)]}
 
     def render(d):
-        console.print(f"{'approval recorded' if d['recorded'] else 'already approved (counts once)'}: {who} for "
-                      f"{d['release'][:12]}; approvers now: {', '.join(d['approvers'])}")
+        if withdraw:
+            head = "approval withdrawn" if changed else "no approval of yours to withdraw"
+        else:
+            head = "approval recorded" if changed else "already approved (counts once)"
+        console.print(f"{head}: {who.name} for {d['release'][:12]}; approvers now: {', '.join(d['approvers']) or '-'}")
 
     return data, render
 

@@ -7,6 +7,8 @@ import click
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
 from provisioner.context import Context
+from provisioner.pipeline import authorise
+from provisioner.policy.authz import Action
 from provisioner.releases.build import freeze, import_artifacts
 from provisioner.releases.diff import diff_releases
 
@@ -62,15 +64,16 @@ def release_build(ctx: Context):
       provisioner release build --json      # {"id": "3f1c…", "created": true, ...}
     """
     spec = ctx.spec
+    authorise(ctx, ctx.actor, Action.BUILD, "release")
     rel = freeze(spec, _blocked_at_runtime(ctx))
     imported = import_artifacts(ctx.settings.spec_dir, rel, ctx.artifacts)
     existing = ctx.store.list_releases()
     parent = existing[-1]["id"] if existing else None
-    created = ctx.store.add_release(rel, ctx.settings.actor, parent_id=parent if parent != rel.id else None)
+    created = ctx.store.add_release(rel, ctx.actor, parent_id=parent if parent != rel.id else None)
     ctx.store.sync_nodes(spec)
     data = {"id": rel.id, "created": created, "artifacts": len(rel.document["artifacts"]),
             "templates": len(rel.document["templates"]), "files_newly_stored": imported,
-            "nodes": len(spec.nodes()), "author": ctx.settings.actor}
+            "nodes": len(spec.nodes()), "author": ctx.actor.name}
 
     def render(d):
         state = "new release" if d["created"] else "already stored (same content, same id)"

@@ -1,9 +1,41 @@
-"""The staging gate: may a release go to production? Pure: evidence in, verdict out."""
+"""The staging gate: may a release go to production? Pure: evidence in, verdict out.
+
+The rules a release is judged by are not its own alone: `rules_in_force` takes the strictest of
+the release's staging_gate, the one of the release active in production, and the site's floor
+(DATA/site.yaml `gate_floor:`), so a release cannot lower the bar it is measured against. The
+staging environment is the site's, never the release's.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+
+DEFAULT_STAGING = "staging"
+# Stricter means more: a higher number of each of these is harder to meet
+NUMERIC_RULES = ("min_nodes", "soak_seconds", "success_ratio", "approvals")
+
+
+def rules_in_force(own: dict, in_production: dict | None, floor: dict | None) -> tuple[dict, dict]:
+    """(the rules in force, which source set each rule): each number the strictest of the three.
+
+    The environment is the floor's if it names one, else the default staging environment: a
+    release that names production as its own staging environment gains nothing.
+    """
+    rules, source = {}, {}
+    for key in NUMERIC_RULES:
+        candidates = [("release", own.get(key)), ("production release", (in_production or {}).get(key)),
+                      ("site floor", (floor or {}).get(key))]
+        name, value = max(((n, v) for n, v in candidates if v is not None), key=lambda nv: nv[1])
+        rules[key], source[key] = value, name
+    rules["environment"] = staging_environment(floor)
+    source["environment"] = "site floor" if (floor or {}).get("environment") else "default"
+    return rules, source
+
+
+def staging_environment(floor: dict | None) -> str:
+    """Where releases are proven: the site's choice (its floor), never a release's."""
+    return (floor or {}).get("environment") or DEFAULT_STAGING
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,8 @@ class ApprovalRow(Base):
     approver: Mapped[str] = mapped_column(String(128))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     comment: Mapped[str] = mapped_column(Text, default="")
+    # A convenience index only: the gate counts approvals from the audit chain (migration 0007)
+    account_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class BlockedVersionRow(Base):
@@ -94,6 +96,10 @@ class AuditRow(Base):
     details: Mapped[dict] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # Who, established how, from where (migration 0007); hashed with the entry when set
+    account_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    auth_method: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    client: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class MetaRow(Base):
@@ -175,3 +181,33 @@ class RolloutStepRow(Base):
     phase: Mapped[str] = mapped_column(String(8))  # begin | end | error | skip
     details: Mapped[dict] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AccountRow(Base):
+    """A person (or automation) who may act, by role. `username` is normalised once, on the way in."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (UniqueConstraint("oidc_issuer", "oidc_subject", name="uq_accounts_oidc"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # viewer | operator | approver | admin
+    password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)  # argon2id; None: token/SSO only
+    oidc_issuer: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    oidc_subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(128))
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ApiTokenRow(Base):
+    """A personal API token: only its sha256 is kept; named, expiring, revocable."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

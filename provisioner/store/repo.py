@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime
+from functools import cached_property
 
 from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -13,8 +14,10 @@ from provisioner.errors import PolicyViolation, ReleaseError
 from provisioner.releases.build import Release, load_release
 from provisioner.spec.models import Spec
 from provisioner.store import audit
+from provisioner.store.accounts import Accounts
 from provisioner.store.db import Database
 from provisioner.store.models import (
+    AccountRow,
     ApprovalRow,
     AuditRow,
     BlockedVersionRow,
@@ -65,13 +68,19 @@ class Store:
     def __init__(self, db: Database):
         self.db = db
 
+    @cached_property
+    def accounts(self) -> Accounts:
+        """Accounts and personal API tokens (store/accounts.py)."""
+        return Accounts(self.db)
+
     # -- releases -------------------------------------------------------------------------
     def add_release(self, release: Release, author: str, parent_id: str | None = None) -> bool:
         """Store `release` once; return False if it was already there (same content, same id)."""
         with self.db.session() as s:
             if s.get(ReleaseRow, release.id) is not None:
                 return False
-            s.add(ReleaseRow(id=release.id, document=release.canonical.decode(), author=author,
+            # the person's name (an account's, or the name claimed in local mode), not "root@host"
+            s.add(ReleaseRow(id=release.id, document=release.canonical.decode(), author=getattr(author, "name", author),
                              created_at=now(), parent_id=parent_id))
             audit.append(s, author, "release.build", release.id,
                          {"site": release.document["site"], "parent": parent_id})
@@ -176,21 +185,67 @@ class Store:
 
     # -- approvals ------------------------------------------------------------------------
     def approve(self, release_id: str, approver: str, comment: str = "") -> bool:
-        """Record an approval; False if this person already approved this release."""
+        """Record an approval (in the audit chain, which is what the gate counts); False if this
+        person already approved this release. `approver` is an `Actor` bound to an account."""
+        account = getattr(approver, "account", None)
+        name = getattr(approver, "name", approver)
         try:
             with self.db.session() as s:
-                s.add(ApprovalRow(release_id=release_id, approver=approver, at=now(), comment=comment))
+                s.add(ApprovalRow(release_id=release_id, approver=name, at=now(), comment=comment,
+                                  account_id=account.id if account else None))
                 s.flush()
-                audit.append(s, approver, "release.approve", release_id, {"comment": comment})
+                audit.append(s, approver, "release.approve", release_id, {"comment": comment, "approver": name})
         except IntegrityError:
             return False
         return True
 
-    def approvals(self, release_id: str) -> list[dict]:
+    def withdraw_approval(self, release_id: str, approver: str, reason: str = "") -> bool:
+        """Take an approval back (audited); False if this person had no approval of it."""
+        account = getattr(approver, "account", None)
+        name = getattr(approver, "name", approver)
         with self.db.session() as s:
-            rows = s.scalars(select(ApprovalRow).where(ApprovalRow.release_id == release_id)
-                             .order_by(ApprovalRow.at))
-            return [{"approver": r.approver, "at": aware(r.at).isoformat(), "comment": r.comment} for r in rows]
+            rows = s.scalars(select(ApprovalRow).where(ApprovalRow.release_id == release_id,
+                                                       ApprovalRow.account_id == account.id if account
+                                                       else ApprovalRow.approver == name)).all()
+            counted = any(a["account_id"] == (account.id if account else None)
+                          for a in self._chain_approvals(s, release_id))
+            if not rows and not counted:
+                return False
+            for r in rows:
+                s.delete(r)
+            audit.append(s, approver, "release.approve.withdraw", release_id, {"reason": reason, "approver": name})
+        return True
+
+    def approvals(self, release_id: str) -> list[dict]:
+        """The approvals the gate counts: read from the audit chain, not from the approvals table
+        (a row written there behind the store's back does not count). Only approvals made by an
+        authenticated, still enabled account, not withdrawn since."""
+        with self.db.session() as s:
+            return self._chain_approvals(s, release_id)
+
+    @staticmethod
+    def _chain_approvals(s, release_id: str) -> list[dict]:
+        from provisioner.auth.identity import AUTHENTICATED
+
+        current: dict[int, dict] = {}
+        for e in audit.chained_entries(s, release_id, ("release.approve", "release.approve.withdraw")):
+            if e.account_id is None or e.auth_method not in AUTHENTICATED:
+                continue  # direct store access is nobody in particular
+            if e.action == "release.approve":
+                current.setdefault(e.account_id, {"approver": e.details.get("approver", e.actor),
+                                                  "account_id": e.account_id, "at": aware(e.at).isoformat(),
+                                                  "comment": e.details.get("comment", ""), "audit_seq": e.seq})
+            else:
+                current.pop(e.account_id, None)
+        disabled = set(s.scalars(select(AccountRow.id).where(AccountRow.id.in_(current),
+                                                             AccountRow.disabled_at.is_not(None))))
+        return sorted((a for k, a in current.items() if k not in disabled), key=lambda a: a["audit_seq"])
+
+    def release_author_account(self, release_id: str) -> int | None:
+        """The account that built the release, as the audit chain says (None: direct store access)."""
+        with self.db.session() as s:
+            entries = audit.chained_entries(s, release_id, ("release.build",))
+            return entries[0].account_id if entries else None
 
     # -- blocked versions -----------------------------------------------------------------
     def block(self, component: str, version: str, reason: str, by: str, incident: str | None = None,
@@ -236,7 +291,8 @@ class Store:
                 q = q.limit(limit)
             rows = list(s.scalars(q))[::-1]
             return [{"seq": r.seq, "at": aware(r.at).isoformat(), "actor": r.actor, "action": r.action,
-                     "subject": r.subject, "details": r.details, "hash": r.hash} for r in rows]
+                     "subject": r.subject, "details": r.details, "hash": r.hash, "account_id": r.account_id,
+                     "auth_method": r.auth_method, "client": r.client} for r in rows]
 
     def verify_audit(self):
         with self.db.session() as s:

@@ -89,6 +89,14 @@ class Site:
         ctx.store.sync_nodes(ctx.spec)
         return rel.id
 
+    def account(self, name: str, role: str = "approver", password: str = "correct horse battery"):
+        """An account (created on first use) signed in with its password: an authenticated Actor."""
+        from provisioner.auth.authenticate import with_password
+
+        if self.ctx.store.accounts.get(name) is None:
+            self.ctx.store.accounts.add(name, role, "test set-up", password=password)
+        return with_password(self.ctx.store.accounts, name, password)
+
     def start_lab(self):
         from provisioner.lab.site import Lab
 
@@ -113,8 +121,9 @@ class Site:
     def firmware_changes(self, node: str) -> list[dict]:
         return [e for e in self.bmc_log(node) if e["event"] in FIRMWARE_CHANGES]
 
-    def cli(self, *args: str, who: str = "alice", spec: Path | None = None, timeout: float = 120):
-        return run_cli("--as", who, *args, spec=spec or self.spec, data=self.data, timeout=timeout)
+    def cli(self, *args: str, who: str = "alice", spec: Path | None = None, timeout: float = 120,
+            env: dict | None = None):
+        return run_cli("--as", who, *args, spec=spec or self.spec, data=self.data, timeout=timeout, env=env)
 
 
 def read_json(stdout: str):

@@ -44,8 +44,8 @@ def test_a_boot_looping_bios_is_stopped_at_the_staging_canary_and_the_fleet_ends
     assert any("0 of 2 approvals" in m for m in not_yet.missing), not_yet.missing
     assert ctx.store.current_release_id("production") is None
 
-    pipeline.approve(ctx, r1, "bob", "staging clean")
-    pipeline.approve(ctx, r1, "carol")
+    pipeline.approve(ctx, r1, site.account("bob"), "staging clean")
+    pipeline.approve(ctx, r1, site.account("carol"))
     passed = wait_for_gate(ctx, r1)
     assert passed.ok, passed.missing
     assert passed.facts["approvers"] == ["bob", "carol"]

@@ -1,0 +1,1 @@
+"""Who is acting: accounts, roles, passwords, API tokens, and authenticating them (see identity.py)."""
