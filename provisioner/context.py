@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 
 from provisioner.releases.artifacts import ArtifactStore
+from provisioner.spec.files import SpecLimits
 from provisioner.spec.loader import load_spec
 from provisioner.spec.models import Spec
 from provisioner.store.db import Database, default_url
@@ -25,6 +26,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(".provisioner"))
     db_url: str | None = None
     actor: str = field(default_factory=default_actor)
+    spec_limits: SpecLimits = field(default_factory=SpecLimits)  # file size from PROVISIONER_SPEC_MAX_FILE_BYTES
 
     @property
     def url(self) -> str:
@@ -39,7 +41,7 @@ class Context:
 
     @cached_property
     def spec(self) -> Spec:
-        return load_spec(self.settings.spec_dir)
+        return load_spec(self.settings.spec_dir, self.settings.spec_limits)
 
     @cached_property
     def store(self) -> Store:

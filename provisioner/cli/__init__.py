@@ -14,6 +14,7 @@ import click
 
 from provisioner.context import Context, Settings, default_actor
 from provisioner.errors import ProvisionerError, SpecError
+from provisioner.spec.files import DEFAULT_MAX_FILE_BYTES, MAX_FILE_BYTES_ENV, SpecLimits
 
 EPILOG = """\b
 Examples:
@@ -23,7 +24,8 @@ Examples:
   provisioner audit verify                  prove the audit log was not edited
 
 Global options can also be set as environment variables:
-  PROVISIONER_SPEC, PROVISIONER_DATA, PROVISIONER_DB, PROVISIONER_USER.
+  PROVISIONER_SPEC, PROVISIONER_DATA, PROVISIONER_DB, PROVISIONER_USER,
+  PROVISIONER_SPEC_MAX_FILE_BYTES.
 """
 
 
@@ -36,16 +38,20 @@ Global options can also be set as environment variables:
               help="SQLAlchemy URL of the store [default: SQLite in the data directory].")
 @click.option("--as", "actor", envvar="PROVISIONER_USER", default=None,
               help="Who is acting, for the audit log [default: your login name].")
+@click.option("--spec-max-file-bytes", envvar=MAX_FILE_BYTES_ENV, type=click.IntRange(1), default=None,
+              help=f"Largest spec file (YAML or template) read [default: {DEFAULT_MAX_FILE_BYTES:,}].")
 @click.version_option(package_name="provisioner")
 @click.pass_context
-def cli(ctx: click.Context, spec_dir: Path, data_dir: Path, db_url: str | None, actor: str | None) -> None:
+def cli(ctx: click.Context, spec_dir: Path, data_dir: Path, db_url: str | None, actor: str | None,
+        spec_max_file_bytes: int | None) -> None:
     """Bare-metal provisioning as immutable infrastructure.
 
     The fleet is declared in a spec directory, frozen into content-addressed releases, proven
     on staging, approved, and rolled out by re-provisioning, never by patching.
     """
+    limits = SpecLimits(**({"max_file_bytes": spec_max_file_bytes} if spec_max_file_bytes else {}))
     ctx.obj = Context(Settings(spec_dir=spec_dir, data_dir=data_dir, db_url=db_url,
-                               actor=actor or default_actor()))
+                               actor=actor or default_actor(), spec_limits=limits))
 
 
 def main(argv: list[str] | None = None) -> int:
