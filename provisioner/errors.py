@@ -16,6 +16,7 @@ ProvisionerError
     - ImageRejected        fatal: the image's digest differs from the release, or the BMC refused it
   + NetbootError           a boot file cannot be produced (template render error, unknown profile)
   + RolloutHalted          a rollout stopped by its failure threshold or by a block (exit 8)
+  + InputError             an operator's argument is wrong: empty, unknown name, bad address (exit 2, HTTP 400)
 
 User errors print one line and exit with `exit_code`; anything else is a bug and gets a traceback.
 """
@@ -110,3 +111,10 @@ class NetbootError(ProvisionerError):
 
 class RolloutHalted(ProvisionerError):
     exit_code = 8
+
+
+class InputError(ProvisionerError):
+    """An argument an operator gave is wrong (empty, an unknown component or model): say what to give instead."""
+
+    exit_code = 2
+    http_status = 400
