@@ -100,10 +100,15 @@ def parse_yaml(root: Path, rel: str, problems: list[SpecProblem], limits: SpecLi
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
-        problems.append(SpecProblem(rel, line, "(syntax)", f"YAML syntax error: {e.problem}", "valid YAML"))
+        problems.append(SpecProblem(rel, line, "(syntax)", "YAML syntax error: " + " ".join(str(e.problem).split()), "valid YAML"))
+        return None
+    except yaml.reader.ReaderError as e:  # a character YAML forbids (control characters, BOM in the middle)
+        line = text[: e.position].count("\n") + 1
+        problems.append(SpecProblem(rel, line, "(syntax)", f"character #x{e.character:04x} is not allowed in YAML",
+                                    "printable UTF-8 text"))
         return None
     except yaml.YAMLError as e:
-        problems.append(SpecProblem(rel, None, "(syntax)", f"YAML error: {e}", "valid YAML"))
+        problems.append(SpecProblem(rel, None, "(syntax)", "YAML error: " + " ".join(str(e).split()), "valid YAML"))
         return None
     lines: dict[Path_, int] = {}
     src = SourceFile(rel, data, lines)
