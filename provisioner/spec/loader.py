@@ -192,6 +192,22 @@ def sha256_file(f) -> str:
     return h.hexdigest()
 
 
+def _check_template(rel: str, data: bytes, problems: list[SpecProblem]) -> None:
+    """A boot template must be UTF-8 Jinja2: found by `validate`, not by a node at boot time.
+
+    Only Jinja2's message and line are kept: its exception text would quote the file's line.
+    """
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        problems.append(SpecProblem(rel, None, "(file)", f"is not UTF-8 text (byte {e.start:,})", "a UTF-8 template"))
+    except jinja2.TemplateSyntaxError as e:
+        problems.append(SpecProblem(rel, e.lineno, "(template)", "Jinja2 syntax error: " + " ".join(
+            str(e.message).split())[:200], "a valid Jinja2 template"))
+
+
 def _optional_yaml(root: Path, rel: str, problems: list[SpecProblem], limits: SpecLimits) -> SourceFile | None:
     """Parse `rel` when it exists in any form (lexists: a dangling link or a FIFO is a problem, not absence)."""
     if not (root / rel).is_symlink() and not (root / rel).exists():
@@ -257,8 +273,10 @@ def load_spec(root: Path | str, limits: SpecLimits | None = None) -> Spec:
         template_files = []
     for rel in template_files:
         try:
-            with files.open_file(root, rel, limits.max_file_bytes) as f:
-                templates[rel.removeprefix("templates/")] = sha256_file(f)
+            data = files.read_file(root, rel, limits.max_file_bytes)
+            templates[rel.removeprefix("templates/")] = hashlib.sha256(data).hexdigest()
+            if rel.endswith(".j2"):
+                _check_template(rel, data, problems)
         except SpecFileRefused as e:
             problems.append(e.problem)
         except OSError as e:

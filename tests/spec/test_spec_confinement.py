@@ -181,3 +181,20 @@ def test_an_artifact_that_is_a_fifo_is_refused_as_one(spec_dir, tmp_path, capsys
         watch.close()
     assert not watch.reader_seen and r.code == 2
     assert "'artifacts/firmware/r650/nic-22.31.6.bin' is a FIFO (named pipe), not a regular file" in r.err
+
+
+def test_a_template_that_is_not_jinja2_is_one_line_at_validate_without_its_contents(spec_dir, tmp_path, capsys):
+    (spec_dir / "templates" / "local.ipxe.j2").write_text("#!ipxe\n{% if %}\nVERYSECRET {{ x }} }}\n")
+    r = run_main(capsys, "validate", spec=spec_dir, data=tmp_path / "data")
+    assert r.code == 2
+    assert r.err_lines == ["error: templates/local.ipxe.j2:2: (template): Jinja2 syntax error: Expected an "
+                           "expression, got 'end of statement block'; expected a valid Jinja2 template"], r.err
+    assert_no_secret(r)
+
+
+def test_a_binary_template_is_refused_at_validate(spec_dir, tmp_path, capsys):
+    (spec_dir / "templates" / "local.ipxe.j2").write_bytes(bytes(range(256)))
+    r = run_main(capsys, "validate", spec=spec_dir, data=tmp_path / "data")
+    assert r.code == 2
+    assert r.err_lines == ["error: templates/local.ipxe.j2: (file): is not UTF-8 text (byte 128); expected a UTF-8 "
+                           "template"], r.err
