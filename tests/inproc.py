@@ -7,6 +7,7 @@ suites that run many commands (the hostile-input corpus, the spec confinement te
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,11 @@ def run_main(capsys, *args: str, spec: Path, data: Path, db: str | None = None) 
 
     capsys.readouterr()  # drop what came before
     argv = ["--spec", str(spec), "--data", str(data)] + (["--db", db] if db else []) + list(args)
-    code = main(argv)
+    saved = os.environ.pop("PROVISIONER_DB", None)  # like helpers.run_cli: the store is the data dir's
+    try:
+        code = main(argv)
+    finally:
+        if saved is not None:
+            os.environ["PROVISIONER_DB"] = saved
     cap = capsys.readouterr()
     return Outcome(code, cap.out, cap.err)
