@@ -2,6 +2,16 @@
 """Boot storm: N curl processes at once, each fetching a 1 MiB bootloader and its per-MAC
 config over TFTP (blksize 1468), against our server and Debian's tftpd-hpa in the same run.
 
+Two ways of starting the clients, both measured (`--methods release,spawn`):
+  release  the N clients are forked first, each a shell blocked on a pipe; closing the pipe
+           lets them all exec curl at once. The clock starts at the release: forking N
+           processes is left out, curl's own start-up (exec, libraries) is in.
+  spawn    the clock starts, then this script forks and execs the N curl processes one after
+           the other, as `for i in ...; do curl ... & done; wait` would. Process creation is in
+           the measurement and competes with the server for the CPUs while early clients are
+           already transferring: on 2 cores that is what a single-process Python server feels
+           most (tftpd-hpa forks one process per transfer, which the scheduler spreads out).
+
 Our server renders the per-MAC configs with a resolver; tftpd-hpa serves the same bytes from
 pre-generated files. Clients are curl processes for both servers (one process per client,
 fetching the two files in turn); all N are spawned first and released at once. A client fails
@@ -13,6 +23,10 @@ Each server runs in its own process. "server CPU-s" is our server process's user
 
     sudo .venv/bin/python bench/tftp_storm.py [--sizes 50,200,1000] [--repeat 3]
 
+"server start-up" runs from starting the server process to its first answer (to an RRQ for a
+file that does not exist); the last column adds it to both walls, for a measurement that starts
+the servers inside the timed window too.
+
 Needs root (tftpd-hpa drops to the `tftp` user) and the Debian packages curl and tftpd-hpa.
 """
 
@@ -22,7 +36,6 @@ import argparse
 import hashlib
 import os
 import platform
-import re
 import shutil
 import socket
 import statistics
@@ -33,6 +46,7 @@ import time
 from pathlib import Path
 
 from procstat import cpu_model, cpu_seconds  # bench/, the script's own folder
+from tftp_storm_server import config_for
 
 BLKSIZE = 1468
 BOOTLOADER = "bootx64.efi"
@@ -43,29 +57,20 @@ def mac(i: int) -> str:
     return "52-54-00-" + "-".join(f"{b:02x}" for b in i.to_bytes(3, "big"))
 
 
-def config_for(name: str) -> bytes | None:
-    m = re.fullmatch(r"pxelinux\.cfg/01-((?:[0-9a-f]{2}-){5}[0-9a-f]{2})", name)
-    if not m:
-        return None
-    return (f"DEFAULT install\nLABEL install\n  KERNEL http://10.0.0.1/images/vmlinuz\n"
-            f"  APPEND initrd=http://10.0.0.1/images/initrd.img BOOTIF=01-{m.group(1)} "
-            f"url=http://10.0.0.1/api/boot/{m.group(1)}\n").encode()
-
-
-def serve_ours(root: str, port_file: str) -> None:
-    """Child process: our server with a resolver that renders the per-MAC configs."""
-    import logging
-    import signal
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from provisioner.netboot.tftp import TftpServer
-
-    logging.basicConfig(level=logging.WARNING)
-    server = TftpServer(root, lambda name, client: config_for(name), "127.0.0.1", 0)
-    server.bind()
-    Path(port_file).write_text(str(server.port))
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    server.serve_forever()
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Until the server answers an RRQ (for a file that does not exist): it is up and serving."""
+    probe = b"\x00\x01startup-probe\x00octet\x00"
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.005)
+        while time.monotonic() < deadline and proc.poll() is None:
+            s.sendto(probe, ("127.0.0.1", port))
+            try:
+                s.recvfrom(1024)
+                return
+            except (TimeoutError, ConnectionRefusedError):
+                continue
+    raise SystemExit("the server did not start")
 
 
 def free_port() -> int:
@@ -82,24 +87,16 @@ def machine_busy_seconds() -> float:
 
 class Server:
     def __init__(self, kind: str, root: Path, work: Path):
-        self.kind = kind
+        self.kind, self.port = kind, free_port()
+        started = time.monotonic()
         if kind == "ours":
-            port_file = work / "port"
-            port_file.unlink(missing_ok=True)
-            self.proc = subprocess.Popen([sys.executable, __file__, "--serve-ours", str(root), str(port_file)])
-            deadline = time.monotonic() + 10
-            while not port_file.exists() or not port_file.read_text():
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit("our server did not start")
-                time.sleep(0.02)
-            self.port = int(port_file.read_text())
+            self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("tftp_storm_server.py")),
+                                          str(root), str(self.port)])
         else:
-            self.port = free_port()
             self.proc = subprocess.Popen(["in.tftpd", "-L", "-a", f"127.0.0.1:{self.port}", "-u", "tftp",
                                           "-s", str(root)])
-            time.sleep(0.3)
-            if self.proc.poll() is not None:
-                raise SystemExit(f"in.tftpd exited with {self.proc.returncode}")
+        wait_ready(self.port, self.proc)
+        self.startup = time.monotonic() - started  # process start until the first answer
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid) if self.kind == "ours" else float("nan")
@@ -113,27 +110,36 @@ class Server:
             self.proc.wait()
 
 
-def storm(server: Server, n: int, out: Path, expected_boot: str) -> tuple[float, int, float, float]:
+def curl_args(url: str, out: Path, i: int) -> list[str]:
+    return ["curl", "-sS", "--max-time", "120", "--tftp-blksize", str(BLKSIZE),
+            "-o", str(out / f"{i}.efi"), f"{url}/{BOOTLOADER}",
+            "-o", str(out / f"{i}.cfg"), f"{url}/pxelinux.cfg/01-{mac(i)}"]
+
+
+def storm(server: Server, n: int, out: Path, expected_boot: str, method: str = "release"
+          ) -> tuple[float, int, float, float]:
     """Run one storm; returns (wall s, failed clients, server CPU-s, machine CPU-s).
 
-    The N clients are spawned first, each a shell blocked reading an empty pipe; closing the
-    pipe releases them all at once (EOF), and each then execs curl. The clock starts at the
-    release, so spawning speed, which depends on how busy the machine is, stays out of it.
+    release: the N clients are spawned first, each a shell blocked reading an empty pipe; closing
+    the pipe releases them all at once (EOF), and each then execs curl; the clock starts at the
+    release. spawn: the clock starts, then the N curl processes are started one by one.
     """
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     url = f"tftp://127.0.0.1:{server.port}"
-    gate_r, gate_w = os.pipe()
-    clients = [subprocess.Popen(
-        ["sh", "-c", 'read -r _; exec "$@"', "client",
-         "curl", "-sS", "--max-time", "120", "--tftp-blksize", str(BLKSIZE),
-         "-o", str(out / f"{i}.efi"), f"{url}/{BOOTLOADER}",
-         "-o", str(out / f"{i}.cfg"), f"{url}/pxelinux.cfg/01-{mac(i)}"],
-        stdin=gate_r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(n)]
-    os.close(gate_r)
-    cpu_before, busy_before = server.cpu(), machine_busy_seconds()
-    started = time.monotonic()
-    os.close(gate_w)  # go
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    if method == "release":
+        gate_r, gate_w = os.pipe()
+        clients = [subprocess.Popen(["sh", "-c", 'read -r _; exec "$@"', "client", *curl_args(url, out, i)],
+                                    stdin=gate_r, **quiet) for i in range(n)]
+        os.close(gate_r)
+        cpu_before, busy_before = server.cpu(), machine_busy_seconds()
+        started = time.monotonic()
+        os.close(gate_w)  # go
+    else:
+        cpu_before, busy_before = server.cpu(), machine_busy_seconds()
+        started = time.monotonic()
+        clients = [subprocess.Popen(curl_args(url, out, i), stdin=subprocess.DEVNULL, **quiet) for i in range(n)]
     codes = [c.wait() for c in clients]
     wall = time.monotonic() - started
     cpu, busy = server.cpu() - cpu_before, machine_busy_seconds() - busy_before
@@ -158,13 +164,11 @@ def machine() -> str:
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--serve-ours":
-        serve_ours(sys.argv[2], sys.argv[3])
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="50,200,1000")
     parser.add_argument("--repeat", type=int, default=3, help="runs per N up to 200 (median); N>200 runs once")
     parser.add_argument("--servers", default="ours,hpa", help="which servers to run, e.g. ours")
+    parser.add_argument("--methods", default="release,spawn", help="how clients start (see above)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if os.geteuid() != 0 or not shutil.which("in.tftpd") or not shutil.which("curl"):
@@ -192,23 +196,27 @@ def main() -> int:
         (root / BOOTLOADER).chmod(0o644)
 
         rows = []
-        for n in sizes:
-            kinds = args.servers.split(",")
-            runs = {k: [] for k in kinds}
-            for _ in range(args.repeat if n <= 200 else 1):
-                for kind in kinds:  # alternate, so both see the same machine state
-                    server = Server(kind, root if kind == "ours" else hpa_root, work)
-                    try:
-                        runs[kind].append(storm(server, n, work / "clients", expected))
-                    finally:
-                        server.stop()
-                    wall, failed, cpu, busy = runs[kind][-1]
-                    print(f"N={n:5d} {kind:4s} wall={wall:6.2f}s failed={failed} server-cpu={cpu:5.2f}s "
-                          f"machine-cpu={busy:5.2f}s load-average={os.getloadavg()[0]:.1f}", flush=True)
-            med = {k: (statistics.median(r[0] for r in v), sum(r[1] for r in v),
-                       statistics.median(r[2] for r in v), statistics.median(r[3] for r in v), len(v))
-                   for k, v in runs.items()}
-            rows.append((n, med.get("ours"), med.get("hpa")))
+        kinds = args.servers.split(",")
+        for method in args.methods.split(","):
+            for n in sizes:
+                runs = {k: [] for k in kinds}
+                for _ in range(args.repeat if n <= 200 else 1):
+                    for kind in kinds:  # alternate, so both see the same machine state
+                        server = Server(kind, root if kind == "ours" else hpa_root, work)
+                        try:
+                            runs[kind].append((*storm(server, n, work / "clients", expected, method),
+                                               server.startup))
+                        finally:
+                            server.stop()
+                        wall, failed, cpu, busy, startup = runs[kind][-1]
+                        print(f"{method:7s} N={n:5d} {kind:4s} wall={wall:6.2f}s failed={failed} "
+                              f"server-cpu={cpu:5.2f}s machine-cpu={busy:5.2f}s start-up={startup:.3f}s "
+                              f"load-average={os.getloadavg()[0]:.1f}", flush=True)
+                med = {k: (statistics.median(r[0] for r in v), sum(r[1] for r in v),
+                           statistics.median(r[2] for r in v), statistics.median(r[3] for r in v), len(v),
+                           [r[0] for r in v], statistics.median(r[4] for r in v))
+                       for k, v in runs.items()}
+                rows.append((method, n, med.get("ours"), med.get("hpa")))
     finally:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
@@ -216,16 +224,19 @@ def main() -> int:
 
     print(f"\nBoot storm, blksize {BLKSIZE}: each client = curl fetching a 1 MiB {BOOTLOADER} + its per-MAC "
           f"pxelinux config\n")
-    print("| N | runs | ours wall (s) | tftpd-hpa wall (s) | ours ÷ hpa | failures ours / hpa "
-          "| our server CPU-s | machine CPU-s ours / hpa |")
-    print("|---|---|---|---|---|---|---|---|")
-    for n, ours, hpa in rows:
+    print("| clients start | N | runs | ours wall (s) | tftpd-hpa wall (s) | ours ÷ hpa (median; per run) "
+          "| failures ours / hpa | our server CPU-s | machine CPU-s ours / hpa | server start-up (s) ours / hpa "
+          "| ours ÷ hpa, start-up included |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for method, n, ours, hpa in rows:
         if ours is None or hpa is None:
             continue
-        print(f"| {n} | {ours[4]} | {ours[0]:.2f} | {hpa[0]:.2f} | {ours[0] / hpa[0]:.2f} | {ours[1]} / {hpa[1]} "
-              f"| {ours[2]:.2f} | {ours[3]:.2f} / {hpa[3]:.2f} |")
+        per_run = ", ".join(f"{o / h:.2f}" for o, h in zip(ours[5], hpa[5], strict=True))
+        print(f"| {method} | {n} | {ours[4]} | {ours[0]:.2f} | {hpa[0]:.2f} | {ours[0] / hpa[0]:.2f}; {per_run} "
+              f"| {ours[1]} / {hpa[1]} | {ours[2]:.2f} | {ours[3]:.2f} / {hpa[3]:.2f} "
+              f"| {ours[6]:.3f} / {hpa[6]:.3f} | {(ours[0] + ours[6]) / (hpa[0] + hpa[6]):.2f} |")
     print(f"\nmachine: {machine()}")
-    return 1 if any(r[1] and r[1][1] for r in rows) else 0  # our failures fail the run
+    return 1 if any(r[2] and r[2][1] for r in rows) else 0  # our failures fail the run
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from provisioner.releases.artifacts import ArtifactStore
 from provisioner.site_config import SiteConfig, load_site_config
+from provisioner.spec.files import SpecLimits
 from provisioner.spec.loader import load_spec
 from provisioner.spec.models import Spec
 from provisioner.store.db import Database, default_url
@@ -31,6 +32,7 @@ class Settings:
     db_url: str | None = None
     actor: str = field(default_factory=default_actor)  # a name, or an Actor (auth/identity.py)
     token: str | None = None  # a personal API token: act as its account where an account is needed
+    spec_limits: SpecLimits = field(default_factory=SpecLimits)  # file size from PROVISIONER_SPEC_MAX_FILE_BYTES
 
     @property
     def url(self) -> str:
@@ -45,7 +47,7 @@ class Context:
 
     @cached_property
     def spec(self) -> Spec:
-        return load_spec(self.settings.spec_dir)
+        return load_spec(self.settings.spec_dir, self.settings.spec_limits)
 
     @cached_property
     def store(self) -> Store:

@@ -4,7 +4,7 @@ ProvisionerError
   + SpecError              a spec file is wrong: file, line, field, what is wrong, what to write (exit 2)
   + PolicyViolation        a blocked or unapproved version was asked for (exit 3, HTTP 409)
     - Forbidden            the authorisation matrix refuses this action to this role (exit 3, HTTP 403)
-  + NotAuthenticated       no valid account behind the request: bad password or token, disabled (exit 9, HTTP 401)
+  + NotAuthenticated       no valid account behind the request: bad password or token, disabled (exit 11, HTTP 401)
   + ReleaseError           a release is unknown, or a stored release/artifact would be changed (exit 4)
     - ArtifactMismatch     an artifact's bytes do not hash to its name
   + StoreError             the store is unreachable or its schema is not migrated (exit 5)
@@ -18,6 +18,7 @@ ProvisionerError
     - ImageRejected        fatal: the image's digest differs from the release, or the BMC refused it
   + NetbootError           a boot file cannot be produced (template render error, unknown profile)
   + RolloutHalted          a rollout stopped by its failure threshold or by a block (exit 8)
+  + InputError             an operator's argument is wrong: empty, unknown name, bad address (exit 2, HTTP 400)
 
 User errors print one line and exit with `exit_code`; anything else is a bug and gets a traceback.
 """
@@ -67,7 +68,7 @@ class Forbidden(PolicyViolation):
 
 
 class NotAuthenticated(ProvisionerError):
-    exit_code = 9
+    exit_code = 11
     http_status = 401
 
 
@@ -122,3 +123,10 @@ class NetbootError(ProvisionerError):
 
 class RolloutHalted(ProvisionerError):
     exit_code = 8
+
+
+class InputError(ProvisionerError):
+    """An argument an operator gave is wrong (empty, an unknown component or model): say what to give instead."""
+
+    exit_code = 2
+    http_status = 400

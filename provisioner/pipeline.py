@@ -221,6 +221,7 @@ def promote(ctx: Context, release_ref: str, to: str, force_gate: bool = False) -
 def block(ctx: Context, component: str, version: str, reason: str, *, model: str | None = None,
           incident: str | None = None) -> dict:
     """Block everywhere at once: store it, and mark every node seen running it for re-provisioning."""
+    component, version, reason = _checked_block(ctx, component, version, reason, model)
     created = ctx.store.block(component, version, reason, ctx.settings.actor, incident=incident, model=model)
     marked = []
     for n in ctx.store.nodes():
@@ -232,6 +233,39 @@ def block(ctx: Context, component: str, version: str, reason: str, *, model: str
                and blocked_pins(ctx.store.get_release(r.release_id).document, active_blocks(ctx))]
     return {"created": created, "component": component, "version": version, "marked": marked,
             "rollouts_halting": halting}
+
+
+def _checked_block(ctx: Context, component: str, version: str, reason: str, model: str | None):
+    """Refuse a block that would block nothing: empty fields, a component no manifest has, an unknown model.
+
+    Names come from every stored release and from the spec when it loads: a block during an
+    incident must work while the spec directory is half-edited.
+    """
+    from provisioner.errors import InputError, SpecError
+    from provisioner.spec.suggest import did_you_mean
+
+    fields = {"component": component.strip(), "version": version.strip(), "reason": reason.strip()}
+    for name, value in fields.items():
+        if not value:
+            raise InputError(f"the {name} of a block cannot be empty; expected e.g. "
+                             "`provisioner block bios 1.20.0 --reason \"boot loop, INC-4411\"`")
+    components, models = set(), set()
+    for r in ctx.store.list_releases():
+        doc = ctx.store.get_release(r["id"]).document
+        components |= {c["name"] for m in doc["manifests"].values() for c in m["components"]}
+        models |= set(doc["manifests"])
+    try:
+        components |= {c.name for m in ctx.spec.manifests.values() for c in m.components}
+        models |= set(ctx.spec.manifests)
+    except SpecError:
+        if not components:
+            raise
+    if fields["component"] not in components:
+        raise InputError(f"no manifest has a component {fields['component']!r}"
+                         f"{did_you_mean(fields['component'], components)}")
+    if model is not None and model not in models:
+        raise InputError(f"no hardware model {model!r} in the inventory{did_you_mean(model, models)}")
+    return fields["component"], fields["version"], fields["reason"]
 
 
 def rollback(ctx: Context, env: str, to: str | None = None, progress: Callable | None = None) -> RolloutResult:

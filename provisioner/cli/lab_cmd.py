@@ -14,6 +14,7 @@ import click
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
 from provisioner.context import Context
+from provisioner.spec.suggest import did_you_mean
 
 
 @cli.group()
@@ -24,6 +25,7 @@ def lab():
     Examples:
       provisioner lab up             # every inventory node; returns once every BMC answers
       provisioner lab status --json  # name, bmc_address, bmc_port, username, password, power, firmware
+                                     # (password: the lab's generated one; null when set by env)
       provisioner lab fault --boot-loop bios=1.14.0
       provisioner lab down
     """
@@ -97,7 +99,7 @@ def lab_down(ctx: Context):
 def lab_status(ctx: Context):
     """Every simulated node: BMC address and lab credentials, power, firmware per component."""
     from provisioner.lab.run import control_call
-    from provisioner.lab.site import lab_nodes
+    from provisioner.lab.site import lab_nodes, shown_password
 
     if _info(ctx):
         nodes = control_call(ctx.settings.data_dir, "status")
@@ -110,7 +112,7 @@ def lab_status(ctx: Context):
             fw = {c: v["active"] for c, v in st.get("firmware", {})
                   .items()} if st else n["firmware"]
             nodes.append({"name": n["name"], "model": n["model"], "bmc_address": n["bmc_address"],
-                          "bmc_port": n["bmc_port"], "username": n["username"], "password": n["password"],
+                          "bmc_port": n["bmc_port"], "username": n["username"], "password": shown_password(n),
                           "power": st.get("power", "off") if st else "off", "firmware": fw, "running": False})
 
     def render(d):
@@ -121,13 +123,42 @@ def lab_status(ctx: Context):
     return nodes, render
 
 
+def _node_name(ctx: Context, name: str) -> str:
+    names = [n.name for _, n in ctx.spec.nodes()]
+    if name not in names:
+        raise click.BadParameter(f"no node {name!r} in the inventory{did_you_mean(name, names)}",
+                                 param_hint="'--node'")
+    return name
+
+
+def _component_version(ctx: Context, text: str, option: str) -> tuple[str, str]:
+    """COMPONENT=VERSION, both given, the component one that some manifest pins."""
+    comp, sep, ver = text.partition("=")
+    comp, ver = comp.strip(), ver.strip()
+    if not sep or not comp or not ver:
+        raise click.BadParameter(f"{text!r} is not COMPONENT=VERSION; expected e.g. bios=1.14.0", param_hint=option)
+    known = sorted({c.name for m in ctx.spec.manifests.values() for c in m.components})
+    if comp not in known:
+        raise click.BadParameter(f"no manifest has a component {comp!r}{did_you_mean(comp, known)}",
+                                 param_hint=option)
+    return comp, ver
+
+
+def _fault_words(faults: dict) -> str:
+    words = {"unreachable": lambda v: "unreachable" if v else "reachable again",
+             "delay_s": lambda v: f"replies delayed {v:g} s",
+             "loss": lambda v: f"{v:.0%} of IPMI packets dropped",
+             "wrong_password": lambda v: "refuses the password" if v else "accepts the password"}
+    return ", ".join(words[k](v) for k, v in faults.items())
+
+
 @lab.command("fault")
 @click.option("--node", default=None, help="The node to fault (for --unreachable, --slow, --loss, --wrong-password).")
 @click.option("--boot-loop", "boot_loop", default=None, metavar="COMPONENT=VERSION",
               help="Servers running this version never finish POST.")
 @click.option("--unreachable/--reachable", default=None)
-@click.option("--slow", type=float, default=None, help="Delay every BMC reply by this many seconds.")
-@click.option("--loss", type=float, default=None, help="Drop this share of IPMI packets (0..1).")
+@click.option("--slow", type=click.FloatRange(0, 3600), default=None, help="Delay every BMC reply by this many seconds.")
+@click.option("--loss", type=click.FloatRange(0, 1), default=None, help="Drop this share of IPMI packets (0..1).")
 @click.option("--wrong-password", is_flag=True, default=None)
 @click.option("--hand-flash", default=None, metavar="COMPONENT=VERSION", help="Flash NODE by hand (drift).")
 @click.option("--clear", is_flag=True, help="Clear NODE's (or every node's) BMC faults.")
@@ -144,6 +175,16 @@ def lab_fault(ctx: Context, node, boot_loop, unreachable, slow, loss, wrong_pass
     """
     from provisioner.lab.run import control_call
 
+    # Every option is checked against the spec before the lab is asked anything.
+    faults = {k: v for k, v in {"unreachable": unreachable, "delay_s": slow, "loss": loss,
+                                "wrong_password": wrong_password}.items() if v is not None}
+    if (faults or hand_flash) and not node:
+        raise click.UsageError("--node is required for BMC faults and --hand-flash")
+    if node is not None:
+        node = _node_name(ctx, node)
+    loop = _component_version(ctx, boot_loop, "'--boot-loop'") if boot_loop is not None else None
+    flash = _component_version(ctx, hand_flash, "'--hand-flash'") if hand_flash is not None else None
+
     def call(op, **a):
         try:
             return control_call(ctx.settings.data_dir, op, **a)
@@ -151,21 +192,15 @@ def lab_fault(ctx: Context, node, boot_loop, unreachable, slow, loss, wrong_pass
             raise click.ClickException(str(e)) from None
 
     done = []
-    if boot_loop:
-        comp, _, ver = boot_loop.partition("=")
-        call("boot_loop", component=comp, version=ver)
-        done.append(f"boot loop on {comp} {ver}")
-    faults = {k: v for k, v in {"unreachable": unreachable, "delay_s": slow, "loss": loss,
-                                "wrong_password": wrong_password}.items() if v is not None}
-    if (faults or hand_flash) and not node:
-        raise click.UsageError("--node is required for BMC faults and --hand-flash")
+    if loop:
+        call("boot_loop", component=loop[0], version=loop[1])
+        done.append(f"boot loop on {loop[0]} {loop[1]}")
     if faults:
         call("set_fault", node=node, **faults)
-        done.append(f"{node}: {faults}")
-    if hand_flash:
-        comp, _, ver = hand_flash.partition("=")
-        call("hand_flash", node=node, component=comp, version=ver)
-        done.append(f"{node}: {comp} hand-flashed to {ver}")
+        done.append(f"{node}: {_fault_words(faults)}")
+    if flash:
+        call("hand_flash", node=node, component=flash[0], version=flash[1])
+        done.append(f"{node}: {flash[0]} hand-flashed to {flash[1]}")
     if clear:
         call("clear_faults", node=node)
         done.append(f"cleared faults on {node or 'every node'}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -55,12 +54,13 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
       provisioner serve --tftp-bind off --public-url http://10.0.0.1:8080
       provisioner serve --http-workers 4                     # a bigger boot server: 4 HTTP processes
     """
+    from provisioner.cli import configure_logging, logging_asked
     from provisioner.netboot.dhcp import populate_boot_files
     from provisioner.netboot.http_pool import HttpPool
     from provisioner.netboot.services import BootServices, parse_bind
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    if verbose or not logging_asked():  # a server logs its warnings unless --log said otherwise
+        configure_logging("info" if verbose else "warning")
     tftp = None if tftp_bind == "off" else tftp_bind
     http = None if http_bind == "off" else http_bind
     boot_files = boot_files or ctx.settings.data_dir / "boot-files"
@@ -106,13 +106,36 @@ def dhcp():
     """DHCP for PXE clients (dnsmasq configuration)."""
 
 
+def _checked(parse):
+    """A click callback running one of dhcp.py's parsers: its ValueError names what to write instead."""
+    def callback(_ctx, _param, value):
+        if value is None:
+            return None
+        try:
+            return str(parse(value))
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return callback
+
+
+def _parse_server_ip(v):
+    from provisioner.netboot.dhcp import parse_server_ip
+    return parse_server_ip(v)
+
+
+def _parse_interface(v):
+    from provisioner.netboot.dhcp import parse_interface
+    return parse_interface(v)
+
+
 @dhcp.command("render")
-@click.option("--server-ip", required=True, help="Address of the TFTP/HTTP server, as nodes see it.")
-@click.option("--interface", required=True, help="Interface dnsmasq serves.")
+@click.option("--server-ip", required=True, callback=_checked(_parse_server_ip),
+              help="IPv4 address of the TFTP/HTTP server, as nodes see it.")
+@click.option("--interface", required=True, callback=_checked(_parse_interface), help="Interface dnsmasq serves.")
 @click.option("--mode", type=click.Choice(["reservation", "proxy"]), default="reservation", show_default=True,
               help="reservation: leases only for inventory MACs; proxy: boot options beside another DHCP server.")
 @click.option("--range", "dhcp_range", default=None, help="Lease range START,END (reservation) or subnet (proxy).")
-@click.option("--http-port", default=8080, show_default=True)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--environment", "environments", multiple=True, help="Only nodes of this environment (repeatable).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write here instead of stdout.")
 @click.pass_obj
@@ -128,10 +151,22 @@ def dhcp_render(ctx: Context, server_ip, interface, mode, dhcp_range, http_port,
       provisioner dhcp render --server-ip 10.0.0.1 --interface eth1 -o /etc/dnsmasq.d/pxe.conf
       provisioner dhcp render --server-ip 10.0.0.1 --interface eth1 --mode proxy --range 10.0.0.0/24
     """
-    from provisioner.netboot.dhcp import render_dnsmasq
+    from provisioner.netboot.dhcp import parse_range, parse_server_ip, render_dnsmasq
 
-    text = render_dnsmasq(ctx.spec, server_ip=server_ip, interface=interface, http_port=http_port, mode=mode,
-                          dhcp_range=dhcp_range, environments=list(environments) or None)
+    if dhcp_range is not None:
+        try:
+            dhcp_range = parse_range(dhcp_range, mode=mode, server_ip=parse_server_ip(server_ip))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--range'") from None
+    unknown = sorted(set(environments) - set(ctx.spec.policy.environments))
+    if unknown:
+        raise click.BadParameter(f"unknown environment {unknown[0]!r}; expected one of "
+                                 f"{', '.join(ctx.spec.policy.environments)}", param_hint="'--environment'")
+    try:
+        text = render_dnsmasq(ctx.spec, server_ip=server_ip, interface=interface, http_port=http_port, mode=mode,
+                              dhcp_range=dhcp_range, environments=list(environments) or None)
+    except ValueError as e:  # every option is checked above; this is render_dnsmasq's own guard
+        raise click.UsageError(str(e)) from None
     if output:
         output.write_text(text)
         console.print(f"wrote {output}")

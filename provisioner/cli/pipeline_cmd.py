@@ -340,7 +340,7 @@ def status(ctx: Context, environment: str | None):
         table("nodes", ["node", "env", "state", "release", "compliant", "firmware (observed/pinned)"],
               [[r["node"], r["environment"], r["state"], (r["node_release"] or "-")[:12],
                 "yes" if r["compliant"] else "NO",
-                " ".join(f"{k}={v['observed']}" + ("" if v["observed"] == v["pinned"] else f"(≠{v['pinned']})")
+                " ".join(f"{k}={v['observed'] or '?'}" + ("" if v["observed"] == v["pinned"] else f"(≠{v['pinned'] or '-'})")
                          for k, v in r["components"].items())] for r in d])
 
     return rows, render

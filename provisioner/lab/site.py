@@ -2,7 +2,8 @@
 and, unless told otherwise, the site's boot services — all in one process.
 
     lab = Lab(ctx).start()      # returns once every BMC answers
-    lab.status()                # name, bmc_address, bmc_port, username, password, power, firmware
+    lab.status()                # name, bmc_address, bmc_port, username, password*, power, firmware
+                                # (*only the lab's own generated secret; null when it came from the env)
     lab.set_boot_loop("bios", "1.14.0")
     lab.stop()
 
@@ -33,17 +34,32 @@ FACTORY = {
 
 def ensure_lab_secret(ctx: Context, credentials: str) -> str:
     """The lab's BMC password: the credentials' env var if set, else DATA/secrets/<name> (created)."""
+    return _lab_secret(ctx, credentials)[0]
+
+
+def _lab_secret(ctx: Context, credentials: str) -> tuple[str, bool]:
+    """(password, whether it is the lab's own generated secret, which `lab status` may show)."""
     import os
 
     cred = ctx.spec.inventory.credentials[credentials]
     if cred.password_env and os.environ.get(cred.password_env):
-        return os.environ[cred.password_env]
+        return os.environ[cred.password_env], False
     path = ctx.settings.data_dir / "secrets" / credentials
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(12) + "\n")
-        path.chmod(0o600)
-    return path.read_text().strip()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        # Created 0600 in the open call itself: no moment where another user could read it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(12) + "\n")
+    return path.read_text().strip(), True
+
+
+def shown_password(node: dict) -> str | None:
+    """What status output may print of a node's BMC password: only the lab's own generated secret."""
+    return node["password"] if node.get("password_generated") else None
 
 
 def lab_nodes(ctx: Context) -> list[dict]:
@@ -52,8 +68,9 @@ def lab_nodes(ctx: Context) -> list[dict]:
     for _rack, n in spec.nodes():
         pins = {c.name: c.version for c in spec.manifests[n.model].components}
         username = spec.inventory.credentials[n.bmc.credentials].username
+        password, generated = _lab_secret(ctx, n.bmc.credentials)
         nodes.append({"name": n.name, "model": n.model, "bmc_address": n.bmc.address, "bmc_port": n.bmc.port,
-                      "username": username, "password": ensure_lab_secret(ctx, n.bmc.credentials),
+                      "username": username, "password": password, "password_generated": generated,
                       "firmware": {**pins, **FACTORY.get(n.model, {})}, "power": "on"})
     return nodes
 
@@ -137,7 +154,7 @@ class Lab:
         for n in self.nodes:
             st = self.site.state(n["name"])
             out.append({"name": n["name"], "model": n["model"], "bmc_address": n["bmc_address"],
-                        "bmc_port": n["bmc_port"], "username": n["username"], "password": n["password"],
+                        "bmc_port": n["bmc_port"], "username": n["username"], "password": shown_password(n),
                         "power": st["power"], "boots": st.get("boots", 0),
                         "firmware": {c: fw["active"] for c, fw in st["firmware"].items()},
                         "installed_release": self.host.installed_release(n["name"]),

@@ -8,6 +8,7 @@ Client architectures are DHCP option 93 values (RFC 4578): 0 BIOS, 7 and 9 x86-6
 from __future__ import annotations
 
 import ipaddress
+import re
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,52 @@ DEBIAN_BOOT_FILES = {
     "pxelinux.0": ["/usr/lib/PXELINUX/pxelinux.0"],
     "ldlinux.c32": ["/usr/lib/syslinux/modules/bios/ldlinux.c32"],
 }
+
+
+# Linux interface names: at most IFNAMSIZ-1 = 15 bytes, no '/', whitespace or ','; dnsmasq's
+# config would take a newline as the start of a new directive, so the name is checked strictly.
+INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+
+
+def parse_server_ip(text: str) -> ipaddress.IPv4Address:
+    """The boot server's address as nodes see it: one unicast IPv4 address (PXE ROMs speak DHCPv4)."""
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address; expected four numbers 0-255, like 10.0.0.1") from None
+    if ip.version != 4:
+        raise ValueError(f"{text} is IPv6; expected an IPv4 address (PXE ROMs boot over DHCPv4)")
+    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise ValueError(f"{text} is not an address a node can reach; expected the server's unicast address")
+    return ip
+
+
+def parse_interface(text: str) -> str:
+    if not INTERFACE_NAME.match(text):
+        raise ValueError(f"{text!r} is not an interface name; expected up to 15 letters, digits or _.:@-, like eth1")
+    return text
+
+
+def parse_range(text: str, *, mode: str, server_ip: ipaddress.IPv4Address) -> str:
+    """`--range`: START,END addresses around the server (reservation), or the server's subnet (proxy)."""
+    if mode == "proxy":
+        try:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a subnet; expected one like 10.0.0.0/24") from None
+        if net.version != 4 or server_ip not in net:
+            raise ValueError(f"{text} does not contain the server {server_ip}; expected the subnet nodes boot on")
+        return str(net)
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        start, end = (ipaddress.IPv4Address(p) for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        start = end = None
+    if start is None:
+        raise ValueError(f"{text!r} is not a range; expected START,END, like 10.0.0.100,10.0.0.200")
+    if start > end:
+        raise ValueError(f"{text} starts after it ends; expected START,END with START <= END")
+    return f"{start},{end}"
 
 
 def populate_boot_files(dest: Path) -> dict[str, str]:
@@ -45,7 +92,18 @@ def populate_boot_files(dest: Path) -> dict[str, str]:
 def render_dnsmasq(spec: Spec, *, server_ip: str, interface: str, http_port: int = 8080,
                    mode: str = "reservation", dhcp_range: str | None = None, tftp_port: int = 69,
                    lease_time: str = "1h", environments: list[str] | None = None) -> str:
-    ip = ipaddress.ip_address(server_ip)
+    """The configuration text; ValueError (one line, what to write instead) for a wrong option."""
+    ip = parse_server_ip(server_ip)
+    interface = parse_interface(interface)
+    if not 0 < http_port < 65536:
+        raise ValueError(f"HTTP port {http_port} is out of range; expected 1-65535")
+    if dhcp_range is not None:
+        dhcp_range = parse_range(dhcp_range, mode=mode, server_ip=ip)
+    if environments:
+        unknown = sorted(set(environments) - set(spec.policy.environments))
+        if unknown:
+            raise ValueError(f"unknown environment {unknown[0]!r}; expected one of {', '.join(spec.policy.environments)}")
+    server_ip = str(ip)
     http_base = f"http://{server_ip}:{http_port}"
     lines = [
         f"# dnsmasq configuration for site {spec.inventory.site}, rendered by `provisioner dhcp render`.",
@@ -75,8 +133,7 @@ def render_dnsmasq(spec: Spec, *, server_ip: str, interface: str, http_port: int
     else:
         if not dhcp_range:
             net = ipaddress.ip_network(f"{ip}/24", strict=False)
-            hosts = list(net.hosts())
-            dhcp_range = f"{hosts[99]},{hosts[199]}"
+            dhcp_range = f"{net.network_address + 100},{net.network_address + 200}"
         lines += [
             "# reservation mode: only MACs in the inventory get a lease",
             f"dhcp-range={dhcp_range},{lease_time}",

@@ -45,7 +45,10 @@ class Renderer:
                 digest = templates.get(name)
                 if digest is None:
                     return None
-                return self.artifacts.read(digest).decode("utf-8"), None, lambda: True
+                try:
+                    return self.artifacts.read(digest).decode("utf-8"), None, lambda: True
+                except UnicodeDecodeError:
+                    raise NetbootError(f"template {name} is not UTF-8 text") from None
 
             env = jinja2.Environment(loader=jinja2.FunctionLoader(load), undefined=jinja2.StrictUndefined,
                                      autoescape=False, keep_trailing_newline=True, trim_blocks=False)
@@ -61,8 +64,11 @@ class Renderer:
             return tpl.render(**variables)
         except jinja2.TemplateNotFound:
             raise NetbootError(f"template {name} is not part of release {release_id[:12]}") from None
+        except jinja2.TemplateSyntaxError as e:  # its str() quotes the template's line: keep the message only
+            raise NetbootError(f"render error in template {name} line {e.lineno}: "
+                               + " ".join(str(e.message).split())) from None
         except jinja2.TemplateError as e:
-            raise NetbootError(f"render error in template {name}: {e}") from None
+            raise NetbootError(f"render error in template {name}: " + " ".join(str(e).split())) from None
 
 
 def context_for(decision: NetbootDecision, release_doc: dict | None, node: dict | None, *, mac: str,

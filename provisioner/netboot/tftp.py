@@ -71,13 +71,16 @@ class TftpServer:
     `timeout` is the first retransmission interval (a client's RFC 2349 timeout option
     replaces it); each retry doubles it up to `max_backoff`; after `retries` unanswered
     retransmissions the transfer ends with an ERROR. `loops` event loops (threads) share the
-    port; the kernel keeps each client on one of them.
+    port; the kernel keeps each client on one of them. Two by default: on loopback or a busy
+    host a send() runs the receiver's wake-up in our time slice and often costs us the CPU to
+    the woken client; the GIL is released meanwhile, so a second loop keeps serving the other
+    transfers (bench/tftp_storm.py, 'spawn': 10-20% less wall time with 200 clients on 2 cores).
     """
 
     def __init__(self, root: Path | str | None, resolve: Resolver | None = None, host: str = "127.0.0.1",
                  port: int = 69, timeout: float = 1.0, retries: int = 5, *, max_backoff: float = 8.0,
                  max_blksize: int = wire.BLKSIZE_MAX, max_windowsize: int = 64,
-                 max_sessions: int | None = None, loops: int = 1, workers: int = 4,
+                 max_sessions: int | None = None, loops: int = 2, workers: int = 4,
                  resolve_timeout: float = 10.0, max_file_size: int = 256 << 20):
         if root is None and resolve is None:
             raise ValueError("TftpServer needs a root directory, a resolver, or both")
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1.0, help="first retransmission interval, s")
     parser.add_argument("--retries", type=int, default=5)
     parser.add_argument("--max-blksize", type=int, default=wire.BLKSIZE_MAX)
-    parser.add_argument("--loops", type=int, default=1, help="event loops (threads) sharing the port")
+    parser.add_argument("--loops", type=int, default=2, help="event loops (threads) sharing the port")
     parser.add_argument("--user", help="drop privileges to this user after binding")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)

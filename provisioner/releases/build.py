@@ -70,14 +70,26 @@ def import_artifacts(spec_root: Path, release: Release, store: ArtifactStore) ->
     """Copy every referenced artifact and template into the content-addressed store, checking digests.
 
     Boot configs are later rendered from these stored template bytes, so a node is handed exactly
-    what the release froze, whatever happens to the spec directory afterwards.
+    what the release froze, whatever happens to the spec directory afterwards. Files are read as
+    the loader reads them (regular files inside the spec directory, `spec.files`): a template
+    swapped for a link to /etc/shadow after validation is refused here too (SpecError).
     """
+    from provisioner.errors import SpecError, SpecProblem
+    from provisioner.spec import files
+
     n = 0
     wanted = dict(release.document["artifacts"])
     wanted.update({d: {"file": f"templates/{name}"} for name, d in release.document["templates"].items()})
     for digest, meta in sorted(wanted.items()):
         if not store.has(digest):
-            store.put_file(Path(spec_root) / meta["file"], expected=digest)
+            try:
+                data = files.read_file(Path(spec_root), meta["file"])
+            except files.SpecFileRefused as e:
+                raise SpecError(e.problem) from None
+            except FileNotFoundError:
+                raise SpecError(SpecProblem(meta["file"], None, "(file)", "is gone since the spec was loaded",
+                                                  "the spec directory unchanged during `release build`")) from None
+            store.put(data, expected=digest)
             n += 1
         else:
             store.verify(digest)

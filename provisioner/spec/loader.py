@@ -23,6 +23,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from provisioner.errors import SpecError, SpecProblem
+from provisioner.spec import files
+from provisioner.spec.files import SpecFileRefused, SpecLimits
 from provisioner.spec.models import (
     ArtifactRef,
     BootProfiles,
@@ -32,6 +34,7 @@ from provisioner.spec.models import (
     Policy,
     Spec,
 )
+from provisioner.spec.yaml_bounded import LimitExceeded, compose_and_construct
 
 Path_ = tuple[Any, ...]
 
@@ -52,37 +55,60 @@ class SourceFile:
         return SpecProblem(self.rel, self.line(path), dotted(path), message, expected)
 
 
+def _key(k: Any) -> str:
+    """A key as errors show it: a field-like name as written, anything else not echoed (it may be data)."""
+    text = str(k)
+    if len(text) <= 64 and text.isprintable():
+        return text
+    return f"<key of {len(text):,} characters>"
+
+
 def dotted(path: Path_) -> str:
     out = ""
     for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        out += f"[{p}]" if isinstance(p, int) else (f".{_key(p)}" if out else _key(p))
     return out or "(document)"
 
 
-def parse_yaml(root: Path, rel: str, problems: list[SpecProblem]) -> SourceFile | None:
-    path = root / rel
+def parse_yaml(root: Path, rel: str, problems: list[SpecProblem], limits: SpecLimits | None = None
+               ) -> SourceFile | None:
+    limits = limits or SpecLimits()
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = files.read_file(root, rel, limits.max_file_bytes)
     except FileNotFoundError:
-        problems.append(SpecProblem(rel, None, "(file)", "file is missing", f"a YAML file at {path}"))
+        problems.append(SpecProblem(rel, None, "(file)", "file is missing", f"a YAML file at {root / rel}"))
         return None
-    except (OSError, UnicodeDecodeError) as e:
-        problems.append(SpecProblem(rel, None, "(file)", f"cannot be read: {e}", "a UTF-8 YAML file"))
+    except SpecFileRefused as e:
+        problems.append(e.problem)
+        return None
+    except OSError as e:
+        problems.append(SpecProblem(rel, None, "(file)", f"cannot be read: {e.strerror}", "a readable YAML file"))
         return None
     try:
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        problems.append(SpecProblem(rel, None, "(file)", f"is not UTF-8 text (byte {e.start:,})", "a UTF-8 YAML file"))
+        return None
+    try:
+        node, data = compose_and_construct(text, limits)
+    except LimitExceeded as e:
+        problems.append(SpecProblem(rel, e.line, e.field, e.message, e.expected))
+        return None
+    except RecursionError:  # a limit above should have stopped it first; one line all the same
+        problems.append(SpecProblem(rel, None, "(syntax)", "nested too deeply", "a flatter structure"))
+        return None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
-        problems.append(SpecProblem(rel, line, "(syntax)", f"YAML syntax error: {e.problem}", "valid YAML"))
+        problems.append(SpecProblem(rel, line, "(syntax)", "YAML syntax error: " + " ".join(str(e.problem).split()), "valid YAML"))
+        return None
+    except yaml.reader.ReaderError as e:  # a character YAML forbids (control characters, BOM in the middle)
+        line = text[: e.position].count("\n") + 1
+        problems.append(SpecProblem(rel, line, "(syntax)", f"character #x{e.character:04x} is not allowed in YAML",
+                                    "printable UTF-8 text"))
         return None
     except yaml.YAMLError as e:
-        problems.append(SpecProblem(rel, None, "(syntax)", f"YAML error: {e}", "valid YAML"))
+        problems.append(SpecProblem(rel, None, "(syntax)", "YAML error: " + " ".join(str(e).split()), "valid YAML"))
         return None
     lines: dict[Path_, int] = {}
     src = SourceFile(rel, data, lines)
@@ -114,7 +140,7 @@ def _walk(node: yaml.Node, path: Path_, lines: dict, src: SourceFile, problems: 
 def _explain(err: dict) -> tuple[str, str]:
     """Turn one pydantic error into (what is wrong, what is expected)."""
     kind, msg, given = err["type"], err["msg"], err.get("input")
-    got = f" (got {given!r})" if not isinstance(given, dict | list) else ""
+    got = f" (got {_value(given)})" if not isinstance(given, dict | list) else ""
     if kind == "missing":
         return "required field is missing", "a value for it"
     if kind == "extra_forbidden":
@@ -128,10 +154,29 @@ def _explain(err: dict) -> tuple[str, str]:
     return msg + got, ""
 
 
+def _value(v: Any) -> str:
+    """A value as errors show it: short ones as written; long ones by their size only (they may be data)."""
+    if isinstance(v, str) and (len(v) > 64 or not v.isprintable()):
+        return f"a string of {len(v):,} characters"
+    try:
+        text = repr(v)
+    except ValueError:  # an int past Python's digit limit
+        return "a very large number"
+    return text if len(text) <= 64 else f"a value of {len(text):,} characters"
+
+
 def validate_model(src: SourceFile, model: type[BaseModel], problems: list[SpecProblem], data: Any = None,
                    prefix: Path_ = ()):
+    data = src.data if data is None else data
+    if (not prefix and isinstance(data, dict) and data and model.model_fields
+            and not any(isinstance(k, str) and k in model.model_fields for k in data)):
+        # Not one key of ours: another kind of file (or not YAML meant for us). Listing its keys
+        # as unknown fields would print its contents, so say so once instead.
+        problems.append(SpecProblem(src.rel, None, "(document)", "none of its top-level keys is a field of this file",
+                                    "top-level keys " + ", ".join(model.model_fields)))
+        return None
     try:
-        return model.model_validate(src.data if data is None else data)
+        return model.model_validate(data)
     except ValidationError as e:
         for err in e.errors():
             loc = prefix + tuple(err["loc"])
@@ -140,42 +185,73 @@ def validate_model(src: SourceFile, model: type[BaseModel], problems: list[SpecP
         return None
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(f) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
 
 
-def load_spec(root: Path | str) -> Spec:
-    """Load and cross-check the spec directory at `root`; raise SpecError listing every problem."""
+def _check_template(rel: str, data: bytes, problems: list[SpecProblem]) -> None:
+    """A boot template must be UTF-8 Jinja2: found by `validate`, not by a node at boot time.
+
+    Only Jinja2's message and line are kept: its exception text would quote the file's line.
+    """
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        problems.append(SpecProblem(rel, None, "(file)", f"is not UTF-8 text (byte {e.start:,})", "a UTF-8 template"))
+    except jinja2.TemplateSyntaxError as e:
+        problems.append(SpecProblem(rel, e.lineno, "(template)", "Jinja2 syntax error: " + " ".join(
+            str(e.message).split())[:200], "a valid Jinja2 template"))
+
+
+def _optional_yaml(root: Path, rel: str, problems: list[SpecProblem], limits: SpecLimits) -> SourceFile | None:
+    """Parse `rel` when it exists in any form (lexists: a dangling link or a FIFO is a problem, not absence)."""
+    if not (root / rel).is_symlink() and not (root / rel).exists():
+        return None
+    return parse_yaml(root, rel, problems, limits) or _MISSING
+
+
+_MISSING = SourceFile("", None, {})  # present but unreadable: the problem is already recorded
+
+
+def load_spec(root: Path | str, limits: SpecLimits | None = None) -> Spec:
+    """Load and cross-check the spec directory at `root`; raise SpecError listing every problem.
+
+    Only regular files inside `root` are read (see `spec.files`), each within `limits`.
+    """
     root = Path(root)
+    limits = limits or SpecLimits()
     problems: list[SpecProblem] = []
     if not root.is_dir():
         raise SpecError(SpecProblem(str(root), None, "(directory)", "spec directory not found",
                                     "a directory with inventory.yaml (--spec DIR or PROVISIONER_SPEC)"))
-    inv_src = parse_yaml(root, "inventory.yaml", problems)
-    boot_src = parse_yaml(root, "boot_profiles.yaml", problems)
+    inv_src = parse_yaml(root, "inventory.yaml", problems, limits)
+    boot_src = parse_yaml(root, "boot_profiles.yaml", problems, limits)
     inventory = validate_model(inv_src, Inventory, problems) if inv_src else None
     boot = validate_model(boot_src, BootProfiles, problems) if boot_src else None
 
-    policy, policy_src = Policy(), None
-    if (root / "policy.yaml").exists():
-        policy_src = parse_yaml(root, "policy.yaml", problems)
-        policy = (validate_model(policy_src, Policy, problems) if policy_src else None) or Policy()
+    policy, policy_src = Policy(), _optional_yaml(root, "policy.yaml", problems, limits)
+    if policy_src is not None and policy_src is not _MISSING:
+        policy = validate_model(policy_src, Policy, problems) or Policy()
 
-    deny, deny_src = DenyList(), None
-    if (root / "deny-list.yaml").exists():
-        deny_src = parse_yaml(root, "deny-list.yaml", problems)
-        deny = (validate_model(deny_src, DenyList, problems) if deny_src else None) or DenyList()
+    deny, deny_src = DenyList(), _optional_yaml(root, "deny-list.yaml", problems, limits)
+    if deny_src is not None and deny_src is not _MISSING:
+        deny = validate_model(deny_src, DenyList, problems) or DenyList()
 
     manifests: dict[str, FirmwareManifest] = {}
     manifest_src: dict[str, SourceFile] = {}
-    mdir = root / "firmware_manifests"
-    for f in sorted(mdir.glob("*.yaml")) if mdir.is_dir() else []:
-        rel = f"firmware_manifests/{f.name}"
-        src = parse_yaml(root, rel, problems)
+    try:
+        manifest_files = [f for f in files.tree_files(root, "firmware_manifests", problems)
+                          if f.count("/") == 1 and f.endswith(".yaml")]
+    except SpecFileRefused as e:
+        problems.append(e.problem)
+        manifest_files = []
+    for rel in manifest_files:
+        src = parse_yaml(root, rel, problems, limits)
         m = validate_model(src, FirmwareManifest, problems) if src else None
         if m is None:
             continue
@@ -183,16 +259,28 @@ def load_spec(root: Path | str) -> Spec:
             problems.append(src.problem(("model",), f"model {m.model!r} already has a manifest in "
                                         f"{manifest_src[m.model].rel}", "one manifest per hardware model"))
             continue
-        if f.stem != m.model:
-            problems.append(src.problem(("model",), f"file name {f.name!r} does not match model {m.model!r}",
+        stem = rel.rsplit("/", 1)[-1].removesuffix(".yaml")
+        if stem != m.model:
+            problems.append(src.problem(("model",), f"file name {stem + '.yaml'!r} does not match model {m.model!r}",
                                         f"the file to be named {m.model}.yaml"))
         manifests[m.model], manifest_src[m.model] = m, src
 
     templates: dict[str, str] = {}
-    tdir = root / "templates"
-    for f in sorted(tdir.rglob("*")) if tdir.is_dir() else []:
-        if f.is_file():
-            templates[f.relative_to(tdir).as_posix()] = sha256_file(f)
+    try:
+        template_files = files.tree_files(root, "templates", problems)
+    except SpecFileRefused as e:
+        problems.append(e.problem)
+        template_files = []
+    for rel in template_files:
+        try:
+            data = files.read_file(root, rel, limits.max_file_bytes)
+            templates[rel.removeprefix("templates/")] = hashlib.sha256(data).hexdigest()
+            if rel.endswith(".j2"):
+                _check_template(rel, data, problems)
+        except SpecFileRefused as e:
+            problems.append(e.problem)
+        except OSError as e:
+            problems.append(SpecProblem(rel, None, "(file)", f"cannot be read: {e.strerror}", "a readable file"))
 
     checker = _CrossCheck(root, problems)
     if inventory:
@@ -215,17 +303,24 @@ class _CrossCheck:
         self.root, self.problems, self._digests = root, problems, {}
 
     def artifact(self, src: SourceFile, path: Path_, ref: ArtifactRef) -> None:
-        f = (self.root / ref.file).resolve()
-        if not f.is_relative_to(self.root.resolve()):
-            self.problems.append(src.problem(path + ("file",), f"{ref.file!r} points outside the spec directory",
-                                             "a path inside the spec directory"))
+        try:
+            f, _ = files.check_file(self.root, ref.file)
+        except SpecFileRefused as e:
+            self.problems.append(src.problem(path + ("file",), f"{ref.file!r} {e.problem.message}",
+                                             e.problem.expected))
             return
-        if not f.is_file():
+        except FileNotFoundError:
             self.problems.append(src.problem(path + ("file",), f"artifact {ref.file!r} does not exist",
                                              "an existing file, relative to the spec directory"))
             return
         if f not in self._digests:
-            self._digests[f] = (sha256_file(f), f.stat().st_size)
+            try:
+                with files.open_file(self.root, ref.file) as fh:  # no size limit: images are big
+                    self._digests[f] = (sha256_file(fh), fh.seek(0, 2))
+            except SpecFileRefused as e:
+                self.problems.append(src.problem(path + ("file",), f"{ref.file!r} {e.problem.message}",
+                                                 e.problem.expected))
+                return
         digest, size = self._digests[f]
         if digest != ref.sha256:
             self.problems.append(src.problem(path + ("sha256",), f"{ref.file} hashes to {digest}",

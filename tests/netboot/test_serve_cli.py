@@ -161,7 +161,7 @@ def test_a_port_in_use_is_a_one_line_error_not_a_traceback(tmp_path, busy, worke
     assert r.returncode != 0
     assert "Traceback" not in output
     assert len(output.splitlines()) == 1, output
-    assert "Address already in use" in output and output.startswith("Error:"), output
+    assert "Address already in use" in output and output.startswith("error:"), output
     assert time.monotonic() - t0 < 30
 
 

@@ -87,6 +87,25 @@ def test_unknown_options_are_left_out_of_the_oack():
     assert wire.negotiate((("multicast", b""), ("utimeout", b"10")), 1, LIMITS).acked == {}
 
 
+@pytest.mark.parametrize("acked", [{}, {"blksize": "1468"}, {"tsize": "1048576", "blksize": "8192",
+                                                                 "timeout": "3", "windowsize": "4"}])
+def test_our_oack_is_byte_for_byte_tftpys(acked):
+    from tftpy.TftpPacketTypes import TftpPacketOACK
+
+    packet = TftpPacketOACK()
+    packet.options = dict(acked)
+    assert wire.encode_oack(acked) == packet.encode().buffer
+
+
+def test_the_server_starts_without_importing_tftpy():
+    import subprocess
+    import sys
+
+    code = "import sys, provisioner.netboot.tftp; print(any(m.startswith('tftpy') for m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "False", r.stderr
+
+
 def test_error_packets_carry_any_code_and_message():
     assert wire.encode_error(0, "render error") == b"\x00\x05\x00\x00render error\x00"
 

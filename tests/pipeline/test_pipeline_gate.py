@@ -122,7 +122,7 @@ def test_the_global_as_names_the_account_that_approves(unstaged):
     assert r.returncode == 0, r.stderr
     assert "approval recorded: u2" in r.stdout
     wrong = approve(site, rid[:12], who="u2", password="not the password")
-    assert wrong.returncode == 9 and wrong.stderr.strip() == "error: wrong username or password for 'u2'"
+    assert wrong.returncode == 11 and wrong.stderr.strip() == "error: wrong username or password for 'u2'"
     (failed,) = audit_actions(site, "release.approve.refused")  # a failed sign-in to approve is audited too
     assert failed["details"]["reason"] == "wrong username or password for 'u2'" and failed["auth_method"] == "local-store"
     old_style = approve(site, rid[:12], "--as", "u2", token=None)
