@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from provisioner.auth.credentials import password_matches
 from provisioner.auth.identity import Actor, Method, normalise_username
-from provisioner.errors import NotAuthenticated
+from provisioner.errors import InputError, NotAuthenticated
 from provisioner.store.accounts import Accounts
 
 
 def with_password(accounts: Accounts, username: str, password: str, client: str | None = None) -> Actor:
-    name = normalise_username(username)
+    try:
+        name = normalise_username(username)
+    except InputError as e:  # a malformed name is a failed sign-in like any other
+        raise NotAuthenticated(str(e)) from None
     found = accounts.password_hash(name)
     if found is None or not password_matches(found[1], password):
         raise NotAuthenticated(f"wrong username or password for {name!r}")

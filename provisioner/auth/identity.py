@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 
-from provisioner.errors import NotAuthenticated
+from provisioner.errors import InputError
 
 _SPACE = re.compile(r"\s")
 
@@ -50,9 +50,9 @@ def normalise_username(raw: str) -> str:
     name = unicodedata.normalize("NFKC", raw or "").casefold().strip()
     name = unicodedata.normalize("NFKC", name)  # casefold can denormalise (e.g. 'ǰ')
     if not name:
-        raise NotAuthenticated("a username cannot be empty")
+        raise InputError("a username cannot be empty")
     if _SPACE.search(name):
-        raise NotAuthenticated(f"username {raw!r} contains whitespace; usernames are one word")
+        raise InputError(f"username {raw!r} contains whitespace; usernames are one word")
     return name
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from provisioner.auth.authenticate import with_password, with_token
 from provisioner.auth.identity import Actor, Method, Role, normalise_username
-from provisioner.errors import NotAuthenticated, PolicyViolation
+from provisioner.errors import InputError, NotAuthenticated, PolicyViolation
 from provisioner.store.db import Database
 from provisioner.store.repo import Store
 
@@ -30,7 +30,7 @@ def test_every_spelling_of_a_name_normalises_to_one(raw):
 @pytest.mark.parametrize("raw, says", [("", "cannot be empty"), ("   ", "cannot be empty"),
                                        ("u 1", "contains whitespace"), ("u\u00a01", "contains whitespace")])
 def test_an_empty_or_spaced_name_is_refused(raw, says):
-    with pytest.raises(NotAuthenticated, match=says):
+    with pytest.raises(InputError, match=says):
         normalise_username(raw)
 
 

@@ -48,10 +48,10 @@ def test_an_admin_bootstraps_accounts_and_tokens_on_the_server_host(run):
 
 
 @pytest.mark.parametrize("args, stdin, code, says", [
-    (("user", "add", "", "--role", "viewer", "--password-stdin"), PW, 9, "error: a username cannot be empty"),
-    (("user", "add", "a b", "--role", "viewer", "--password-stdin"), PW, 9, "contains whitespace"),
+    (("user", "add", "", "--role", "viewer", "--password-stdin"), PW, 2, "error: a username cannot be empty"),
+    (("user", "add", "a b", "--role", "viewer", "--password-stdin"), PW, 2, "contains whitespace"),
     (("user", "add", "carol", "--role", "viewer", "--password-stdin"), "short", 3, "at least 8 characters"),
-    (("user", "add", "carol", "--role", "viewer"), "", 9, "no terminal to ask for the password"),
+    (("user", "add", "carol", "--role", "viewer"), "", 11, "no terminal to ask for the password"),
     (("user", "add", "carol", "--role", "boss", "--no-password"), "", 2, "'boss' is not one of"),
 ], ids=["empty-name", "spaced-name", "short-password", "no-terminal", "unknown-role"])
 def test_a_bad_account_request_is_one_line_and_an_exit_code(run, args, stdin, code, says):
