@@ -153,3 +153,47 @@ def make_plan(release_id: str, release_doc: dict, environment: str, observed: li
 
 def _flash_words(flashes: tuple[Flash, ...]) -> str:
     return ", ".join(f"{f.component} {f.from_version or '?'} → {f.to_version}" for f in flashes)
+
+
+# -- saved plans (`plan ENV -o FILE`, then `apply FILE`) ----------------------------------------------
+PLAN_FORMAT = "provisioner-plan/1"
+
+
+def saved_plan(plan: Plan, unread: dict[str, str], observed: dict[str, dict]) -> dict:
+    """What `plan -o FILE` writes: the release, the firmware every node was planned from, the actions."""
+    return {"format": PLAN_FORMAT, **plan.as_dict(), "unreachable": dict(unread),
+            "observed": {n.node: (None if n.node in unread else dict(observed.get(n.node) or {})) for n in plan.nodes}}
+
+
+def stale_reasons(saved: dict, release_id: str, plan: Plan, unread: dict[str, str],
+                  observed: dict[str, dict]) -> list[str]:
+    """Why a saved plan no longer holds against a fresh plan and fresh BMC reads; [] if it does.
+
+    A node unread when the plan was made stays out of it; a node read then must read the same now.
+    """
+    if saved.get("format") != PLAN_FORMAT:
+        return [f"not a saved plan (format {saved.get('format')!r}, expected {PLAN_FORMAT!r})"]
+    if saved["release"] != release_id:
+        return [f"{saved['environment']} now points at release {release_id[:12]}, the plan was made for "
+                f"{saved['release'][:12]}"]
+    out = []
+    fresh = {n.node: n for n in plan.nodes}
+    for node, then in sorted(saved["observed"].items()):
+        if then is None:
+            continue
+        if node in unread:
+            out.append(f"{node}: BMC not read now ({unread[node]})")
+        elif node not in fresh:
+            out.append(f"{node}: no longer in {saved['environment']}")
+        elif dict(observed.get(node) or {}) != then:
+            changed = sorted(k for k in set(then) | set(observed.get(node) or {})
+                             if then.get(k) != (observed.get(node) or {}).get(k))
+            out.append(f"{node}: firmware changed since the plan ("
+                       + ", ".join(f"{k} {then.get(k)} → {(observed.get(node) or {}).get(k)}" for k in changed) + ")")
+    then_actions = {n["node"]: (n["action"], n["reason"]) for n in saved["nodes"] if saved["observed"].get(n["node"])}
+    for node, (action, reason) in sorted(then_actions.items()):
+        now = fresh.get(node)
+        if now is not None and node not in unread and (now.action, now.reason) != (action, reason) \
+                and not any(r.startswith(f"{node}:") for r in out):
+            out.append(f"{node}: planned {action} ({reason}), now {now.action} ({now.reason})")
+    return out

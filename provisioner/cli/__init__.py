@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok · 1 error (or a bug, with a traceback) · 2 spec error, or `plan` found changes ·
 3 policy violation · 4 release error · 5 store error · 6 audit chain broken · 7 BMC driver error ·
-8 rollout halted.
+8 rollout halted · 10 incomplete: some BMC could not be read (plan, drift, status, apply).
 """
 
 from __future__ import annotations

@@ -61,10 +61,12 @@ class RolloutResult:
     halted: dict[str, str] = field(default_factory=dict)  # node -> step it stopped before
     reason: str = ""
     seconds: float = 0.0
+    unread: dict[str, str] = field(default_factory=dict)  # node -> why its BMC could not be read: left alone
 
     def as_dict(self) -> dict:
         return {"rollout": self.rollout_id, "status": self.status, "done": self.done, "failed": self.failed,
-                "held": self.held, "interrupted": self.halted, "reason": self.reason, "seconds": round(self.seconds, 2)}
+                "held": self.held, "interrupted": self.halted, "reason": self.reason, "seconds": round(self.seconds, 2),
+                "unread": self.unread}
 
 
 class CallbackWatch:
