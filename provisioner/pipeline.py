@@ -111,7 +111,7 @@ def plan_observed(ctx: Context, env: str, refresh: bool = True) -> tuple[Plan, d
     known_environment(ctx, env)
     rel = release_of(ctx, env)
     observed, errors = observe(ctx, env, refresh)
-    return (make_plan(rel.id, rel.document, env, observed, active_blocks(ctx)), errors,
+    return (make_plan(rel.id, rel.document, env, observed, active_blocks(ctx), unread=errors), errors,
             {o.name: o.firmware for o in observed})
 
 
@@ -145,7 +145,7 @@ def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", prog
     else:
         p, errors = planned or plan(ctx, env, refresh)
         # an unread BMC: its node's firmware is unknown, so nothing is planned for it (not even a flash)
-        p = Plan(p.release_id, p.environment, tuple(n for n in p.nodes if n.node not in errors
+        p = Plan(p.release_id, p.environment, tuple(n for n in p.nodes if n.node not in errors and n.action != "unknown"
                                                     and (only is None or n.node in only)))
         for n in p.nodes:  # read just now at this release's pins and image: at the release, untouched
             if n.action == "nothing" and n.node not in errors:

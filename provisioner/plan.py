@@ -6,6 +6,7 @@ Actions, in an operator's words:
     reimage       firmware fine, but the node does not run this release's image
     reprovision   both (also: firmware never read, or the node runs a blocked version)
     hold          nothing safe to do: the release pins a blocked or unapproved version
+    unknown       the BMC could not be read just now: its firmware is unknown, so nothing is done
 
 A plan never contains a flash to a blocked version, nor a flash of a component already at its pin.
 """
@@ -58,7 +59,11 @@ class Plan:
 
     @property
     def changes(self) -> tuple[NodePlan, ...]:
-        return tuple(n for n in self.nodes if n.action not in ("nothing",))
+        return tuple(n for n in self.nodes if n.action not in ("nothing", "unknown"))
+
+    @property
+    def unknown(self) -> tuple[NodePlan, ...]:
+        return tuple(n for n in self.nodes if n.action == "unknown")
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -103,14 +108,22 @@ def blocked_pins(release_doc: dict, blocked: list[Blocked]) -> list[tuple[str, s
 
 
 def make_plan(release_id: str, release_doc: dict, environment: str, observed: list[Observed],
-              blocked: list[Blocked], reimage: bool = True) -> Plan:
-    """Plan every observed node of `environment` against the release. `reimage=False` plans firmware only."""
+              blocked: list[Blocked], reimage: bool = True, unread: dict[str, str] | None = None) -> Plan:
+    """Plan every observed node of `environment` against the release. `reimage=False` plans firmware only.
+
+    `unread`: nodes whose BMC could not be read just now (node -> why); they are `unknown`, never
+    planned from an older read.
+    """
+    unread = unread or {}
     everything = blocked + release_blocklist(release_doc)
     pins = pins_by_model(release_doc)
     allowed = {model: m.get("allowed") or {} for model, m in release_doc["manifests"].items()}
     out = []
     for o in sorted(observed, key=lambda o: (o.rack, o.name)):
         if o.environment != environment:
+            continue
+        if o.name in unread:
+            out.append(NodePlan(o.name, o.rack, o.model, "unknown", f"BMC not read: {unread[o.name]}"))
             continue
         comps = pins.get(o.model)
         if comps is None:

@@ -84,7 +84,7 @@ def _render_plan(d):
     console.print(f"plan for {d['environment']} at release {d['release'][:12]}: "
                   + ", ".join(f"{v} {k}" for k, v in sorted(d["counts"].items())))
     rows = [[n["node"], n["rack"], n["model"], n["action"], n["reason"]] for n in d["nodes"]
-            if n["action"] != "nothing" and n["node"] not in d["unreachable"]]
+            if n["action"] not in ("nothing", "unknown")]
     if rows:
         table(None, ["node", "rack", "model", "action", "why"], rows)
     _say_unread(d["unreachable"], "their firmware is unknown, so nothing is planned for them and "
@@ -145,8 +145,7 @@ def plan(ctx: Context, environment: str, no_refresh: bool, out: Path | None):
             click.echo(f"error: cannot save the plan to {out}: {e.strerror}", err=True)
             raise click.exceptions.Exit(1) from None
         data["saved_to"] = str(out)
-    changes = any(n.action != "nothing" for n in p.nodes if n.node not in errors)
-    return data, _render_plan, IncompleteRead.exit_code if errors else (2 if changes else 0)
+    return data, _render_plan, IncompleteRead.exit_code if errors else (2 if p.changes else 0)
 
 
 def _load_saved_plan(path: Path) -> dict:
