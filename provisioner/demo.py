@@ -58,20 +58,21 @@ def release_id(data: Path, spec: Path) -> str:
     return ctx.store.list_releases()[-1]["id"]
 
 
-def bump_bios(src: Path, dest: Path) -> None:
-    """What an operator commits: the manifest pins the new BIOS, image and digest."""
+def bump_bios(src: Path, dest: Path, model: str = BAD_MODEL, version: str = BAD_VERSION,
+              component: str = BAD_COMPONENT) -> None:
+    """What an operator commits: a copy of the spec whose manifest pins the new BIOS, image and digest."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for item in ("inventory.yaml", "policy.yaml", "deny-list.yaml", "boot_profiles.yaml", "firmware_manifests",
                  "templates", "artifacts"):
         (shutil.copytree if (src / item).is_dir() else shutil.copy2)(src / item, dest / item)
-    manifest = dest / "firmware_manifests" / f"{BAD_MODEL}.yaml"
+    manifest = dest / "firmware_manifests" / f"{model}.yaml"
     text = manifest.read_text()
-    image = f"artifacts/firmware/{BAD_MODEL}/{BAD_COMPONENT}-{BAD_VERSION}.bin"
+    image = f"artifacts/firmware/{model}/{component}-{version}.bin"
     data = (dest / image).read_bytes()
-    block = re.search(rf"  - name: {BAD_COMPONENT}\n(?:    .*\n)+", text).group(0)
-    new = re.sub(r'version: "[^"]+"', f'version: "{BAD_VERSION}"', block)
+    block = re.search(rf"  - name: {component}\n(?:    .*\n)+", text).group(0)
+    new = re.sub(r'version: "[^"]+"', f'version: "{version}"', block)
     new = re.sub(r"file: .*", f"file: {image}", new)
     new = re.sub(r"sha256: .*", f"sha256: {hashlib.sha256(data).hexdigest()}", new)
     new = re.sub(r"size: .*", f"size: {len(data)}", new)
