@@ -134,7 +134,7 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
     say("4. Roll it out to production: canary, then waves, at most 2 nodes per rack down")
     run("promote", r1[:12], "--to", "production", spec=spec, data=data)
     run("plan", "production", spec=spec, data=data, ok=(2,))
-    run("apply", "production", spec=spec, data=data)
+    run("apply", "production", "--yes", spec=spec, data=data)  # production is protected: --yes off a terminal
 
     say(f"5. The incident: a new release raises {BAD_MODEL} BIOS to {BAD_VERSION}, which boot-loops")
     lab.set_boot_loop(BAD_COMPONENT, BAD_VERSION)
@@ -154,8 +154,8 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
 
     say("7. Drift: someone hand-flashed a production NIC")
     lab.site.hand_flash("r2n05", "nic", "14.30.0")
-    run("drift", "--no-fix", spec=spec, data=data, ok=(2,))
-    run("drift", spec=spec, data=data)  # the policy's drift_action: reprovision
+    run("drift", spec=spec, data=data, ok=(2,))  # reports only: nothing is touched
+    run("drift", "production", "--fix", "--yes", spec=spec, data=data)
 
     say("8. Every node at its pinned versions")
     rows = pipeline.compliance(ctx)
