@@ -50,7 +50,7 @@ def test_a_rollout_halts_at_its_failure_threshold_and_names_the_failed_nodes_and
     site.lab.set_boot_loop("raid", "52.20.9")
     before = site.lab.status()
 
-    out = site.cli("apply", "production")
+    out = site.cli("apply", "production", "--yes")
 
     assert out.returncode == 8, out.stdout + out.stderr
     assert "HALTED: 2 node(s) failed (threshold 2): r1n03: prepare: BmcAuthError:" in out.stdout

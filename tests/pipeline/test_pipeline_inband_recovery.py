@@ -12,6 +12,7 @@ from pipeline_site import LOOP_TIMEOUTS, read_json
 from provisioner import pipeline
 from provisioner.demo import bump_bios
 from provisioner.drivers import open_driver
+from provisioner.errors import DriverError
 
 NODES = {"s1n01", "s1n02", "s1n03"}  # two r650 (BIOS in band), one dl360g10 (BIOS over HPM.1)
 R650 = ("s1n01", "s1n02")
@@ -106,5 +107,14 @@ def test_without_a_recovery_path_the_node_needs_hands_with_the_component_image_a
 @pytest.mark.parametrize("component, can", [("bios", True), ("bmc", True), ("nic", False), ("raid", False)])
 def test_the_lab_bmc_flashes_over_hpm_only_what_the_manifest_says_it_can(lab_site, component, can):
     ep = pipeline.endpoints(lab_site.ctx)["s1n01"]  # r650: bmc over HPM.1, BIOS as its recovery path
+    pin = next(c for c in lab_site.ctx.spec.manifests["r650"].components if c.name == component)
+    image = (lab_site.spec / pin.image.file).read_bytes()
     with open_driver(ep) as d:
         assert d.supports_oob_flash(component) is can
+        if can:
+            d.flash(component, image, pin.image.sha256, pin.version)
+        else:  # as real hardware: the BMC does not offer it, whatever the client tries
+            with pytest.raises(DriverError):
+                d.flash(component, image, pin.image.sha256, pin.version)
+    assert [e["event"] for e in lab_site.bmc_log("s1n01") if e["event"] in ("uploaded", "activated")] == (
+        ["uploaded", "activated"] if can else [])
