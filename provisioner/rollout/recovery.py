@@ -37,17 +37,19 @@ class NeedsHands(Exception):
 def presumed_boot_looping(store, node: str) -> str | None:
     """Why `node` is presumed unable to netboot, from its record; None when nothing says so.
 
-    The node's state says it first; a later `block` may have re-marked it held, so its last
-    rollout outcome (failed vs verified) decides otherwise.
+    Its state says so first. Otherwise (a `block` may have re-marked it held since) its events,
+    newest first: a rollout that gave up on it after power-on says so; a rollout that verified it,
+    or any sign it netbooted since (a boot-service decision, a callback), says it can.
     """
     row = store.node(node)
     if row is not None and row.state in ("failed", NEEDS_HANDS) and LOOPING in (row.state_reason or ""):  # states:
         return row.state_reason
     for e in reversed(store.node_events(node, limit=100)):
-        if e["source"] != "rollout" or e["event"] not in ("failed", "verified"):
-            continue
-        error = (e["details"] or {}).get("error", "")
-        return error if e["event"] == "failed" and LOOPING in error else None
+        if e["source"] in ("netboot", "callback") or (e["source"], e["event"]) == ("rollout", "verified"):
+            return None
+        if (e["source"], e["event"]) == ("rollout", "failed"):
+            error = (e["details"] or {}).get("error", "")
+            return error if LOOPING in error else None
     return None
 
 

@@ -50,6 +50,9 @@ def test_rolling_back_a_boot_looping_inband_bios_flashes_it_through_the_bmc_and_
                                                                                                   tmp_path):
     site = make_site(nodes=NODES, rollout={"timeouts": LOOP_TIMEOUTS})
     r1, canary = boot_looping_canary(site, tmp_path)
+    # on call blocks the version first, as in the demo: the canary is re-marked held, still looping
+    assert pipeline.block(site.ctx, "bios", "1.14.0", "boot loop after an in-band flash")["marked"] == [canary]
+    assert site.ctx.store.node(canary).state == "held"
     since = time.time()
 
     back = site.cli("rollback", "staging")
