@@ -24,6 +24,7 @@ from provisioner.plan import (
     stale_reasons,
 )
 from provisioner.policy.gate import GateVerdict, StagingNode, evaluate
+from provisioner.releases.view import ReleaseView
 from provisioner.rollout.engine import RolloutEngine, RolloutResult
 from provisioner.rollout.record import RolloutRecord
 from provisioner.store.repo import aware, now
@@ -88,14 +89,14 @@ def observe(ctx: Context, env: str | None = None, refresh: bool = True, workers:
             for name, fw in pool.map(read, sorted(rows)):
                 if fw is not None:
                     rows[name].observed = fw
-    docs: dict[str, dict] = {}
+    views: dict[str, ReleaseView] = {}
 
     def installed_image(r) -> str | None:
         if not r.installed_release:
             return None
-        if r.installed_release not in docs:
-            docs[r.installed_release] = ctx.store.get_release(r.installed_release).document
-        return image_key(docs[r.installed_release], r.name)
+        if r.installed_release not in views:
+            views[r.installed_release] = ReleaseView.of(ctx.store.get_release(r.installed_release))
+        return image_key(views[r.installed_release], r.name)
 
     return [Observed(r.name, r.rack, r.model, r.environment, dict(r.observed or {}), r.installed_release,
                      installed_image(r)) for r in rows.values()], errors
@@ -111,7 +112,7 @@ def plan_observed(ctx: Context, env: str, refresh: bool = True) -> tuple[Plan, d
     known_environment(ctx, env)
     rel = release_of(ctx, env)
     observed, errors = observe(ctx, env, refresh)
-    return (make_plan(rel.id, rel.document, env, observed, active_blocks(ctx), unread=errors), errors,
+    return (make_plan(ReleaseView.of(rel), env, observed, active_blocks(ctx), unread=errors), errors,
             {o.name: o.firmware for o in observed})
 
 

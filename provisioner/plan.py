@@ -1,4 +1,5 @@
-"""The plan: desired (a release) vs observed (BMC inventory, callbacks) -> one action per node. Pure.
+"""The plan: desired (a release, through its typed view) vs observed (BMC inventory, callbacks) -> one
+action per node. Pure.
 
 Actions, in an operator's words:
     nothing       firmware at the pins and the release's image installed
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
+from provisioner.releases.view import ReleaseView
 
 
 @dataclass(frozen=True)
@@ -76,18 +78,27 @@ class Plan:
                 "nodes": [n.as_dict() for n in self.nodes]}
 
 
-def image_key(release_doc: dict, node_name: str) -> str | None:
+def image_key(release: ReleaseView, node_name: str) -> str | None:
     """What a node's installed image is made of under a release: profile, kernel, initrd, rootfs, args.
 
     A release that changes only firmware keeps every node's image key, so its rollout reflashes
     without wiping a single disk.
     """
-    node = next((n for r in release_doc["inventory"]["racks"] for n in r["nodes"] if n["name"] == node_name), None)
-    prof = node and next((p for p in release_doc["boot"]["profiles"] if p["name"] == node["boot_profile"]), None)
+    node = release.node(node_name)
+    prof = node and release.profile(node.boot_profile)
     if not prof:
         return None
-    parts = [prof["name"], prof["kernel_args"]] + [(prof.get(k) or {}).get("sha256", "") for k in ("kernel", "initrd", "rootfs")]
+    parts = [prof.name, prof.kernel_args] + [ref.sha256 if (ref := getattr(prof, k)) else ""
+                                             for k in ("kernel", "initrd", "rootfs")]
     return "|".join(parts)
+
+
+def release_blocks(release: ReleaseView) -> list[Blocked]:
+    """The deny-list frozen into a release: the global file plus every manifest's own entries."""
+    out = [Blocked(b.component, b.version, b.reason, b.model) for b in release.deny_list.blocked]
+    for model, m in release.manifests.items():
+        out += [Blocked(b.component, b.version, b.reason, model) for b in m.blocked]
+    return out
 
 
 def pins_by_model(release_doc: dict) -> dict[str, list[dict]]:
@@ -107,17 +118,15 @@ def blocked_pins(release_doc: dict, blocked: list[Blocked]) -> list[tuple[str, s
     return out
 
 
-def make_plan(release_id: str, release_doc: dict, environment: str, observed: list[Observed],
-              blocked: list[Blocked], reimage: bool = True, unread: dict[str, str] | None = None) -> Plan:
+def make_plan(release: ReleaseView, environment: str, observed: list[Observed], blocked: list[Blocked],
+              reimage: bool = True, unread: dict[str, str] | None = None) -> Plan:
     """Plan every observed node of `environment` against the release. `reimage=False` plans firmware only.
 
     `unread`: nodes whose BMC could not be read just now (node -> why); they are `unknown`, never
     planned from an older read.
     """
     unread = unread or {}
-    everything = blocked + release_blocklist(release_doc)
-    pins = pins_by_model(release_doc)
-    allowed = {model: m.get("allowed") or {} for model, m in release_doc["manifests"].items()}
+    everything = blocked + release_blocks(release)
     out = []
     for o in sorted(observed, key=lambda o: (o.rack, o.name)):
         if o.environment != environment:
@@ -125,27 +134,27 @@ def make_plan(release_id: str, release_doc: dict, environment: str, observed: li
         if o.name in unread:
             out.append(NodePlan(o.name, o.rack, o.model, "unknown", f"BMC not read: {unread[o.name]}"))
             continue
-        comps = pins.get(o.model)
+        comps = release.pins(o.model)
         if comps is None:
             out.append(NodePlan(o.name, o.rack, o.model, "hold", f"release has no manifest for {o.model}"))
             continue
-        bad = next((b for c in comps if (b := find_blocked(everything, o.model, c["name"], c["version"]))), None)
+        bad = next((b for c in comps if (b := find_blocked(everything, o.model, c.name, c.version))), None)
         if bad:
             out.append(NodePlan(o.name, o.rack, o.model, "hold",
                                 f"release pins blocked {bad.component} {bad.version} ({bad.reason})"))
             continue
-        unapproved = next((c for c in comps if c["name"] in allowed[o.model]
-                           and c["version"] not in allowed[o.model][c["name"]]), None)
+        allowed = release.allowed(o.model)
+        unapproved = next((c for c in comps if c.name in allowed and c.version not in allowed[c.name]), None)
         if unapproved:
             out.append(NodePlan(o.name, o.rack, o.model, "hold",
-                                f"{unapproved['name']} {unapproved['version']} is not on the allow-list"))
+                                f"{unapproved.name} {unapproved.version} is not on the allow-list"))
             continue
-        flashes = tuple(Flash(c["name"], o.firmware.get(c["name"]), c["version"], c["method"], c["image"]["sha256"])
-                        for c in comps if o.firmware.get(c["name"]) != c["version"])
+        flashes = tuple(Flash(c.name, o.firmware.get(c.name), c.version, c.method, c.image.sha256)
+                        for c in comps if o.firmware.get(c.name) != c.version)
         running_blocked = next((b for comp, ver in sorted(o.firmware.items())
                                 if (b := find_blocked(everything, o.model, comp, ver))), None)
-        image_stale = reimage and o.installed_release != release_id and (
-            o.installed_image is None or o.installed_image != image_key(release_doc, o.name))
+        image_stale = reimage and o.installed_release != release.id and (
+            o.installed_image is None or o.installed_image != image_key(release, o.name))
         if running_blocked:
             action = "reprovision"
             reason = f"runs blocked {running_blocked.component} {running_blocked.version} ({running_blocked.reason})"
@@ -161,7 +170,7 @@ def make_plan(release_id: str, release_doc: dict, environment: str, observed: li
         else:
             action, reason = "nothing", "at the pins, image of this release"
         out.append(NodePlan(o.name, o.rack, o.model, action, reason, flashes))
-    return Plan(release_id, environment, tuple(out))
+    return Plan(release.id, environment, tuple(out))
 
 
 def _flash_words(flashes: tuple[Flash, ...]) -> str:

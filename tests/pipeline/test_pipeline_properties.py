@@ -31,6 +31,7 @@ from provisioner.netboot.gate import Blocked, decide, find_blocked, release_bloc
 from provisioner.plan import Observed, blocked_pins, make_plan, pins_by_model
 from provisioner.policy.gate import StagingNode, evaluate
 from provisioner.releases.build import freeze
+from provisioner.releases.view import ReleaseView
 from provisioner.spec.loader import load_spec
 
 EXAMPLE = freeze(load_spec(REPO)).document
@@ -57,7 +58,8 @@ def release_docs(draw):
         for c in m["components"]:
             c["version"] = draw(versions[c["name"]])
     doc["deny_list"]["blocked"] += [{"component": b.component, "version": b.version, "reason": b.reason,
-                                     "model": b.model} for b in draw(blocks)]
+                                     "model": b.model, "by": "hypothesis", "at": "2026-09-14T08:12:00Z"}
+                                    for b in draw(blocks)]
     return doc
 
 
@@ -80,7 +82,7 @@ def test_a_plan_never_flashes_a_blocked_version_nor_a_component_at_its_pin(doc, 
     blocked = everything_blocked(doc, runtime)
     pins = pins_by_model(doc)
     for env in ("staging", "production"):
-        for node in make_plan("R", doc, env, observed, runtime).nodes:
+        for node in make_plan(ReleaseView.of_document("R", doc), env, observed, runtime).nodes:
             for f in node.flashes:
                 assert not find_blocked(blocked, node.model, f.component, f.to_version), (node, f)
                 assert f.from_version != f.to_version
@@ -195,7 +197,7 @@ class PurePipeline(RuleBasedStateMachine):
         blocked = everything_blocked(doc, self.runtime)
         observed = [Observed(name, RACK[name], n["spec"]["model"], "staging", dict(n["fw"]), n["installed"])
                     for name, n in self.nodes.items()]
-        for p in make_plan(rid, doc, "staging", observed, self.runtime).nodes:
+        for p in make_plan(ReleaseView.of_document(rid, doc), "staging", observed, self.runtime).nodes:
             if p.action in ("nothing", "hold"):
                 continue
             n = self.nodes[p.node]
