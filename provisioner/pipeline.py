@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from provisioner.context import Context
 from provisioner.drivers import BmcEndpoint, open_driver
 from provisioner.errors import DriverError, PlanOutdated, PolicyViolation, ReleaseError, UnknownEnvironment
-from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
+from provisioner.netboot.gate import Blocked, find_blocked
 from provisioner.plan import (
     Observed,
     Plan,
-    blocked_pins,
     image_key,
     make_plan,
-    pins_by_model,
+    pinned_blocked,
+    release_blocks,
     stale_reasons,
 )
 from provisioner.policy.gate import GateVerdict, StagingNode, evaluate
@@ -117,7 +117,7 @@ def plan_observed(ctx: Context, env: str, refresh: bool = True) -> tuple[Plan, d
 
 
 def refuse_blocked(ctx: Context, release, verb: str) -> None:
-    bad = blocked_pins(release.document, active_blocks(ctx))
+    bad = pinned_blocked(ReleaseView.of(release), active_blocks(ctx))
     if bad:
         m, c, v, b = bad[0]
         raise PolicyViolation(f"cannot {verb} release {release.short}: it pins {m} {c} {v}, blocked ({b.reason}); "
@@ -181,8 +181,8 @@ def apply_saved(ctx: Context, saved: dict, *, progress: Callable | None = None) 
 def gate(ctx: Context, release_ref: str) -> GateVerdict:
     rel = ctx.store.get_release(release_ref)
     meta = ctx.store.release_meta(rel.id)
-    pol = rel.document["policy"]["staging_gate"]
-    env = pol["environment"]
+    pol = ReleaseView.of(rel).policy.staging_gate
+    env = pol.environment
     nodes = [StagingNode(r.name, r.release_id, r.state, aware(r.healthy_since)) for r in ctx.store.nodes(env)]
     outcomes = RolloutRecord(ctx.store).outcomes(rel.id, env)
     approvers = [a["approver"] for a in ctx.store.approvals(rel.id)]
@@ -201,7 +201,7 @@ def promote(ctx: Context, release_ref: str, to: str, force_gate: bool = False) -
     known_environment(ctx, to)
     rel = ctx.store.get_release(release_ref)
     refuse_blocked(ctx, rel, "promote")
-    staging = rel.document["policy"]["staging_gate"]["environment"]
+    staging = ReleaseView.of(rel).policy.staging_gate.environment
     if to != staging and not force_gate:
         verdict = gate(ctx, rel.id)
         if not verdict.ok:
@@ -219,8 +219,9 @@ def block(ctx: Context, component: str, version: str, reason: str, *, model: str
             ctx.store.update_node(n.name, state="held", state_reason=f"runs blocked {component} {version}: "
                                   f"{reason}; re-provision pending")
             marked.append(n.name)
+    blocks = active_blocks(ctx)
     halting = [r.id for r in RolloutRecord(ctx.store).rollouts() if r.status == "running"
-               and blocked_pins(ctx.store.get_release(r.release_id).document, active_blocks(ctx))]
+               and pinned_blocked(ReleaseView.of(ctx.store.get_release(r.release_id)), blocks)]
     return {"created": created, "component": component, "version": version, "marked": marked,
             "rollouts_halting": halting}
 
@@ -235,7 +236,7 @@ def rollback(ctx: Context, env: str, to: str | None = None, progress: Callable |
         if not hist:
             raise ReleaseError(f"{env} has no previous release to roll back to")
         target = ctx.store.get_release(hist[-1]["release_id"])
-    bad = blocked_pins(target.document, active_blocks(ctx))
+    bad = pinned_blocked(ReleaseView.of(target), active_blocks(ctx))
     if bad:
         m, c, v, b = bad[0]
         raise PolicyViolation(f"cannot roll {env} back to {target.short}: it pins {m} {c} {v}, blocked since "
@@ -265,14 +266,17 @@ def drift(ctx: Context, env: str | None = None) -> tuple[list[DriftItem], dict]:
     observed, errors = observe(ctx, env, refresh=True)
     items = []
     rows = {r.name: r for r in ctx.store.nodes()}
+    views: dict[str, ReleaseView | None] = {}  # environment -> its release
     for o in observed:
-        rid = ctx.store.current_release_id(o.environment)
-        if rid is None or o.name in errors or rows[o.name].release_id is None:
+        if o.environment not in views:
+            rid = ctx.store.current_release_id(o.environment)
+            views[o.environment] = ReleaseView.of(ctx.store.get_release(rid)) if rid else None
+        view = views[o.environment]
+        if view is None or o.name in errors or rows[o.name].release_id is None:
             continue  # never provisioned: that is a plan, not drift
-        pins = pins_by_model(ctx.store.get_release(rid).document).get(o.model, [])
-        for c in pins:
-            if o.firmware.get(c["name"]) != c["version"]:
-                items.append(DriftItem(o.name, o.environment, c["name"], o.firmware.get(c["name"]), c["version"]))
+        for c in view.pins(o.model) or ():
+            if o.firmware.get(c.name) != c.version:
+                items.append(DriftItem(o.name, o.environment, c.name, o.firmware.get(c.name), c.version))
     return items, errors
 
 
@@ -295,9 +299,9 @@ def compliance(ctx: Context, envs: list[str] | None = None, unread: dict[str, st
             env_release[r.environment] = ctx.store.current_release_id(r.environment)
         rid = env_release[r.environment]
         if rid and rid not in per_release:
-            doc = ctx.store.get_release(rid).document
-            per_release[rid] = ({m: {c["name"]: c["version"] for c in cs} for m, cs in pins_by_model(doc).items()},
-                                release_blocklist(doc) + runtime_blocks)
+            view = ReleaseView.of(ctx.store.get_release(rid))
+            per_release[rid] = ({m: {c.name: c.version for c in view.pins(m)} for m in view.manifests},
+                                release_blocks(view) + runtime_blocks)
         pins, blocked = per_release[rid] if rid else ({}, [])
         pins = pins.get(r.model, {})
         fw = r.observed or {}

@@ -106,8 +106,15 @@ def pins_by_model(release_doc: dict) -> dict[str, list[dict]]:
             for model, m in release_doc["manifests"].items()}
 
 
+def pinned_blocked(release: ReleaseView, blocked: list[Blocked]) -> list[tuple[str, str, str, Blocked]]:
+    """Every (model, component, version) the release pins that a block (or its own deny-list) covers."""
+    everything = blocked + release_blocks(release)
+    return [(model, c.name, c.version, b) for model in sorted(release.manifests) for c in release.pins(model)
+            if (b := find_blocked(everything, model, c.name, c.version))]
+
+
 def blocked_pins(release_doc: dict, blocked: list[Blocked]) -> list[tuple[str, str, str, Blocked]]:
-    """Every (model, component, version) the release pins that a block covers."""
+    """pinned_blocked() over the document, for the engine until it reads the release through its view."""
     everything = blocked + release_blocklist(release_doc)
     out = []
     for model, comps in pins_by_model(release_doc).items():

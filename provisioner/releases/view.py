@@ -10,7 +10,7 @@ them, and they are dropped on reading (the stored document, and so the id, never
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from functools import cached_property
 
 from provisioner.spec.models import (
     BootProfile,
@@ -27,32 +27,54 @@ from provisioner.spec.models import (
 _REMOVED = ((("policy", "rollout"), "drift_action"),)
 
 
-@dataclass(frozen=True)
 class ReleaseView:
-    id: str
-    inventory: Inventory
-    manifests: dict[str, FirmwareManifest]
-    deny_list: DenyList
-    boot: BootProfiles
-    policy: Policy
-    _nodes: dict[str, tuple[str, Node]] = field(default_factory=dict, repr=False, compare=False)
-    _pins: dict[str, tuple[FirmwareComponent, ...]] = field(default_factory=dict, repr=False, compare=False)
+    """One frozen release as typed parts; each part is validated on first use (a plan of 10,000
+    nodes needs the inventory, a compliance report only the pins)."""
+
+    def __init__(self, release_id: str, document: dict):
+        self.id = release_id
+        self._doc = _without_removed(document)
 
     @classmethod
     def of(cls, release) -> ReleaseView:
         """The view of a stored `Release` (anything with `.id` and `.document`)."""
-        return cls.of_document(release.id, release.document)
+        return cls(release.id, release.document)
 
     @classmethod
     def of_document(cls, release_id: str, document: dict) -> ReleaseView:
-        doc = _without_removed(document)
-        inventory = Inventory.model_validate(doc["inventory"])
-        manifests = {k: FirmwareManifest.model_validate(v) for k, v in doc["manifests"].items()}
-        nodes = {n.name: (r.name, n) for r in inventory.racks for n in r.nodes}
-        pins = {model: tuple(sorted(m.components, key=lambda c: (c.order, c.name))) for model, m in manifests.items()}
-        return cls(release_id, inventory, manifests, DenyList.model_validate(doc.get("deny_list") or {}),
-                   BootProfiles.model_validate(doc["boot"]), Policy.model_validate(doc.get("policy") or {}),
-                   nodes, pins)
+        return cls(release_id, document)
+
+    def __repr__(self) -> str:
+        return f"<ReleaseView {self.short}>"
+
+    @cached_property
+    def inventory(self) -> Inventory:
+        return Inventory.model_validate(self._doc["inventory"])
+
+    @cached_property
+    def manifests(self) -> dict[str, FirmwareManifest]:
+        return {k: FirmwareManifest.model_validate(v) for k, v in self._doc["manifests"].items()}
+
+    @cached_property
+    def deny_list(self) -> DenyList:
+        return DenyList.model_validate(self._doc.get("deny_list") or {})
+
+    @cached_property
+    def boot(self) -> BootProfiles:
+        return BootProfiles.model_validate(self._doc["boot"])
+
+    @cached_property
+    def policy(self) -> Policy:
+        return Policy.model_validate(self._doc.get("policy") or {})
+
+    @cached_property
+    def _nodes(self) -> dict[str, tuple[str, Node]]:
+        return {n.name: (r.name, n) for r in self.inventory.racks for n in r.nodes}
+
+    @cached_property
+    def _pins(self) -> dict[str, tuple[FirmwareComponent, ...]]:
+        return {model: tuple(sorted(m.components, key=lambda c: (c.order, c.name)))
+                for model, m in self.manifests.items()}
 
     # -- what consumers ask ----------------------------------------------------------------------------
     @property

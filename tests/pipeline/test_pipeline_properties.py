@@ -33,6 +33,7 @@ from provisioner.policy.gate import StagingNode, evaluate
 from provisioner.releases.build import freeze
 from provisioner.releases.view import ReleaseView
 from provisioner.spec.loader import load_spec
+from provisioner.spec.models import StagingGate
 
 EXAMPLE = freeze(load_spec(REPO)).document
 MODELS = sorted(EXAMPLE["manifests"])
@@ -121,8 +122,8 @@ people = st.sampled_from(["alice", "bob", "carol", "dana"])
        soak=st.integers(0, 10), min_nodes=st.integers(1, 4), approvals=st.integers(1, 3))
 def test_the_staging_gate_passes_only_with_enough_soaked_nodes_and_distinct_approvers_other_than_the_author(
         nodes, done, failed, approvers, author, soak, min_nodes, approvals):
-    policy = {"environment": "staging", "min_nodes": min_nodes, "soak_seconds": soak, "success_ratio": 1.0,
-              "approvals": approvals}
+    policy = StagingGate(environment="staging", min_nodes=min_nodes, soak_seconds=soak, success_ratio=1.0,
+                         approvals=approvals)
     v = evaluate("R", author, policy, nodes, {"done": done, "failed": failed}, approvers, T0)
     others = set(approvers) - {author}
     soaked = [n for n in nodes if n.release_id == "R" and n.state == "active" and n.healthy_since
