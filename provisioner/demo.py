@@ -78,20 +78,21 @@ def release_id(data: Path, spec: Path) -> str:
     return ctx.store.list_releases()[-1]["id"]
 
 
-def bump_bios(src: Path, dest: Path) -> None:
-    """What an operator commits: the manifest pins the new BIOS, image and digest."""
+def bump_bios(src: Path, dest: Path, model: str = BAD_MODEL, version: str = BAD_VERSION,
+              component: str = BAD_COMPONENT) -> None:
+    """What an operator commits: a copy of the spec whose manifest pins the new BIOS, image and digest."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for item in ("inventory.yaml", "policy.yaml", "deny-list.yaml", "boot_profiles.yaml", "firmware_manifests",
                  "templates", "artifacts"):
         (shutil.copytree if (src / item).is_dir() else shutil.copy2)(src / item, dest / item)
-    manifest = dest / "firmware_manifests" / f"{BAD_MODEL}.yaml"
+    manifest = dest / "firmware_manifests" / f"{model}.yaml"
     text = manifest.read_text()
-    image = f"artifacts/firmware/{BAD_MODEL}/{BAD_COMPONENT}-{BAD_VERSION}.bin"
+    image = f"artifacts/firmware/{model}/{component}-{version}.bin"
     data = (dest / image).read_bytes()
-    block = re.search(rf"  - name: {BAD_COMPONENT}\n(?:    .*\n)+", text).group(0)
-    new = re.sub(r'version: "[^"]+"', f'version: "{BAD_VERSION}"', block)
+    block = re.search(rf"  - name: {component}\n(?:    .*\n)+", text).group(0)
+    new = re.sub(r'version: "[^"]+"', f'version: "{version}"', block)
     new = re.sub(r"file: .*", f"file: {image}", new)
     new = re.sub(r"sha256: .*", f"sha256: {hashlib.sha256(data).hexdigest()}", new)
     new = re.sub(r"size: .*", f"size: {len(data)}", new)
@@ -160,7 +161,7 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
     say("4. Roll it out to production: canary, then waves, at most 2 nodes per rack down")
     run("promote", r1[:12], "--to", "production", spec=spec, data=data)
     run("plan", "production", spec=spec, data=data, ok=(2,))
-    run("apply", "production", spec=spec, data=data)
+    run("apply", "production", "--yes", spec=spec, data=data)  # production is protected: --yes off a terminal
 
     say(f"5. The incident: a new release raises {BAD_MODEL} BIOS to {BAD_VERSION}, which boot-loops")
     lab.set_boot_loop(BAD_COMPONENT, BAD_VERSION)
@@ -180,8 +181,8 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
 
     say("7. Drift: someone hand-flashed a production NIC")
     lab.site.hand_flash("r2n05", "nic", "14.30.0")
-    run("drift", "--no-fix", spec=spec, data=data, ok=(2,))
-    run("drift", spec=spec, data=data)  # the policy's drift_action: reprovision
+    run("drift", spec=spec, data=data, ok=(2,))  # reports only: nothing is touched
+    run("drift", "production", "--fix", "--yes", spec=spec, data=data)
 
     say("8. Every node at its pinned versions")
     rows = pipeline.compliance(ctx)

@@ -19,6 +19,9 @@ ProvisionerError
   + NetbootError           a boot file cannot be produced (template render error, unknown profile)
   + RolloutHalted          a rollout stopped by its failure threshold or by a block (exit 8)
   + InputError             an operator's argument is wrong: empty, unknown name, bad address (exit 2, HTTP 400)
+  + UnknownEnvironment     an environment name policy.yaml does not declare (exit 1)
+  + PlanOutdated           a saved plan no longer matches the release or the BMCs (exit 1)
+  + IncompleteRead         some BMCs could not be read: the answer covers only part of the site (exit 10)
 
 User errors print one line and exit with `exit_code`; anything else is a bug and gets a traceback.
 """
@@ -130,3 +133,18 @@ class InputError(ProvisionerError):
 
     exit_code = 2
     http_status = 400
+
+
+class UnknownEnvironment(ProvisionerError):
+    pass
+
+
+class PlanOutdated(ProvisionerError):
+    pass
+
+
+class IncompleteRead(ProvisionerError):
+    """Not raised by the read itself (the rest of the answer is still worth printing): its exit
+    code is what `plan`, `drift` and `status` return when some BMC could not be read."""
+
+    exit_code = 10

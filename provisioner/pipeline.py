@@ -5,6 +5,7 @@ observe · plan · apply · gate · approve · promote · block/unblock · rollb
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,13 +13,32 @@ from dataclasses import dataclass
 from provisioner.auth.identity import normalise_username
 from provisioner.context import Context
 from provisioner.drivers import BmcEndpoint, open_driver
-from provisioner.errors import DriverError, Forbidden, NotAuthenticated, PolicyViolation, ReleaseError
-from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
-from provisioner.plan import Observed, Plan, blocked_pins, image_key, make_plan, pins_by_model
+from provisioner.errors import (
+    DriverError,
+    Forbidden,
+    InputError,
+    PlanOutdated,
+    PolicyViolation,
+    ReleaseError,
+    UnknownEnvironment,
+)
+from provisioner.netboot.gate import Blocked, find_blocked
+from provisioner.plan import (
+    Observed,
+    Plan,
+    blocked_pins,
+    image_key,
+    make_plan,
+    pinned_blocked,
+    release_blocks,
+    stale_reasons,
+)
 from provisioner.policy.authz import Action, Decision, Facts, Who, decide, same_person
 from provisioner.policy.gate import GateVerdict, StagingNode, evaluate, rules_in_force, staging_environment
+from provisioner.releases.view import ReleaseView
 from provisioner.rollout.engine import RolloutEngine, RolloutResult
 from provisioner.rollout.record import RolloutRecord
+from provisioner.spec.models import StagingGate
 from provisioner.store.repo import aware, now
 
 
@@ -34,6 +54,20 @@ def active_blocks(ctx: Context) -> list[Blocked]:
     return [Blocked(b["component"], b["version"], b["reason"], b["model"]) for b in ctx.store.active_blocks()]
 
 
+def known_environment(ctx: Context, env: str) -> str:
+    """`env` if policy.yaml declares it; otherwise UnknownEnvironment naming the known ones.
+
+    A typo must never create an environment (`promote --to prod` would point a new, empty one).
+    """
+    known = list(ctx.spec.policy.environments)
+    if env in known:
+        return env
+    guess = next((k for k in known if k == env.lower() or (len(env) >= 3 and k.startswith(env.lower()))), None)
+    guess = guess or next(iter(difflib.get_close_matches(env.lower(), known, n=1, cutoff=0.6)), None)
+    raise UnknownEnvironment(f"unknown environment {env!r}" + (f" (did you mean {guess!r}?)" if guess else "")
+                             + f"; known: {', '.join(known)}, as declared under environments: in policy.yaml")
+
+
 def release_of(ctx: Context, env: str):
     rid = ctx.store.current_release_id(env)
     if rid is None:
@@ -42,7 +76,11 @@ def release_of(ctx: Context, env: str):
 
 
 def observe(ctx: Context, env: str | None = None, refresh: bool = True, workers: int = 32) -> tuple[list[Observed], dict]:
-    """Observed state of every node (of `env`); with `refresh`, firmware is read from each BMC now."""
+    """Observed state of every node (of `env`); with `refresh`, firmware is read from each BMC now.
+
+    Returns (observed, errors): `errors` maps every node whose BMC could not be read to why. Their
+    `Observed` carries the last stored read, so callers must treat them as unknown, not as green.
+    """
     ctx.store.sync_nodes(ctx.spec)
     rows = {r.name: r for r in ctx.store.nodes(env)}
     errors: dict[str, str] = {}
@@ -63,27 +101,35 @@ def observe(ctx: Context, env: str | None = None, refresh: bool = True, workers:
             for name, fw in pool.map(read, sorted(rows)):
                 if fw is not None:
                     rows[name].observed = fw
-    docs: dict[str, dict] = {}
+    views: dict[str, ReleaseView] = {}
 
     def installed_image(r) -> str | None:
         if not r.installed_release:
             return None
-        if r.installed_release not in docs:
-            docs[r.installed_release] = ctx.store.get_release(r.installed_release).document
-        return image_key(docs[r.installed_release], r.name)
+        if r.installed_release not in views:
+            views[r.installed_release] = ReleaseView.of(ctx.store.get_release(r.installed_release))
+        return image_key(views[r.installed_release], r.name)
 
     return [Observed(r.name, r.rack, r.model, r.environment, dict(r.observed or {}), r.installed_release,
                      installed_image(r)) for r in rows.values()], errors
 
 
 def plan(ctx: Context, env: str, refresh: bool = True) -> tuple[Plan, dict]:
+    p, errors, _ = plan_observed(ctx, env, refresh)
+    return p, errors
+
+
+def plan_observed(ctx: Context, env: str, refresh: bool = True) -> tuple[Plan, dict, dict[str, dict]]:
+    """The plan, the BMCs that could not be read, and the firmware each node was planned from."""
+    known_environment(ctx, env)
     rel = release_of(ctx, env)
     observed, errors = observe(ctx, env, refresh)
-    return make_plan(rel.id, rel.document, env, observed, active_blocks(ctx)), errors
+    return (make_plan(ReleaseView.of(rel), env, observed, active_blocks(ctx), unread=errors), errors,
+            {o.name: o.firmware for o in observed})
 
 
 def refuse_blocked(ctx: Context, release, verb: str) -> None:
-    bad = blocked_pins(release.document, active_blocks(ctx))
+    bad = pinned_blocked(ReleaseView.of(release), active_blocks(ctx))
     if bad:
         m, c, v, b = bad[0]
         raise PolicyViolation(f"cannot {verb} release {release.short}: it pins {m} {c} {v}, blocked ({b.reason}); "
@@ -91,21 +137,29 @@ def refuse_blocked(ctx: Context, release, verb: str) -> None:
 
 
 def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", progress: Callable | None = None,
-          only: set[str] | None = None, refresh: bool = True) -> RolloutResult:
-    """Roll the environment's release out (or resume the unfinished rollout of it)."""
+          only: set[str] | None = None, refresh: bool = True,
+          planned: tuple[Plan, dict] | None = None) -> RolloutResult:
+    """Roll the environment's release out (or resume the unfinished rollout of it).
+
+    Nodes whose BMC cannot be read are left alone (not in the rollout) and listed in the result's
+    `unread`. `planned`: a (plan, unread BMCs) already checked against the BMCs (`apply FILE`).
+    """
+    known_environment(ctx, env)
     rel = release_of(ctx, env)
     refuse_blocked(ctx, rel, "apply")
     record = RolloutRecord(ctx.store)
     pol = rel.document["policy"]["rollout"]
     open_ = record.open_rollout(env, rel.id)
-    if open_ is not None and open_.release_id == rel.id:
+    errors: dict[str, str] = {}
+    if open_ is not None and open_.release_id == rel.id and planned is None:
         rid = open_.id
         if progress:
             progress({"event": "resume", "rollout": rid})
     else:
-        p, errors = plan(ctx, env, refresh)
-        if only is not None:
-            p = Plan(p.release_id, p.environment, tuple(n for n in p.nodes if n.node in only))
+        p, errors = planned or plan(ctx, env, refresh)
+        # an unread BMC: its node's firmware is unknown, so nothing is planned for it (not even a flash)
+        p = Plan(p.release_id, p.environment, tuple(n for n in p.nodes if n.node not in errors and n.action != "unknown"
+                                                    and (only is None or n.node in only)))
         for n in p.nodes:  # read just now at this release's pins and image: at the release, untouched
             if n.action == "nothing" and n.node not in errors:
                 ctx.store.update_node(n.node, release_id=rel.id)
@@ -115,7 +169,25 @@ def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", prog
             progress({"event": "created", "rollout": rid, "counts": p.counts(), "unreachable": errors})
     engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
                            actor=ctx.settings.actor, progress=progress)
-    return engine.run(rid)
+    result = engine.run(rid)
+    result.unread = {n: e for n, e in errors.items() if only is None or n in only}
+    return result
+
+
+def apply_saved(ctx: Context, saved: dict, *, progress: Callable | None = None) -> RolloutResult:
+    """Apply exactly a plan saved by `plan ENV -o FILE`: refused (PlanOutdated) if the environment's
+    release or any node's firmware, read again now, differs from what the plan was made from."""
+    env = known_environment(ctx, str(saved.get("environment")))
+    rel = release_of(ctx, env)
+    p, unread, observed = plan_observed(ctx, env)
+    stale = stale_reasons(saved, rel.id, p, unread, observed)
+    if stale:
+        raise PlanOutdated(f"the saved plan no longer holds: {'; '.join(stale)}; "
+                           f"make a new one with `provisioner plan {env} -o FILE`")
+    keep = {n for n, fw in saved["observed"].items() if fw is not None}
+    left_alone = {n: e for n, e in saved.get("unreachable", {}).items()}
+    return apply(ctx, env, reason=f"apply saved plan of {rel.short} to {env}", progress=progress,
+                 planned=(Plan(p.release_id, env, tuple(n for n in p.nodes if n.node in keep)), left_alone))
 
 
 def gate(ctx: Context, release_ref: str, target: str = "production") -> GateVerdict:
@@ -133,7 +205,7 @@ def gate(ctx: Context, release_ref: str, target: str = "production") -> GateVerd
     author = _author(ctx, rel.id, meta)
     approvers = [a["approver"] for a in ctx.store.approvals(rel.id)
                  if not same_person(Who(_norm(a["approver"]), None, a["account_id"]), author)]
-    verdict = evaluate(rel.id, author.username, rules, nodes, outcomes, approvers, now())
+    verdict = evaluate(rel.id, author.username, StagingGate(**rules), nodes, outcomes, approvers, now())
     verdict.facts.update(rules_source=source, release_policy=own)
     return verdict
 
@@ -141,7 +213,7 @@ def gate(ctx: Context, release_ref: str, target: str = "production") -> GateVerd
 def _norm(name: str) -> str:
     try:
         return normalise_username(name)
-    except NotAuthenticated:
+    except InputError:
         return name
 
 
@@ -205,6 +277,7 @@ def approve(ctx: Context, release_ref: str, who=None, comment: str = "", *, with
 
 
 def promote(ctx: Context, release_ref: str, to: str, force_gate: bool = False) -> str | None:
+    known_environment(ctx, to)
     rel = ctx.store.get_release(release_ref)
     refuse_blocked(ctx, rel, "promote")
     if to == staging_environment(ctx.site.floor()):
@@ -229,8 +302,9 @@ def block(ctx: Context, component: str, version: str, reason: str, *, model: str
             ctx.store.update_node(n.name, state="held", state_reason=f"runs blocked {component} {version}: "
                                   f"{reason}; re-provision pending")
             marked.append(n.name)
+    blocks = active_blocks(ctx)
     halting = [r.id for r in RolloutRecord(ctx.store).rollouts() if r.status == "running"
-               and blocked_pins(ctx.store.get_release(r.release_id).document, active_blocks(ctx))]
+               and pinned_blocked(ReleaseView.of(ctx.store.get_release(r.release_id)), blocks)]
     return {"created": created, "component": component, "version": version, "marked": marked,
             "rollouts_halting": halting}
 
@@ -271,6 +345,7 @@ def _checked_block(ctx: Context, component: str, version: str, reason: str, mode
 def rollback(ctx: Context, env: str, to: str | None = None, progress: Callable | None = None) -> RolloutResult:
     """Point `env` back at its previous release (one person), or `to` a release that was active
     there before or passes the staging gate, and apply it."""
+    known_environment(ctx, env)
     current = ctx.store.current_release_id(env)
     history = ctx.store.environment_history(env)
     if to:
@@ -289,7 +364,7 @@ def rollback(ctx: Context, env: str, to: str | None = None, progress: Callable |
             raise ReleaseError(f"{env} has no previous release to roll back to")
         target = ctx.store.get_release(hist[-1]["release_id"])
         authorise(ctx, ctx.actor, Action.ROLLBACK_PREVIOUS, env)
-    bad = blocked_pins(target.document, active_blocks(ctx))
+    bad = pinned_blocked(ReleaseView.of(target), active_blocks(ctx))
     if bad:
         m, c, v, b = bad[0]
         raise PolicyViolation(f"cannot roll {env} back to {target.short}: it pins {m} {c} {v}, blocked since "
@@ -311,24 +386,36 @@ class DriftItem:
         return self.__dict__.copy()
 
 
-def drift(ctx: Context) -> tuple[list[DriftItem], dict]:
-    """Nodes whose BMC (read now) reports firmware other than their environment's release pins."""
-    observed, errors = observe(ctx, None, refresh=True)
+def drift(ctx: Context, env: str | None = None) -> tuple[list[DriftItem], dict]:
+    """Nodes (of `env`) whose BMC, read now, reports firmware other than their environment's release
+    pins; and the nodes whose BMC could not be read (whether they drifted is unknown)."""
+    if env is not None:
+        known_environment(ctx, env)
+    observed, errors = observe(ctx, env, refresh=True)
     items = []
     rows = {r.name: r for r in ctx.store.nodes()}
+    views: dict[str, ReleaseView | None] = {}  # environment -> its release
     for o in observed:
-        rid = ctx.store.current_release_id(o.environment)
-        if rid is None or o.name in errors or rows[o.name].release_id is None:
+        if o.environment not in views:
+            rid = ctx.store.current_release_id(o.environment)
+            views[o.environment] = ReleaseView.of(ctx.store.get_release(rid)) if rid else None
+        view = views[o.environment]
+        if view is None or o.name in errors or rows[o.name].release_id is None:
             continue  # never provisioned: that is a plan, not drift
-        pins = pins_by_model(ctx.store.get_release(rid).document).get(o.model, [])
-        for c in pins:
-            if o.firmware.get(c["name"]) != c["version"]:
-                items.append(DriftItem(o.name, o.environment, c["name"], o.firmware.get(c["name"]), c["version"]))
+        for c in view.pins(o.model) or ():
+            if o.firmware.get(c.name) != c.version:
+                items.append(DriftItem(o.name, o.environment, c.name, o.firmware.get(c.name), c.version))
     return items, errors
 
 
-def compliance(ctx: Context, envs: list[str] | None = None) -> list[dict]:
-    """Every node against its environment's release: pinned vs last observed, per component."""
+def compliance(ctx: Context, envs: list[str] | None = None, unread: dict[str, str] | None = None) -> list[dict]:
+    """Every node against its environment's release: pinned vs last observed, per component.
+
+    A node in `unread` (its BMC could not be read just now) is neither compliant nor not: `None`.
+    """
+    for env in envs or ():
+        known_environment(ctx, env)
+    unread = unread or {}
     out = []
     runtime_blocks = active_blocks(ctx)
     per_release: dict[str, tuple[dict, list]] = {}  # release -> (pins by model, deny-list)
@@ -340,15 +427,17 @@ def compliance(ctx: Context, envs: list[str] | None = None) -> list[dict]:
             env_release[r.environment] = ctx.store.current_release_id(r.environment)
         rid = env_release[r.environment]
         if rid and rid not in per_release:
-            doc = ctx.store.get_release(rid).document
-            per_release[rid] = ({m: {c["name"]: c["version"] for c in cs} for m, cs in pins_by_model(doc).items()},
-                                release_blocklist(doc) + runtime_blocks)
+            view = ReleaseView.of(ctx.store.get_release(rid))
+            per_release[rid] = ({m: {c.name: c.version for c in view.pins(m)} for m in view.manifests},
+                                release_blocks(view) + runtime_blocks)
         pins, blocked = per_release[rid] if rid else ({}, [])
         pins = pins.get(r.model, {})
         fw = r.observed or {}
         out.append({"node": r.name, "environment": r.environment, "rack": r.rack, "model": r.model,
                     "state": r.state, "release": rid, "node_release": r.release_id,
-                    "compliant": bool(pins) and all(fw.get(k) == v for k, v in pins.items()) and r.release_id == rid,
+                    "compliant": None if r.name in unread else
+                    bool(pins) and all(fw.get(k) == v for k, v in pins.items()) and r.release_id == rid,
+                    "bmc_error": unread.get(r.name),
                     "components": {k: {"pinned": v, "observed": fw.get(k),
                                        "blocked": bool(find_blocked(blocked, r.model, k, fw.get(k)))}
                                    for k, v in pins.items()}})

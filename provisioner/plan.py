@@ -1,4 +1,5 @@
-"""The plan: desired (a release) vs observed (BMC inventory, callbacks) -> one action per node. Pure.
+"""The plan: desired (a release, through its typed view) vs observed (BMC inventory, callbacks) -> one
+action per node. Pure.
 
 Actions, in an operator's words:
     nothing       firmware at the pins and the release's image installed
@@ -6,6 +7,7 @@ Actions, in an operator's words:
     reimage       firmware fine, but the node does not run this release's image
     reprovision   both (also: firmware never read, or the node runs a blocked version)
     hold          nothing safe to do: the release pins a blocked or unapproved version
+    unknown       the BMC could not be read just now: its firmware is unknown, so nothing is done
 
 A plan never contains a flash to a blocked version, nor a flash of a component already at its pin.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
+from provisioner.releases.view import ReleaseView
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,11 @@ class Plan:
 
     @property
     def changes(self) -> tuple[NodePlan, ...]:
-        return tuple(n for n in self.nodes if n.action not in ("nothing",))
+        return tuple(n for n in self.nodes if n.action not in ("nothing", "unknown"))
+
+    @property
+    def unknown(self) -> tuple[NodePlan, ...]:
+        return tuple(n for n in self.nodes if n.action == "unknown")
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -72,18 +79,27 @@ class Plan:
                 "nodes": [n.as_dict() for n in self.nodes]}
 
 
-def image_key(release_doc: dict, node_name: str) -> str | None:
+def image_key(release: ReleaseView, node_name: str) -> str | None:
     """What a node's installed image is made of under a release: profile, kernel, initrd, rootfs, args.
 
     A release that changes only firmware keeps every node's image key, so its rollout reflashes
     without wiping a single disk.
     """
-    node = next((n for r in release_doc["inventory"]["racks"] for n in r["nodes"] if n["name"] == node_name), None)
-    prof = node and next((p for p in release_doc["boot"]["profiles"] if p["name"] == node["boot_profile"]), None)
+    node = release.node(node_name)
+    prof = node and release.profile(node.boot_profile)
     if not prof:
         return None
-    parts = [prof["name"], prof["kernel_args"]] + [(prof.get(k) or {}).get("sha256", "") for k in ("kernel", "initrd", "rootfs")]
+    parts = [prof.name, prof.kernel_args] + [ref.sha256 if (ref := getattr(prof, k)) else ""
+                                             for k in ("kernel", "initrd", "rootfs")]
     return "|".join(parts)
+
+
+def release_blocks(release: ReleaseView) -> list[Blocked]:
+    """The deny-list frozen into a release: the global file plus every manifest's own entries."""
+    out = [Blocked(b.component, b.version, b.reason, b.model) for b in release.deny_list.blocked]
+    for model, m in release.manifests.items():
+        out += [Blocked(b.component, b.version, b.reason, model) for b in m.blocked]
+    return out
 
 
 def pins_by_model(release_doc: dict) -> dict[str, list[dict]]:
@@ -91,8 +107,15 @@ def pins_by_model(release_doc: dict) -> dict[str, list[dict]]:
             for model, m in release_doc["manifests"].items()}
 
 
+def pinned_blocked(release: ReleaseView, blocked: list[Blocked]) -> list[tuple[str, str, str, Blocked]]:
+    """Every (model, component, version) the release pins that a block (or its own deny-list) covers."""
+    everything = blocked + release_blocks(release)
+    return [(model, c.name, c.version, b) for model in sorted(release.manifests) for c in release.pins(model)
+            if (b := find_blocked(everything, model, c.name, c.version))]
+
+
 def blocked_pins(release_doc: dict, blocked: list[Blocked]) -> list[tuple[str, str, str, Blocked]]:
-    """Every (model, component, version) the release pins that a block covers."""
+    """pinned_blocked() over the document, for the engine until it reads the release through its view."""
     everything = blocked + release_blocklist(release_doc)
     out = []
     for model, comps in pins_by_model(release_doc).items():
@@ -103,37 +126,43 @@ def blocked_pins(release_doc: dict, blocked: list[Blocked]) -> list[tuple[str, s
     return out
 
 
-def make_plan(release_id: str, release_doc: dict, environment: str, observed: list[Observed],
-              blocked: list[Blocked], reimage: bool = True) -> Plan:
-    """Plan every observed node of `environment` against the release. `reimage=False` plans firmware only."""
-    everything = blocked + release_blocklist(release_doc)
-    pins = pins_by_model(release_doc)
-    allowed = {model: m.get("allowed") or {} for model, m in release_doc["manifests"].items()}
+def make_plan(release: ReleaseView, environment: str, observed: list[Observed], blocked: list[Blocked],
+              reimage: bool = True, unread: dict[str, str] | None = None) -> Plan:
+    """Plan every observed node of `environment` against the release. `reimage=False` plans firmware only.
+
+    `unread`: nodes whose BMC could not be read just now (node -> why); they are `unknown`, never
+    planned from an older read.
+    """
+    unread = unread or {}
+    everything = blocked + release_blocks(release)
     out = []
     for o in sorted(observed, key=lambda o: (o.rack, o.name)):
         if o.environment != environment:
             continue
-        comps = pins.get(o.model)
+        if o.name in unread:
+            out.append(NodePlan(o.name, o.rack, o.model, "unknown", f"BMC not read: {unread[o.name]}"))
+            continue
+        comps = release.pins(o.model)
         if comps is None:
             out.append(NodePlan(o.name, o.rack, o.model, "hold", f"release has no manifest for {o.model}"))
             continue
-        bad = next((b for c in comps if (b := find_blocked(everything, o.model, c["name"], c["version"]))), None)
+        bad = next((b for c in comps if (b := find_blocked(everything, o.model, c.name, c.version))), None)
         if bad:
             out.append(NodePlan(o.name, o.rack, o.model, "hold",
                                 f"release pins blocked {bad.component} {bad.version} ({bad.reason})"))
             continue
-        unapproved = next((c for c in comps if c["name"] in allowed[o.model]
-                           and c["version"] not in allowed[o.model][c["name"]]), None)
+        allowed = release.allowed(o.model)
+        unapproved = next((c for c in comps if c.name in allowed and c.version not in allowed[c.name]), None)
         if unapproved:
             out.append(NodePlan(o.name, o.rack, o.model, "hold",
-                                f"{unapproved['name']} {unapproved['version']} is not on the allow-list"))
+                                f"{unapproved.name} {unapproved.version} is not on the allow-list"))
             continue
-        flashes = tuple(Flash(c["name"], o.firmware.get(c["name"]), c["version"], c["method"], c["image"]["sha256"])
-                        for c in comps if o.firmware.get(c["name"]) != c["version"])
+        flashes = tuple(Flash(c.name, o.firmware.get(c.name), c.version, c.method, c.image.sha256)
+                        for c in comps if o.firmware.get(c.name) != c.version)
         running_blocked = next((b for comp, ver in sorted(o.firmware.items())
                                 if (b := find_blocked(everything, o.model, comp, ver))), None)
-        image_stale = reimage and o.installed_release != release_id and (
-            o.installed_image is None or o.installed_image != image_key(release_doc, o.name))
+        image_stale = reimage and o.installed_release != release.id and (
+            o.installed_image is None or o.installed_image != image_key(release, o.name))
         if running_blocked:
             action = "reprovision"
             reason = f"runs blocked {running_blocked.component} {running_blocked.version} ({running_blocked.reason})"
@@ -149,15 +178,64 @@ def make_plan(release_id: str, release_doc: dict, environment: str, observed: li
         else:
             action, reason = "nothing", "at the pins, image of this release"
         out.append(NodePlan(o.name, o.rack, o.model, action, reason, flashes))
-    modes = boot_modes(release_doc)
-    return Plan(release_id, environment, tuple(replace(n, boot_mode=modes.get(n.node, "uefi")) for n in out))
+    return Plan(release.id, environment, tuple(replace(n, boot_mode=boot_mode(release, n.node)) for n in out))
+
+
+def boot_mode(release: ReleaseView, node_name: str) -> str:
+    """A node's boot mode ("bios" | "uefi", the spec's `firmware` field; "uefi" if unset)."""
+    node = release.node(node_name)
+    return (node.firmware if node is not None else None) or "uefi"
 
 
 def boot_modes(release_doc: dict) -> dict[str, str]:
-    """Node name -> its boot mode ("bios" | "uefi", the spec's `firmware` field; "uefi" if unset)."""
+    """Node name -> its boot mode, from a release document (rollouts recorded before plans carried it)."""
     return {n["name"]: n.get("firmware") or "uefi"
             for r in release_doc["inventory"]["racks"] for n in r["nodes"]}
 
 
 def _flash_words(flashes: tuple[Flash, ...]) -> str:
     return ", ".join(f"{f.component} {f.from_version or '?'} → {f.to_version}" for f in flashes)
+
+
+# -- saved plans (`plan ENV -o FILE`, then `apply FILE`) ----------------------------------------------
+PLAN_FORMAT = "provisioner-plan/1"
+
+
+def saved_plan(plan: Plan, unread: dict[str, str], observed: dict[str, dict]) -> dict:
+    """What `plan -o FILE` writes: the release, the firmware every node was planned from, the actions."""
+    return {"format": PLAN_FORMAT, **plan.as_dict(), "unreachable": dict(unread),
+            "observed": {n.node: (None if n.node in unread else dict(observed.get(n.node) or {})) for n in plan.nodes}}
+
+
+def stale_reasons(saved: dict, release_id: str, plan: Plan, unread: dict[str, str],
+                  observed: dict[str, dict]) -> list[str]:
+    """Why a saved plan no longer holds against a fresh plan and fresh BMC reads; [] if it does.
+
+    A node unread when the plan was made stays out of it; a node read then must read the same now.
+    """
+    if saved.get("format") != PLAN_FORMAT:
+        return [f"not a saved plan (format {saved.get('format')!r}, expected {PLAN_FORMAT!r})"]
+    if saved["release"] != release_id:
+        return [f"{saved['environment']} now points at release {release_id[:12]}, the plan was made for "
+                f"{saved['release'][:12]}"]
+    out = []
+    fresh = {n.node: n for n in plan.nodes}
+    for node, then in sorted(saved["observed"].items()):
+        if then is None:
+            continue
+        if node in unread:
+            out.append(f"{node}: BMC not read now ({unread[node]})")
+        elif node not in fresh:
+            out.append(f"{node}: no longer in {saved['environment']}")
+        elif dict(observed.get(node) or {}) != then:
+            changed = sorted(k for k in set(then) | set(observed.get(node) or {})
+                             if then.get(k) != (observed.get(node) or {}).get(k))
+            out.append(f"{node}: firmware changed since the plan ("
+                       + ", ".join(f"{k} {then.get(k)} → {(observed.get(node) or {}).get(k)}" for k in changed) + ")")
+    then_actions = {n["node"]: (n["action"], n["reason"]) for n in saved["nodes"] if saved["observed"].get(n["node"])}
+    for node, (action, reason) in sorted(then_actions.items()):
+        now = fresh.get(node)
+        if now is not None and node not in unread and (now.action, now.reason) != (action, reason) \
+                and not any(r.startswith(f"{node}:") for r in out):
+            out.append(f"{node}: planned {action} ({reason}), now {now.action} ({now.reason})")
+    return out

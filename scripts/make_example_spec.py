@@ -20,6 +20,7 @@ MODELS = {
         "vendor": "Dell PowerEdge R650",
         "pins": {"bmc": ("7.10.30", "hpm", 1), "bios": ("1.13.2", "inband", 2),
                  "nic": ("22.31.6", "inband", 3), "raid": ("52.26.0", "inband", 4)},
+        "recovery": {"bios": "hpm"},  # in band normally; through the BMC when the server cannot netboot
         "extra": {"bios": ["1.12.1", "1.14.0"], "bmc": ["7.00.60"]},
         "allowed": {"bios": ["1.13.2", "1.14.0"], "bmc": ["7.00.60", "7.10.30"]},
         "blocked": [{"component": "bios", "version": "1.12.1",
@@ -71,8 +72,11 @@ def main() -> None:
                f"model: {model}\nvendor: {m['vendor']}\ncomponents:\n"]
         for comp, (version, method, order) in m["pins"].items():
             ref = firmware(model, comp, version)
+            recovery = m.get("recovery", {}).get(comp)
             out.append(f"  - name: {comp}\n    version: \"{version}\"\n    method: {method}\n"
-                       f"    order: {order}\n    image:\n{yaml_ref(ref, '      ')}")
+                       + (f"    recovery: {recovery}          # when the server cannot netboot: HPM.1 "
+                          "through the BMC\n" if recovery else "")
+                       + f"    order: {order}\n    image:\n{yaml_ref(ref, '      ')}")
         for comp, versions in m["extra"].items():
             for v in versions:
                 firmware(model, comp, v)  # images for other versions (rollouts, the demo's incident)

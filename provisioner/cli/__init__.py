@@ -3,7 +3,7 @@
 Exit codes: 0 ok · 1 error (or a bug, with a traceback) · 2 spec error, a wrong option or argument,
 or `plan` found changes · 3 policy violation · 4 release error · 5 store error (also: no space left
 on the data directory's disk) · 6 audit chain broken · 7 BMC driver error · 8 rollout halted ·
-11 not authenticated (wrong password or token, disabled account) · 130 interrupted.
+10 incomplete: some BMC could not be read (plan, drift, status, apply) · 11 not authenticated (wrong password or token, disabled account) · 130 interrupted.
 
 Log lines go to stderr only when asked (`--log LEVEL` or PROVISIONER_LOG, `serve -v`), so what a
 command prints for people is never interleaved with `rollout.halt ...` records.
@@ -107,7 +107,7 @@ def _oserror(e: OSError) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     from provisioner.cli import audit_cmd, release_cmd  # noqa: F401  (registers commands)
 
-    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd", "user_cmd"):
+    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd", "observe_cmd", "user_cmd"):
         try:
             __import__(f"provisioner.cli.{mod}")
         except ModuleNotFoundError as e:

@@ -1,8 +1,13 @@
-"""The pipeline commands: plan, apply, gate, approve, promote, block, unblock, rollback, drift, status, history."""
+"""The pipeline commands that change things: apply, gate, approve, promote, block, unblock, rollback; history.
+
+plan, drift and status (what is, read from the BMCs) are in observe_cmd.py.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,7 +17,14 @@ from provisioner.cli import cli
 from provisioner.cli.auth_input import authenticated_actor
 from provisioner.cli.output import console, err_console, json_option, table
 from provisioner.context import Context
-from provisioner.errors import NotAuthenticated, ProvisionerError, RolloutHalted, SpecError
+from provisioner.errors import (
+    IncompleteRead,
+    NotAuthenticated,
+    PlanOutdated,
+    PolicyViolation,
+    RolloutHalted,
+)
+from provisioner.plan import PLAN_FORMAT
 
 ENV = click.argument("environment", default="production")
 
@@ -63,62 +75,77 @@ class RolloutProgress:
             err_console.print(text)
 
 
-def _render_plan(d):
-    console.print(f"plan for {d['environment']} at release {d['release'][:12]}: "
-                  + ", ".join(f"{v} {k}" for k, v in sorted(d["counts"].items())))
-    rows = [[n["node"], n["rack"], n["model"], n["action"], n["reason"]] for n in d["nodes"] if n["action"] != "nothing"]
-    if rows:
-        table(None, ["node", "rack", "model", "action", "why"], rows)
-    for node, err in sorted(d.get("unreachable", {}).items()):
-        console.print(f"[yellow]{node}: BMC not read ({err}); planned from the last known state[/yellow]")
+def say_unread(unread: dict[str, str], what: str) -> None:
+    """Every node whose BMC could not be read, in the human output too: never a silent green."""
+    if unread:
+        console.print(f"[yellow bold]INCOMPLETE[/yellow bold]: {len(unread)} BMC(s) could not be read; {what}")
+        for node, err in sorted(unread.items()):
+            console.print(f"  [yellow]{node}: {err}[/yellow]")
 
 
-@cli.command()
-@ENV
-@click.option("--no-refresh", is_flag=True, help="Plan from the last stored BMC reads instead of reading every BMC now.")
-@json_option
-@click.pass_obj
-def plan(ctx: Context, environment: str, no_refresh: bool):
-    """What would change in ENVIRONMENT, node by node, and why.
+def confirm_protected(ctx: Context, env: str, doing: str, yes: bool) -> None:
+    """A protected environment (policy.yaml) is changed only by someone who said so: --yes, or "y"
+    at a prompt on a terminal. Off a terminal without --yes it is refused (exit 3): a script that
+    changes production says --yes in its own text."""
+    if yes or not ctx.spec.policy.protected(env):
+        return
+    if not sys.stdin.isatty():
+        raise PolicyViolation(f"{env} is protected (policy.yaml): {doing} needs --yes when not run on a terminal")
+    if not click.confirm(f"{doing}: {env} is protected. Go ahead?", default=False, err=True):
+        click.echo("cancelled: nothing was changed", err=True)
+        raise click.exceptions.Exit(1)
 
-    \b
-    Exit codes like `terraform plan -detailed-exitcode`: 0 nothing to do, 2 changes, 1 error.
-    Never plans a flash to a blocked or unapproved version, nor of a component at its pin.
 
-    \b
-    Examples:
-      provisioner plan production
-      provisioner plan staging --json | jq '.nodes[] | select(.action != "nothing")'
-    """
+YES = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a protected environment.")
+
+
+def _load_saved_plan(path: Path) -> dict:
     try:
-        p, errors = pipeline.plan(ctx, environment, refresh=not no_refresh)
-    except ProvisionerError as e:
-        # 2 means "changes" here: every error, a spec error (normally 2) included, must be 1
-        for line in e.problems if isinstance(e, SpecError) else [e]:
-            click.echo(f"error: {line}", err=True)
-        raise click.exceptions.Exit(1) from None
-    data = {**p.as_dict(), "unreachable": errors}
-    return data, _render_plan, 2 if p.changes else 0
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PlanOutdated(f"{path}: not a readable saved plan ({e}); make one with `provisioner plan ENV -o FILE`") \
+            from None
+    if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT or "environment" not in doc:
+        raise PlanOutdated(f"{path}: not a saved plan; make one with `provisioner plan ENV -o FILE`")
+    return doc
 
 
 @cli.command()
-@ENV
+@click.argument("target", default="production", metavar="[ENVIRONMENT | PLAN_FILE]")
+@YES
 @json_option
 @click.pass_obj
-def apply(ctx: Context, environment: str):
+def apply(ctx: Context, target: str, yes: bool):
     """Roll ENVIRONMENT's release out: canary, then waves, with limits and auto-halt.
 
     \b
     Idempotent: nodes already at the release are left alone, and after an interruption (even
     kill -9) running it again resumes the same rollout from its record without flashing any
-    node twice. Exit code 8 when the rollout halted.
+    node twice. Nodes whose BMC cannot be read are left alone and listed.
+    With PLAN_FILE (from `plan ENV -o FILE`): applies exactly that plan, and refuses if the
+    release or any node's firmware (read again now) changed since.
+    A protected environment asks for confirmation on a terminal; elsewhere it needs --yes.
+    Exit code 8 when the rollout halted, 10 when it finished but left unreadable nodes alone.
 
     \b
     Examples:
       provisioner apply staging
-      provisioner apply production --json
+      provisioner apply production --yes --json
+      provisioner plan production -o prod.plan && provisioner apply prod.plan
     """
-    result = pipeline.apply(ctx, environment, progress=RolloutProgress(True))
+    saved = None
+    if target not in ctx.spec.policy.environments and Path(target).is_file():
+        saved = _load_saved_plan(Path(target))
+        environment = pipeline.known_environment(ctx, saved["environment"])
+    else:
+        environment = pipeline.known_environment(ctx, target)
+    rel = pipeline.release_of(ctx, environment)
+    confirm_protected(ctx, environment, f"apply release {rel.short} to {environment}"
+                      + (f" (plan {target})" if saved else ""), yes)
+    if saved is not None:
+        result = pipeline.apply_saved(ctx, saved, progress=RolloutProgress(True))
+    else:
+        result = pipeline.apply(ctx, environment, progress=RolloutProgress(True))
     data = result.as_dict()
 
     def render(d):
@@ -128,10 +155,15 @@ def apply(ctx: Context, environment: str):
             console.print(f"[red bold]HALTED[/red bold]: {d['reason']}")
             for node, step in sorted(d["interrupted"].items()):
                 console.print(f"  {node}: stopped before {step}")
+        say_unread(d["unread"], "left alone: nothing was done to them")
 
-    return data, render, RolloutHalted.exit_code if result.status == "halted" else 0
+    return data, render, _rollout_exit(result)
 
 
+def _rollout_exit(result) -> int:
+    if result.status == "halted":
+        return RolloutHalted.exit_code
+    return IncompleteRead.exit_code if result.unread else 0
 
 
 @cli.command("gate")
@@ -209,7 +241,7 @@ def approve(ctx: Context, release_id: str, comment: str, withdraw: bool, token: 
 
 @cli.command()
 @click.argument("release_id")
-@click.option("--to", "to", required=True, help="Environment to point at the release (e.g. staging, production).")
+@click.option("--to", "to", required=True, help="Environment to point at the release (declared in policy.yaml).")
 @json_option
 @click.pass_obj
 def promote(ctx: Context, release_id: str, to: str):
@@ -272,78 +304,31 @@ def unblock_cmd(ctx: Context, component: str, version: str, reason: str):
 @cli.command()
 @ENV
 @click.option("--to", "to", default=None, help="Release to go back to [default: the previous one].")
+@YES
 @json_option
 @click.pass_obj
-def rollback(ctx: Context, environment: str, to: str | None):
+def rollback(ctx: Context, environment: str, to: str | None, yes: bool):
     """Point ENVIRONMENT back at its previous release and apply it as a rollout.
 
     \b
     Refused, with the version and what to do, if that release pins a version blocked since.
+    A protected environment asks for confirmation on a terminal; elsewhere it needs --yes.
     Example:
-      provisioner rollback production
+      provisioner rollback production --yes
     """
+    pipeline.known_environment(ctx, environment)
+    confirm_protected(ctx, environment, f"roll {environment} back" + (f" to {to}" if to else ""), yes)
     result = pipeline.rollback(ctx, environment, to, progress=RolloutProgress(True))
     data = result.as_dict()
-    return data, lambda d: console.print(f"rollback rollout {d['rollout']} {d['status']} in {d['seconds']}s: "
-                                         f"{len(d['done'])} re-provisioned, {len(d['failed'])} failed"), \
-        RolloutHalted.exit_code if result.status == "halted" else 0
-
-
-@cli.command()
-@click.option("--fix/--no-fix", default=None,
-              help="Re-provision drifted nodes [default: the policy's drift_action, reprovision or report].")
-@json_option
-@click.pass_obj
-def drift(ctx: Context, fix: bool | None):
-    """Nodes whose BMC reports firmware other than their release pins (read from every BMC now).
-
-    \b
-    Drift is corrected by re-provisioning, never by patching: with the policy's
-    drift_action "reprovision" (or --fix) drifted nodes are re-provisioned at once.
-    Exit 2 when drift was found and left in place.
-    Examples:
-      provisioner drift --no-fix      # report only
-      provisioner drift               # report, and re-provision as the policy says
-    """
-    if fix is None:
-        fix = ctx.spec.policy.rollout.drift_action == "reprovision"
-    items, errors = pipeline.drift(ctx)
-    data = {"drift": [i.as_dict() for i in items], "unreachable": errors, "fixed": None}
-    if fix and items:
-        by_env: dict[str, set] = {}
-        for i in items:
-            by_env.setdefault(i.environment, set()).add(i.node)
-        data["fixed"] = {env: pipeline.apply(ctx, env, kind="drift", reason="drift correction", only=nodes,
-                                             progress=RolloutProgress(True)).as_dict() for env, nodes in by_env.items()}
 
     def render(d):
-        if not d["drift"]:
-            console.print("no drift: every provisioned node reports its release's pins")
-        else:
-            table("drift", ["node", "env", "component", "observed", "pinned"],
-                  [[i["node"], i["environment"], i["component"], i["observed"], i["pinned"]] for i in d["drift"]])
-        for env, r in (d["fixed"] or {}).items():
-            console.print(f"{env}: re-provisioned {len(r['done'])}, failed {len(r['failed'])} ({r['status']})")
+        console.print(f"rollback rollout {d['rollout']} {d['status']} in {d['seconds']}s: "
+                      f"{len(d['done'])} re-provisioned, {len(d['failed'])} failed")
+        if d["status"] == "halted":
+            console.print(f"[red bold]HALTED[/red bold]: {d['reason']}")
+        say_unread(d["unread"], "left alone: nothing was done to them")
 
-    return data, render, 2 if items and not fix else 0
-
-
-@cli.command()
-@click.argument("environment", required=False)
-@json_option
-@click.pass_obj
-def status(ctx: Context, environment: str | None):
-    """Where each node stands: state, release, firmware against the pins."""
-    rows = pipeline.compliance(ctx, [environment] if environment else None)
-
-    def render(d):
-        table("nodes", ["node", "env", "state", "release", "compliant", "firmware (observed/pinned)"],
-              [[r["node"], r["environment"], r["state"], (r["node_release"] or "-")[:12],
-                "yes" if r["compliant"] else "NO",
-                " ".join(f"{k}={v['observed'] or '?'}" + ("" if v["observed"] == v["pinned"] else f"(≠{v['pinned'] or '-'})")
-                         for k, v in r["components"].items())] for r in d])
-
-    return rows, render
+    return data, render, _rollout_exit(result)
 
 
 @cli.command()

@@ -98,8 +98,11 @@ class HpmTarget:
 
     def __init__(self, firmware: dict, *, model: str | None, activation_s: float, max_block: int,
                  schedule: Callable[[float, Callable[[], None]], None], record: Callable[[dict], None],
-                 changed: Callable[[], None]):
+                 changed: Callable[[], None], upgradable: list[str] | None = None):
         self.firmware, self.model = firmware, model
+        # Components this BMC can write over HPM.1 (None: all it has). As on real hardware, the
+        # others are not in the capabilities mask, and an upload to them is refused.
+        self.upgradable = None if upgradable is None else set(upgradable)
         self.activation_s, self.max_block = activation_s, max_block
         self._schedule, self._record, self._changed = schedule, record, changed
         self.upload: _Upload | None = None
@@ -108,7 +111,10 @@ class HpmTarget:
 
     @property
     def present_mask(self) -> int:
-        return sum(1 << i for i, name in enumerate(COMPONENTS) if name in self.firmware)
+        return sum(1 << i for i, name in enumerate(COMPONENTS) if self._upgradable(name))
+
+    def _upgradable(self, name: str) -> bool:
+        return name in self.firmware and (self.upgradable is None or name in self.upgradable)
 
     def version_bytes(self, name: str, which: str = "active") -> bytes:
         v = self.firmware.get(name, {}).get(which)
@@ -134,7 +140,7 @@ class HpmTarget:
         return 0, bytes([0x00, _CAP_DEFERRED_ACTIVATION, 6, 0, 0, 6, self.present_mask])
 
     def _properties(self, req: bytes) -> tuple[int, bytes]:
-        if len(req) < 2 or req[0] >= len(COMPONENTS) or COMPONENTS[req[0]] not in self.firmware:
+        if len(req) < 2 or req[0] >= len(COMPONENTS) or not self._upgradable(COMPONENTS[req[0]]):
             return hpm1.CC_HPM_82, b""
         name, selector = COMPONENTS[req[0]], req[1]
         if selector == hpm1.PROP_GENERAL:

@@ -81,7 +81,7 @@ class SimBmc(Bmc):
         self.hpm = hpm.HpmTarget(state["firmware"], model=node.get("model"),
                                  activation_s=site.activation_s, max_block=site.max_block,
                                  schedule=site.call_later, record=self.record,
-                                 changed=lambda: site.mark_dirty(self.name))
+                                 changed=lambda: site.mark_dirty(self.name), upgradable=node.get("hpm"))
 
     # -- transport (IO thread) -----------------------------------------------------------------------
 

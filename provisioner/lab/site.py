@@ -69,9 +69,13 @@ def lab_nodes(ctx: Context) -> list[dict]:
         pins = {c.name: c.version for c in spec.manifests[n.model].components}
         username = spec.inventory.credentials[n.bmc.credentials].username
         password, generated = _lab_secret(ctx, n.bmc.credentials)
+        # What this model's BMC can flash itself: what the manifest flashes through it, or names as
+        # the way in when the server cannot netboot. Nothing more: a lab BMC that flashed anything
+        # would hide an engine that tries a path the hardware does not have.
+        hpm = [c.name for c in spec.manifests[n.model].components if "hpm" in (c.method, c.recovery)]
         nodes.append({"name": n.name, "model": n.model, "bmc_address": n.bmc.address, "bmc_port": n.bmc.port,
                       "username": username, "password": password, "password_generated": generated,
-                      "firmware": {**pins, **FACTORY.get(n.model, {})}, "power": "on"})
+                      "firmware": {**pins, **FACTORY.get(n.model, {})}, "power": "on", "hpm": hpm})
     return nodes
 
 

@@ -36,6 +36,7 @@ def rules_in_force(own: dict, in_production: dict | None, floor: dict | None) ->
 def staging_environment(floor: dict | None) -> str:
     """Where releases are proven: the site's choice (its floor), never a release's."""
     return (floor or {}).get("environment") or DEFAULT_STAGING
+from provisioner.spec.models import StagingGate
 
 
 @dataclass(frozen=True)
@@ -57,30 +58,30 @@ class GateVerdict:
         return asdict(self)
 
 
-def evaluate(release_id: str, author: str, policy: dict, nodes: list[StagingNode], outcomes: dict[str, int],
+def evaluate(release_id: str, author: str, policy: StagingGate, nodes: list[StagingNode], outcomes: dict[str, int],
              approvers: list[str], now: datetime) -> GateVerdict:
     """`policy` is the release's staging_gate; `outcomes` counts staging rollout nodes done/failed."""
-    soak = timedelta(seconds=policy["soak_seconds"])
+    soak = timedelta(seconds=policy.soak_seconds)
     active = [n for n in nodes if n.release_id == release_id and n.state == "active"]
     soaked = [n for n in active if n.healthy_since and now - n.healthy_since >= soak]
     done, failed = outcomes.get("done", 0), outcomes.get("failed", 0)
     ratio = done / (done + failed) if done + failed else 0.0
     distinct = sorted({a for a in approvers if a != author})
     missing = []
-    if len(active) < policy["min_nodes"]:
-        missing.append(f"active on {len(active)} of the {policy['min_nodes']} staging nodes required")
-    if len(soaked) < policy["min_nodes"]:
+    if len(active) < policy.min_nodes:
+        missing.append(f"active on {len(active)} of the {policy.min_nodes} staging nodes required")
+    if len(soaked) < policy.min_nodes:
         left = [max(0.0, (soak - (now - n.healthy_since)).total_seconds()) for n in active if n.healthy_since]
-        wait = f"; {min(left):.0f}s to go" if left and len(active) >= policy["min_nodes"] else ""
-        missing.append(f"{len(soaked)} staging node(s) healthy for the {policy['soak_seconds']:.0f}s soak, "
-                       f"{policy['min_nodes']} required{wait}")
-    if done + failed == 0 or ratio < policy["success_ratio"]:
+        wait = f"; {min(left):.0f}s to go" if left and len(active) >= policy.min_nodes else ""
+        missing.append(f"{len(soaked)} staging node(s) healthy for the {policy.soak_seconds:.0f}s soak, "
+                       f"{policy.min_nodes} required{wait}")
+    if done + failed == 0 or ratio < policy.success_ratio:
         missing.append(f"success ratio {ratio:.2f} on staging ({done} done, {failed} failed), "
-                       f"{policy['success_ratio']:.2f} required")
-    if len(distinct) < policy["approvals"]:
-        missing.append(f"{len(distinct)} of {policy['approvals']} approvals from people other than the author "
+                       f"{policy.success_ratio:.2f} required")
+    if len(distinct) < policy.approvals:
+        missing.append(f"{len(distinct)} of {policy.approvals} approvals from people other than the author "
                        f"({author})")
     facts = {"active_nodes": [n.name for n in active], "soaked_nodes": [n.name for n in soaked],
              "done": done, "failed": failed, "success_ratio": round(ratio, 3), "approvers": distinct,
-             "author": author, "policy": policy}
+             "author": author, "policy": policy.model_dump(mode="json")}
     return GateVerdict(release_id, not missing, facts, tuple(missing))

@@ -32,6 +32,7 @@ from provisioner.errors import DriverError
 from provisioner.netboot.gate import Blocked
 from provisioner.plan import blocked_pins, boot_modes, pins_by_model
 from provisioner.rollout.record import RolloutRecord
+from provisioner.rollout.recovery import NeedsHands, recover_out_of_band
 from provisioner.store.repo import Store, now
 
 log = logging.getLogger("provisioner.rollout")
@@ -61,10 +62,12 @@ class RolloutResult:
     halted: dict[str, str] = field(default_factory=dict)  # node -> step it stopped before
     reason: str = ""
     seconds: float = 0.0
+    unread: dict[str, str] = field(default_factory=dict)  # node -> why its BMC could not be read: left alone
 
     def as_dict(self) -> dict:
         return {"rollout": self.rollout_id, "status": self.status, "done": self.done, "failed": self.failed,
-                "held": self.held, "interrupted": self.halted, "reason": self.reason, "seconds": round(self.seconds, 2)}
+                "held": self.held, "interrupted": self.halted, "reason": self.reason, "seconds": round(self.seconds, 2),
+                "unread": self.unread}
 
 
 class CallbackWatch:
@@ -245,11 +248,11 @@ class RolloutEngine:
             with self._lock:
                 result.done.append(node)
             self.progress({"event": "node_done", "node": node})
-        except (NodeFailed, DriverError) as e:
+        except (NodeFailed, DriverError, NeedsHands) as e:
             msg = str(e)
             self.record.transition(rid, node, ended=(current, "error", {"error": msg}), status="failed", error=msg,
                                    finished_at=now())
-            self.store.update_node(node, state="failed", state_reason=msg)
+            self.store.update_node(node, state=getattr(e, "node_state", "failed"), state_reason=msg)
             self.store.node_event(node, "rollout", "failed", {"rollout": rid, "error": msg})
             with self._lock:
                 result.failed[node] = msg
@@ -291,7 +294,11 @@ class RolloutEngine:
         return {"firmware": self._read(driver, row.node)}
 
     def _step_oob_flash(self, driver, row) -> dict:
-        flashed = []
+        # a node that cannot netboot gets its in-band components through the BMC, or needs hands
+        flashed = recover_out_of_band(self.store, self.artifacts, driver, row.node, row.plan["model"],
+                                      self._differing(driver, row, fresh=False), self.endpoints[row.node].key)
+        if flashed:
+            self._last_read.pop(row.node, None)
         for c in self._differing(driver, row, fresh=False):
             if c["method"] != "hpm" or not driver.supports_oob_flash(c["name"]):
                 continue

@@ -283,6 +283,10 @@ def load_spec(root: Path | str, limits: SpecLimits | None = None) -> Spec:
             problems.append(SpecProblem(rel, None, "(file)", f"cannot be read: {e.strerror}", "a readable file"))
 
     checker = _CrossCheck(root, problems)
+    if policy_src and policy.staging_gate.environment not in policy.environments:
+        problems.append(policy_src.problem(("staging_gate", "environment"), "environment "
+                                           f"{policy.staging_gate.environment!r} is not declared",
+                                           f"one of {list(policy.environments)}, or declare it under environments:"))
     if inventory:
         checker.inventory(inv_src, inventory, manifests, boot, policy)
     if boot:
@@ -360,7 +364,8 @@ class _CrossCheck:
                                                      f"{node.boot_profile!r}", f"one of {sorted(profiles)}"))
                 if node.environment not in policy.environments:
                     self.problems.append(src.problem(p + ("environment",), f"unknown environment "
-                                                     f"{node.environment!r}", f"one of {policy.environments}"))
+                                                     f"{node.environment!r}", f"one of {list(policy.environments)} "
+                                                     "(declared under environments: in policy.yaml)"))
 
     def boot(self, src, boot, templates) -> None:
         names = {}

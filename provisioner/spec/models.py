@@ -99,6 +99,17 @@ class FirmwareComponent(Frozen):
     image: ArtifactRef
     method: Literal["hpm", "inband"] = "inband"
     order: int = Field(default=0, ge=0)
+    # How to reach the component when the server cannot netboot (boot-looping after a bad in-band
+    # flash): through its BMC. `hpm`: PICMG HPM.1 over IPMI (Redfish when that driver lands).
+    recovery: Literal["hpm"] | None = None
+
+    @field_validator("recovery")
+    @classmethod
+    def _recovery_for_inband(cls, v, info):
+        if v is not None and info.data.get("method") != "inband":
+            raise ValueError("a recovery path is for a component flashed in band (method: inband); "
+                             "this one is already flashed through its BMC")
+        return v
 
 
 class BlockedVersion(Frozen):
@@ -153,7 +164,13 @@ class RolloutPolicy(Frozen):
     max_concurrency: int = Field(default=16, ge=1)
     failure_threshold: int = Field(default=1, ge=1, description="failed nodes that halt the rollout")
     timeouts: Timeouts = Timeouts()
-    drift_action: Literal["report", "reprovision"] = "reprovision"
+    # Removed: it made plain `drift` re-provision. Named here only to say so where the key is.
+    drift_action: None = Field(default=None, exclude=True)
+
+    @field_validator("drift_action", mode="before")
+    @classmethod
+    def _no_drift_action(cls, v):
+        raise ValueError("no such key: `provisioner drift` reports, `provisioner drift --fix` re-provisions")
 
 
 class StagingGate(Frozen):
@@ -164,10 +181,35 @@ class StagingGate(Frozen):
     approvals: int = Field(default=2, ge=1)
 
 
+class Environment(Frozen):
+    """One declared environment; a name not declared in policy.yaml is refused by every command."""
+
+    # `apply`, `rollback` and `drift --fix` ask for confirmation on a terminal, and want --yes off one
+    protected: bool = False
+
+
+def _default_environments() -> dict[str, Environment]:
+    return {"staging": Environment(), "production": Environment(protected=True)}
+
+
 class Policy(Frozen):
     rollout: RolloutPolicy = RolloutPolicy()
     staging_gate: StagingGate = StagingGate()
-    environments: list[Name] = Field(default_factory=lambda: ["staging", "production"])
+    environments: dict[Name, Environment] = Field(default_factory=_default_environments, min_length=1)
+
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _shorthand(cls, v):
+        # `environments: [staging, production]` declares them with no options; `staging:` alone too
+        if isinstance(v, list):
+            return {name: {} for name in v}
+        if isinstance(v, dict):
+            return {k: ({} if e is None else e) for k, e in v.items()}
+        return v
+
+    def protected(self, env: str) -> bool:
+        e = self.environments.get(env)
+        return bool(e and e.protected)
 
 
 class Spec(Frozen):

@@ -4,6 +4,7 @@ policy's timeouts, and the rollout halts at its failure threshold, leaving untou
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from pipeline_site import LOOP_TIMEOUTS
 
@@ -45,12 +46,18 @@ def test_a_rollout_halts_at_its_failure_threshold_and_names_the_failed_nodes_and
     site = make_site(rollout={"failure_threshold": 2, "timeouts": LOOP_TIMEOUTS})
     r1 = site.build()
     pipeline.promote(site.ctx, r1, "production", force_gate=True)
-    site.lab.site.set_fault("r1n03", wrong_password=True)
     site.lab.site.hand_flash("r1n04", "raid", "52.20.9")
     site.lab.set_boot_loop("raid", "52.20.9")
     before = site.lab.status()
 
-    out = site.cli("apply", "production")
+    # r1n03's BMC starts refusing its password once the rollout is planned (a BMC unreadable at
+    # plan time is left alone instead): the canary r1n01 runs first, so it fails at its prepare
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(site.cli, "apply", "production", "--yes")
+        while not RolloutRecord(site.ctx.store).rollouts("production") and not running.done():
+            time.sleep(0.02)
+        site.lab.site.set_fault("r1n03", wrong_password=True)
+        out = running.result()
 
     assert out.returncode == 8, out.stdout + out.stderr
     assert "HALTED: 2 node(s) failed (threshold 2): r1n03: prepare: BmcAuthError:" in out.stdout

@@ -31,7 +31,9 @@ from provisioner.netboot.gate import Blocked, decide, find_blocked, release_bloc
 from provisioner.plan import Observed, blocked_pins, make_plan, pins_by_model
 from provisioner.policy.gate import StagingNode, evaluate
 from provisioner.releases.build import freeze
+from provisioner.releases.view import ReleaseView
 from provisioner.spec.loader import load_spec
+from provisioner.spec.models import StagingGate
 
 EXAMPLE = freeze(load_spec(REPO)).document
 MODELS = sorted(EXAMPLE["manifests"])
@@ -57,7 +59,8 @@ def release_docs(draw):
         for c in m["components"]:
             c["version"] = draw(versions[c["name"]])
     doc["deny_list"]["blocked"] += [{"component": b.component, "version": b.version, "reason": b.reason,
-                                     "model": b.model} for b in draw(blocks)]
+                                     "model": b.model, "by": "hypothesis", "at": "2026-09-14T08:12:00Z"}
+                                    for b in draw(blocks)]
     return doc
 
 
@@ -80,7 +83,7 @@ def test_a_plan_never_flashes_a_blocked_version_nor_a_component_at_its_pin(doc, 
     blocked = everything_blocked(doc, runtime)
     pins = pins_by_model(doc)
     for env in ("staging", "production"):
-        for node in make_plan("R", doc, env, observed, runtime).nodes:
+        for node in make_plan(ReleaseView.of_document("R", doc), env, observed, runtime).nodes:
             for f in node.flashes:
                 assert not find_blocked(blocked, node.model, f.component, f.to_version), (node, f)
                 assert f.from_version != f.to_version
@@ -119,8 +122,8 @@ people = st.sampled_from(["alice", "bob", "carol", "dana"])
        soak=st.integers(0, 10), min_nodes=st.integers(1, 4), approvals=st.integers(1, 3))
 def test_the_staging_gate_passes_only_with_enough_soaked_nodes_and_distinct_approvers_other_than_the_author(
         nodes, done, failed, approvers, author, soak, min_nodes, approvals):
-    policy = {"environment": "staging", "min_nodes": min_nodes, "soak_seconds": soak, "success_ratio": 1.0,
-              "approvals": approvals}
+    policy = StagingGate(environment="staging", min_nodes=min_nodes, soak_seconds=soak, success_ratio=1.0,
+                         approvals=approvals)
     v = evaluate("R", author, policy, nodes, {"done": done, "failed": failed}, approvers, T0)
     others = set(approvers) - {author}
     soaked = [n for n in nodes if n.release_id == "R" and n.state == "active" and n.healthy_since
@@ -195,7 +198,7 @@ class PurePipeline(RuleBasedStateMachine):
         blocked = everything_blocked(doc, self.runtime)
         observed = [Observed(name, RACK[name], n["spec"]["model"], "staging", dict(n["fw"]), n["installed"])
                     for name, n in self.nodes.items()]
-        for p in make_plan(rid, doc, "staging", observed, self.runtime).nodes:
+        for p in make_plan(ReleaseView.of_document(rid, doc), "staging", observed, self.runtime).nodes:
             if p.action in ("nothing", "hold"):
                 continue
             n = self.nodes[p.node]

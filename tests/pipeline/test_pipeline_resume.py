@@ -81,7 +81,7 @@ def test_apply_killed_mid_rollout_resumes_the_same_rollout_without_flashing_any_
     db = site.data / "provisioner.db"
     env = {**os.environ, "PROVISIONER_SPEC": str(site.spec), "PROVISIONER_DATA": str(site.data)}
     env.pop("PROVISIONER_DB", None)
-    proc = subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", "apply", "production", "--json"],
+    proc = subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", "apply", "production", "--yes", "--json"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         caught = kill_when(proc, db, point)
@@ -91,7 +91,7 @@ def test_apply_killed_mid_rollout_resumes_the_same_rollout_without_flashing_any_
         assert killed.status == "running"
         assert {r.node: r.status for r in record.nodes(killed.id)}[caught] == "running"
 
-        again = site.cli("apply", "production", "--json")
+        again = site.cli("apply", "production", "--yes", "--json")
         assert again.returncode == 0, again.stderr
         result = read_json(again.stdout)
         assert f"resuming rollout {killed.id} from its record" in again.stderr

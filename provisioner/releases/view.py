@@ -1,0 +1,129 @@
+"""A frozen release read through the spec's own models: pins per model, nodes, profiles, policy.
+
+The release document is canonical JSON (what the id hashes); code that reads it goes through
+this one typed view instead of string keys into nested dicts. Build it once per release where the
+work starts (`ReleaseView.of(release)`) and pass it down.
+
+Releases frozen by an older version may carry keys the models no longer have; `_REMOVED` lists
+them, and they are dropped on reading (the stored document, and so the id, never changes).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from provisioner.spec.models import (
+    BootProfile,
+    BootProfiles,
+    DenyList,
+    FirmwareComponent,
+    FirmwareManifest,
+    Inventory,
+    Node,
+    Policy,
+)
+
+# (path of a mapping in the document, key the models no longer have)
+_REMOVED = ((("policy", "rollout"), "drift_action"),)
+
+
+class ReleaseView:
+    """One frozen release as typed parts; each part is validated on first use (a plan of 10,000
+    nodes needs the inventory, a compliance report only the pins)."""
+
+    def __init__(self, release_id: str, document: dict):
+        self.id = release_id
+        self._doc = _without_removed(document)
+
+    @classmethod
+    def of(cls, release) -> ReleaseView:
+        """The view of a stored `Release` (anything with `.id` and `.document`)."""
+        return cls(release.id, release.document)
+
+    @classmethod
+    def of_document(cls, release_id: str, document: dict) -> ReleaseView:
+        return cls(release_id, document)
+
+    def __repr__(self) -> str:
+        return f"<ReleaseView {self.short}>"
+
+    @cached_property
+    def inventory(self) -> Inventory:
+        return Inventory.model_validate(self._doc["inventory"])
+
+    @cached_property
+    def manifests(self) -> dict[str, FirmwareManifest]:
+        return {k: FirmwareManifest.model_validate(v) for k, v in self._doc["manifests"].items()}
+
+    @cached_property
+    def deny_list(self) -> DenyList:
+        return DenyList.model_validate(self._doc.get("deny_list") or {})
+
+    @cached_property
+    def boot(self) -> BootProfiles:
+        return BootProfiles.model_validate(self._doc["boot"])
+
+    @cached_property
+    def policy(self) -> Policy:
+        return Policy.model_validate(self._doc.get("policy") or {})
+
+    @cached_property
+    def _nodes(self) -> dict[str, tuple[str, Node]]:
+        return {n.name: (r.name, n) for r in self.inventory.racks for n in r.nodes}
+
+    @cached_property
+    def _pins(self) -> dict[str, tuple[FirmwareComponent, ...]]:
+        return {model: tuple(sorted(m.components, key=lambda c: (c.order, c.name)))
+                for model, m in self.manifests.items()}
+
+    # -- what consumers ask ----------------------------------------------------------------------------
+    @property
+    def short(self) -> str:
+        return self.id[:12]
+
+    def pins(self, model: str) -> tuple[FirmwareComponent, ...] | None:
+        """The model's pinned components in flashing order (order, then name); None: no manifest."""
+        return self._pins.get(model)
+
+    def node(self, name: str) -> Node | None:
+        found = self._nodes.get(name)
+        return found[1] if found else None
+
+    def rack_of(self, name: str) -> str | None:
+        found = self._nodes.get(name)
+        return found[0] if found else None
+
+    def nodes(self) -> list[tuple[str, Node]]:
+        return list(self._nodes.values())
+
+    def profile(self, name: str) -> BootProfile | None:
+        return next((p for p in self.boot.profiles if p.name == name), None)
+
+    def allowed(self, model: str) -> dict[str, list[str]]:
+        m = self.manifests.get(model)
+        return dict(m.allowed) if m else {}
+
+
+def _without_removed(document: dict) -> dict:
+    doc = document
+    for path, key in _REMOVED:
+        holder = doc
+        for p in path:
+            holder = holder.get(p) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and key in holder:
+            doc = _copy_path(doc, path)
+            target = doc
+            for p in path:
+                target = target[p]
+            del target[key]
+    return doc
+
+
+def _copy_path(doc: dict, path: tuple[str, ...]) -> dict:
+    """A copy of `doc` whose mappings along `path` are copies too (the stored document stays as is)."""
+    top = dict(doc)
+    cur = top
+    for p in path:
+        cur[p] = dict(cur[p])
+        cur = cur[p]
+    return top
