@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
+from provisioner.spec.models import StagingGate
+
 DEFAULT_STAGING = "staging"
 # Stricter means more: a higher number of each of these is harder to meet
 NUMERIC_RULES = ("min_nodes", "soak_seconds", "success_ratio", "approvals")
@@ -36,7 +38,6 @@ def rules_in_force(own: dict, in_production: dict | None, floor: dict | None) ->
 def staging_environment(floor: dict | None) -> str:
     """Where releases are proven: the site's choice (its floor), never a release's."""
     return (floor or {}).get("environment") or DEFAULT_STAGING
-from provisioner.spec.models import StagingGate
 
 
 @dataclass(frozen=True)
