@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 COMPONENTS = ("bmc", "bios", "nic", "raid")
 POWER_STATES = ("on", "off")
 BOOT_DEVICES = ("pxe", "disk", "cdrom", "bios", "default")
+BOOT_MODES = ("bios", "uefi")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class BmcEndpoint:
     username: str
     password: str = field(repr=False)
     driver: str = "ipmi"
+    # Driver options from the spec (e.g. redfish's ca_bundle, image_server), as sorted (name, value)
+    # pairs so the endpoint stays hashable; open_driver passes them to the driver's constructor.
+    options: tuple[tuple[str, object], ...] = ()
 
     @property
     def key(self) -> str:
@@ -113,8 +117,9 @@ class BmcDriver(abc.ABC):
         """
 
     @abc.abstractmethod
-    def set_one_time_boot(self, device: str = "pxe") -> None:
-        """Make the next boot, and only the next one, start from `device` (see BOOT_DEVICES).
+    def set_one_time_boot(self, device: str = "pxe", *, mode: str) -> None:
+        """Make the next boot, and only the next one, start from `device` (see BOOT_DEVICES), in
+        firmware `mode` (see BOOT_MODES: the node's spec field `firmware`).
 
         Raises Unsupported (fatal) for an unknown device, BmcUnreachable, BmcTimeout, BmcBusy
         (retryable) or BmcAuthError (fatal).
@@ -141,11 +146,11 @@ class BmcDriver(abc.ABC):
 
     @abc.abstractmethod
     def flash(self, component: str, image: bytes, expected_sha256: str, version: str,
-              progress: ProgressCallback | None = None) -> dict:
+              progress: ProgressCallback | None = None) -> FlashJob:
         """Write `image` to `component`, activate it, and verify by a fresh inventory read.
 
         Steps: check sha256(image) == expected_sha256 before a single byte is sent; start the
-        upgrade; upload; poll; activate; read the inventory again. Returns FlashJob.as_dict().
+        upgrade; upload; poll; activate; read the inventory again. Returns the finished FlashJob.
         Raises ImageRejected (fatal) if the digest differs, if the BMC refuses the image, or if
         after activation the BMC reports a version other than `version`; Unsupported (fatal) if the
         component cannot be flashed out of band; BmcUnreachable or BmcTimeout (retryable; the old
