@@ -1,4 +1,4 @@
-"""The BMC driver contract, run against every driver: the in-memory fake and IPMI on a simulated BMC."""
+"""The BMC driver contract, run against every driver: the in-memory fake, and IPMI and Redfish on simulated BMCs."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import time
 
 import bmc_harness
 import pytest
-from bmc_harness import FIRMWARE, MODEL
+from bmc_harness import FIRMWARE, MODEL, job_fields, one_time_boot
 
 from provisioner.drivers.sim_oem import SIM_MANUFACTURER_ID
 from provisioner.errors import BmcAuthError, BmcUnreachable, ImageRejected, Unsupported
 from provisioner.lab.bmc import SIM_DEVICE_ID, SIM_PRODUCT_ID
 from provisioner.lab.hpm import build_hpm_image, build_sim_payload
 
-sim_site, harness = bmc_harness.sim_site, bmc_harness.harness  # fixtures
+sim_site, redfish_site, harness = bmc_harness.sim_site, bmc_harness.redfish_site, bmc_harness.harness  # fixtures
 
 
 def sha(data: bytes) -> str:
@@ -54,7 +54,7 @@ def test_power_cycle_of_a_running_server_reboots_it_exactly_once(harness):
 
 
 def test_one_time_pxe_boot_applies_to_the_next_boot_only(harness):
-    harness.driver.set_one_time_boot("pxe")
+    one_time_boot(harness.driver, "pxe")
     assert harness.inspect()["boot_override"] == "pxe"
     harness.driver.power_cycle()
     assert harness.inspect()["last_boot_device"] == "pxe"
@@ -64,14 +64,14 @@ def test_one_time_pxe_boot_applies_to_the_next_boot_only(harness):
 
 
 def test_health_shows_power_and_the_pending_boot_device(harness):
-    harness.driver.set_one_time_boot("pxe")
+    one_time_boot(harness.driver, "pxe")
     h = harness.driver.health()
     assert h["ok"] and h["power"] == "off" and h["boot_device"] == "pxe"
 
 
 def test_an_unknown_boot_device_is_unsupported(harness):
     with pytest.raises(Unsupported):
-        harness.driver.set_one_time_boot("usb-stick")
+        one_time_boot(harness.driver, "usb-stick")
 
 
 def test_inventory_lists_every_component_with_its_exact_version(harness):
@@ -91,7 +91,7 @@ def test_every_component_can_be_flashed_out_of_band(harness):
 
 def test_flash_installs_the_version_and_verifies_it(harness):
     image = build_sim_payload("bios", "1.21.0", MODEL, size=6000)
-    job = harness.driver.flash("bios", image, sha(image), "1.21.0")
+    job = job_fields(harness.driver.flash("bios", image, sha(image), "1.21.0"))
     assert (job["state"], job["previous_version"], job["version"]) == ("active", "1.20.0", "1.21.0")
     assert harness.inspect()["firmware"]["bios"] == "1.21.0"
     assert harness.driver.firmware_inventory()["bios"] == "1.21.0"

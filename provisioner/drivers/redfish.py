@@ -1,0 +1,426 @@
+"""Redfish driver on sushy: power, one-time boot, firmware inventory, UpdateService flashing.
+
+One BMC per driver object; every operation runs through provisioner.drivers.bounded (one at a time
+per BMC, under a deadline, retried with backoff when retryable). Connections and the TLS context
+come from provisioner.drivers.redfish_http, which is also where every sushy/requests failure is
+translated into our error tree (once, in `translate`).
+
+Options (from the spec: the credentials' `ca_bundle`, the `bmc:` mapping's `image_server`, the
+manifest's `redfish.software_ids`; see README "Redfish"):
+    ca_bundle      PEM file or directory trusted for the BMC's certificate (default: system store)
+    image_server   base URL at which the BMC can fetch /artifacts/sha256/<hex> from us; without it,
+                   or when the BMC has no SimpleUpdate or cannot fetch from us, the image is pushed
+    software_ids   {component: SoftwareId} naming the FirmwareInventory members (default: the
+                   member Id or SoftwareId equals the component's name)
+
+Firmware (DSP0268 UpdateService): SimpleUpdate with ImageURI, else MultipartHttpPushUri; progress
+from the task monitor until the task ends or flash_timeout passes; a task that ends asking for a
+reset (ApplyTime OnReset) is followed by a power cycle; then a fresh FirmwareInventory read must
+show the release's version. Nothing is cached but the resource paths, which a BMC never moves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+
+import sushy
+from sushy.resources import constants as res_cons
+from sushy.resources.system import constants as sys_cons
+
+from provisioner.drivers import bounded, redfish_http
+from provisioner.drivers.base import BOOT_MODES, BmcDriver, BmcEndpoint, FlashJob, ProgressCallback
+from provisioner.errors import BmcTimeout, BmcUnreachable, DriverError, ImageRejected, Unsupported
+
+log = logging.getLogger(__name__)
+
+# Our boot devices -> ComputerSystem.Boot.BootSourceOverrideTarget (DSP0268 ComputerSystem BootSource)
+BOOT_TARGETS = {"pxe": sys_cons.BootSource.PXE, "disk": sys_cons.BootSource.HDD, "cdrom": sys_cons.BootSource.CD,
+                "bios": sys_cons.BootSource.BIOS_SETUP}
+BOOT_MODE_NAMES = {"bios": sys_cons.BootSourceOverrideMode.LEGACY, "uefi": sys_cons.BootSourceOverrideMode.UEFI}
+TASK_DONE = ("Completed", "Exception", "Killed", "Cancelled", "Interrupted", "Suspended")
+# Task messages meaning "staged; activates at the next reset" (Base ResetRequired, Update AwaitToActivate)
+AWAITS_RESET = ("ResetRequired", "AwaitToActivate")
+TRANSFER_FAILED = ("TransferFailed",)  # Update registry: the BMC could not fetch ImageURI
+
+
+class RedfishDriver(BmcDriver):
+    """One BMC over Redfish (HTTPS, session authentication, falling back to HTTP Basic)."""
+
+    name = "redfish"
+
+    def __init__(self, endpoint: BmcEndpoint, timeout: float = 10.0, retries: int = 2, *, backoff: float = 0.2,
+                 ca_bundle: str | None = None, image_server: str | None = None,
+                 software_ids: Mapping[str, str] | tuple = (), flash_timeout: float = 1800.0,
+                 poll_interval: float = 0.1, **_ignored):
+        super().__init__(endpoint)
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.ca_bundle, self.image_server = ca_bundle, (image_server or "").rstrip("/") or None
+        self.software_ids = dict(software_ids)
+        self.flash_timeout, self.poll_interval = flash_timeout, poll_interval
+        self.base_url = f"https://{endpoint.address}:{endpoint.port}"
+        self._root: sushy.Sushy | None = None
+        self._conn = None
+        self._paths: dict[str, str] = {}   # resource paths found once: system, update service, ...
+        self._lock = threading.Lock()
+
+    # -- the contract ----------------------------------------------------------------------------------
+
+    def power_status(self) -> str:
+        return self._run("power_status", lambda a: _power(self._system(a).power_state))
+
+    def power_on(self) -> None:
+        def on(a):
+            system = self._system(a)
+            if _power(system.power_state) == "off":
+                system.reset_system(res_cons.ResetType.ON)
+                self._wait_power(a, "on")
+        self._run("power_on", on)
+
+    def power_off(self) -> None:
+        def off(a):
+            system = self._system(a)
+            if _power(system.power_state) == "on":
+                system.reset_system(res_cons.ResetType.FORCE_OFF)
+                self._wait_power(a, "off")
+        self._run("power_off", off)
+
+    def power_cycle(self) -> None:
+        self._run("power_cycle", self._cycle, retry_safe=False)
+
+    def set_one_time_boot(self, device: str = "pxe", *, mode: str) -> None:
+        if device not in (*BOOT_TARGETS, "default"):
+            raise Unsupported(f"boot device {device!r} is unknown; expected one of {', '.join([*BOOT_TARGETS, 'default'])}")
+        if mode not in BOOT_MODES:
+            raise Unsupported(f"boot mode {mode!r} is unknown; expected one of {', '.join(BOOT_MODES)}")
+
+        def patch(a):
+            system = self._system(a)
+            if device == "default":
+                system.set_system_boot_options(sys_cons.BootSource.NONE, sys_cons.BootSourceOverrideEnabled.DISABLED)
+            else:
+                system.set_system_boot_options(BOOT_TARGETS[device], sys_cons.BootSourceOverrideEnabled.ONCE,
+                                               BOOT_MODE_NAMES[mode])
+        self._run("set_one_time_boot", patch)
+
+    def firmware_inventory(self) -> dict[str, str]:
+        return self._run("firmware_inventory", lambda a: {c: m["Version"] for c, m in self._inventory(a).items()})
+
+    def supports_oob_flash(self, component: str) -> bool:
+        def check(a):
+            member = self._inventory(a).get(component)
+            service = self._get(a, self._update_service_path(a))
+            return bool(member and member.get("Updateable", True) and member.get("@odata.id")
+                        and (_simple_update_target(service) or service.get("MultipartHttpPushUri")))
+        return self._run("supports_oob_flash", check)
+
+    def flash(self, component: str, image: bytes, expected_sha256: str, version: str,
+              progress: ProgressCallback | None = None) -> FlashJob:
+        digest = self._checked_digest(component, image, expected_sha256)
+        job = FlashJob(self.endpoint.key, component, version, digest, len(image))
+        log.info("flash.start bmc=%s component=%s version=%s bytes=%d", self.endpoint.key, component, version,
+                 len(image))
+        try:
+            bounded.run(self.endpoint.key, f"flash {component}",
+                        lambda a: self._attempt(a, "flash", self._flash, job, image, progress),
+                        timeout=self.flash_timeout, retries=self.retries, backoff=self.backoff, abandon=self._abandon,
+                        retry_safe=False, stall_timeout=self.timeout, lock_timeout=self.timeout)
+        except DriverError as e:
+            job.state, job.error, job.finished_at = "failed", f"{type(e).__name__}: {e}", time.time()
+            e.job = job.as_dict()
+            log.warning("flash.failed bmc=%s component=%s error=%s", self.endpoint.key, component, job.error)
+            raise
+        log.info("flash.done bmc=%s component=%s version=%s seconds=%s", self.endpoint.key, component, version,
+                 job.as_dict()["seconds"])
+        return job
+
+    def health(self) -> dict:
+        started = time.monotonic()
+
+        def read(a):
+            system = self._system(a)
+            boot = system.boot
+            enabled = boot.enabled.value if boot and boot.enabled else "Disabled"
+            target = boot.target.value if boot and boot.target else "None"
+            device = next((d for d, t in BOOT_TARGETS.items() if t.value == target), "default")
+            return {"power": _power(system.power_state), "boot_device": device if enabled != "Disabled" else "default",
+                    "boot_mode": boot.mode.value if boot and boot.mode else None}
+        try:
+            out = self._run("health", read)
+        except DriverError as e:
+            return {"ok": False, "driver": self.name, "bmc": self.endpoint.key,
+                    "error": f"{type(e).__name__}: {e}", "retryable": e.retryable}
+        return {"ok": True, "driver": self.name, "bmc": self.endpoint.key,
+                "latency_ms": round((time.monotonic() - started) * 1000, 1), **out}
+
+    def close(self) -> None:
+        with self._lock:
+            root, conn, self._root, self._conn = self._root, self._conn, None, None
+        if root is None:
+            return
+        try:  # DELETE the session (sushy's auth.close), bounded by the connector's timeout
+            root._auth.close()
+        except Exception as e:  # a failed logout only leaves a session for the BMC to time out
+            log.debug("redfish.logout_failed bmc=%s error=%s", self.endpoint.key, e)
+        root._auth = None
+        conn.close()
+
+    # -- running ---------------------------------------------------------------------------------------
+
+    def _run(self, what: str, fn, *, retry_safe: bool = True):
+        return bounded.run(self.endpoint.key, what, lambda a: self._attempt(a, what, fn), timeout=self.timeout,
+                           retries=self.retries, backoff=self.backoff, abandon=self._abandon, retry_safe=retry_safe)
+
+    def _attempt(self, a: bounded.Attempt, what: str, fn, *args):
+        try:
+            self._login(a)
+            self._root._conn._response_callback = lambda _r: _answered(a)
+            return fn(a, *args)
+        except DriverError:
+            raise
+        except Exception as e:
+            err = redfish_http.translate(e, self.endpoint.key, answered=a.answered, what=what)
+            if isinstance(err, (BmcUnreachable, BmcTimeout)):
+                self._forget()  # the connection may be half-dead: start the next try afresh
+            raise err from None
+
+    def _login(self, a: bounded.Attempt) -> sushy.Sushy:
+        with self._lock:
+            if self._root is not None:
+                a.session = self._root
+                return self._root
+        ep = self.endpoint
+        conn = redfish_http.connector(self.base_url, ca_bundle=self.ca_bundle, timeout=self.timeout)
+        conn._response_callback = lambda _r: _answered(a)
+        auth = sushy.auth.SessionOrBasicAuth(username=ep.username, password=ep.password)
+        # GET the service root, then POST a session (DSP0266 §13.3.4), or Basic if that fails
+        root = sushy.Sushy(self.base_url, auth=auth, connector=conn)
+        a.check()
+        with self._lock:
+            self._root, self._conn = root, conn
+        a.session = root
+        return root
+
+    def _abandon(self, a: bounded.Attempt) -> None:
+        """The caller gave up on this attempt: its connections must not be reused."""
+        with self._lock:
+            if self._root is a.session:
+                self._root, self._conn = None, None
+        if a.session is not None:
+            a.session._conn.close()
+
+    def _forget(self) -> None:
+        with self._lock:
+            root, self._root, self._conn = self._root, None, None
+        if root is not None:
+            root._conn.close()
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def _get(self, a, path: str) -> dict:
+        a.check()
+        r = self._root._conn.get(path)
+        a.progressed()
+        return r.json()
+
+    def _system(self, a):
+        path = self._paths.get("system")
+        if path is None:
+            members = self._root.get_system_collection().members_identities
+            if not members:
+                raise Unsupported(f"{self.endpoint.key}: the Redfish service lists no ComputerSystem")
+            path = self._paths["system"] = sorted(members)[0]
+        a.check()
+        system = self._root.get_system(path)
+        a.progressed()
+        return system
+
+    def _update_service_path(self, a) -> str:
+        path = self._paths.get("update")
+        if path is None:
+            doc = self._root.json.get("UpdateService") or {}
+            if "@odata.id" not in doc:
+                raise Unsupported(f"{self.endpoint.key}: the Redfish service has no UpdateService")
+            path = self._paths["update"] = doc["@odata.id"]
+        return path
+
+    def _inventory(self, a) -> dict[str, dict]:
+        """{component: FirmwareInventory member} read now; Manager/BIOS versions where the BMC has none."""
+        service = self._get(a, self._update_service_path(a))
+        inv_path = (service.get("FirmwareInventory") or {}).get("@odata.id")
+        members: list[dict] = []
+        if inv_path:
+            expand = ((self._root.json.get("ProtocolFeaturesSupported") or {}).get("ExpandQuery") or {})
+            doc = self._get(a, inv_path + ("?$expand=." if expand.get("NoLinks") else ""))
+            for m in doc.get("Members", []):
+                members.append(m if "Version" in m else self._get(a, m["@odata.id"]))
+        found = {}
+        for m in members:
+            component = self._component_of(m)
+            if component and m.get("Version"):
+                found.setdefault(component, m)
+        if not members:  # no FirmwareInventory (e.g. sushy-emulator): the versions every BMC reports
+            system = self._system(a)
+            if system.bios_version:
+                found["bios"] = {"Version": system.bios_version}
+            managers = self._root.get_manager_collection().members_identities
+            if managers:
+                version = self._get(a, sorted(managers)[0]).get("FirmwareVersion")
+                if version:
+                    found["bmc"] = {"Version": version}
+        return found
+
+    def _component_of(self, member: dict) -> str | None:
+        """Which of our components a FirmwareInventory member is: by the manifest's SoftwareId
+        mapping, or without one, by a SoftwareId or Id that is a component's name."""
+        if self.software_ids:
+            return next((c for c, sw in self.software_ids.items() if sw == member.get("SoftwareId")), None)
+        for name in (member.get("SoftwareId"), member.get("Id")):
+            if name and str(name).lower() in _COMPONENTS:
+                return str(name).lower()
+        return None
+
+    def _wait_power(self, a, wanted: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if _power(self._system(a).power_state) == wanted:
+                return
+            if time.monotonic() > deadline:
+                raise BmcTimeout(f"{self.endpoint.key}: power is not {wanted} {self.timeout:.0f}s after the request")
+            time.sleep(self.poll_interval)
+
+    def _cycle(self, a) -> None:
+        system = self._system(a)
+        if _power(system.power_state) == "off":
+            a.committed = True
+            system.reset_system(res_cons.ResetType.ON)
+        else:
+            allowed = {v.value if hasattr(v, "value") else v for v in system.get_allowed_reset_system_values()}
+            kind = next((k for k in (res_cons.ResetType.FORCE_RESTART, res_cons.ResetType.POWER_CYCLE,
+                                     res_cons.ResetType.GRACEFUL_RESTART) if k.value in allowed), None)
+            if kind is None:
+                raise Unsupported(f"{self.endpoint.key}: the BMC offers no restart (ResetType {sorted(allowed)})")
+            a.committed = True
+            system.reset_system(kind)
+        self._wait_power(a, "on")
+
+    # -- flashing --------------------------------------------------------------------------------------
+
+    def _flash(self, a, job: FlashJob, image: bytes, progress) -> None:
+        key, component = self.endpoint.key, job.component
+        member = self._inventory(a).get(component)
+        if member is None or not member.get("@odata.id") or member.get("Updateable") is False:
+            raise Unsupported(f"{key}: the BMC cannot flash {component!r} out of band (not an updateable "
+                              f"FirmwareInventory member{'; map it in the manifest: redfish.software_ids' if not self.software_ids else ''})")
+        job.previous_version = member["Version"]
+        service = self._get(a, self._update_service_path(a))
+        simple, push = _simple_update_target(service), service.get("MultipartHttpPushUri")
+        if not simple and not push:
+            raise Unsupported(f"{key}: the UpdateService offers neither SimpleUpdate nor MultipartHttpPushUri")
+        _notify(job, progress, "uploading")
+        targets = [member["@odata.id"]]
+        if simple and self.image_server:
+            uri = f"{self.image_server}/artifacts/sha256/{job.image_sha256}"
+            a.committed = True
+            task = self._await(a, job, progress, self._root._conn.post(
+                simple, data={"ImageURI": uri, "TransferProtocol": uri.split(":", 1)[0].upper(), "Targets": targets}))
+            if _said(task, TRANSFER_FAILED) and push:
+                log.info("flash.push_fallback bmc=%s reason=%s", key, _messages(task))
+                _notify(job, progress, "uploading")
+                task = self._push(a, job, image, push, targets, progress)
+        elif push:
+            task = self._push(a, job, image, push, targets, progress)
+        else:
+            raise Unsupported(f"{key}: the BMC only pulls images (SimpleUpdate) and no image_server is set for it")
+        if task.get("TaskState") != "Completed":
+            raise ImageRejected(f"{key}: the BMC's update task for {component} ended {task.get('TaskState')}: "
+                                f"{_messages(task)}; {job.previous_version} is still active")
+        if _said(task, AWAITS_RESET):  # ApplyTime OnReset: staged until the system restarts
+            _notify(job, progress, "activating")
+            self._cycle(a)
+        _notify(job, progress, "verifying")
+        found = self._inventory(a).get(component, {}).get("Version")  # a fresh read, never a cached one
+        if found != job.version:
+            raise ImageRejected(f"{key}: after activation {component} reports {found!r}, the release says {job.version!r}")
+        job.finished_at = time.time()
+        _notify(job, progress, "active")
+
+    def _push(self, a, job: FlashJob, image: bytes, uri: str, targets: list[str], progress) -> dict:
+        params = json.dumps({"Targets": targets, "@Redfish.OperationApplyTime": "Immediate"})
+        files = {"UpdateParameters": (None, params, "application/json"),
+                 "UpdateFile": (f"{job.component}-{job.version}.bin", image, "application/octet-stream")}
+        a.committed = True
+        # multipart/form-data (DSP0266 §13.2.7.3): sushy's connector speaks JSON, so its requests
+        # session sends this one request itself, with the same auth, pool and TLS context
+        conn = self._root._conn
+        r = conn._session.post(conn._url.rstrip("/") + uri if uri.startswith("/") else uri, files=files,
+                               timeout=(min(self.timeout, 5.0), max(self.timeout, 60.0)))
+        sushy.exceptions.raise_for_response("POST", uri, r)
+        job.bytes_sent, job.blocks, job.block_size = len(image), 1, len(image)
+        return self._await(a, job, progress, r)
+
+    def _await(self, a, job: FlashJob, progress, response) -> dict:
+        """Follow the task (DSP0266 §13.2.7) until it ends; the task resource as last read."""
+        a.answered = True
+        job.bytes_sent = job.bytes_sent or job.bytes_total
+        monitor = response.headers.get("Location")
+        try:
+            task = response.json() if response.content else {}
+        except ValueError:
+            task = {}
+        path = task.get("@odata.id") or monitor
+        if not path:
+            if response.status_code in (200, 204):
+                return {"TaskState": "Completed", "Messages": []}
+            raise Unsupported(f"{self.endpoint.key}: the update was accepted without a task to follow")
+        _notify(job, progress, "activating")
+        deadline = time.monotonic() + self.flash_timeout
+        while task.get("TaskState") not in TASK_DONE:
+            if time.monotonic() > deadline:
+                raise BmcTimeout(f"{self.endpoint.key}: the update task is still {task.get('TaskState')} after "
+                                 f"{self.flash_timeout:.0f}s")
+            time.sleep(self.poll_interval)
+            task = self._get(a, path)
+            percent = task.get("PercentComplete")
+            if isinstance(percent, int):
+                job.blocks = percent
+                _notify(job, progress)
+        return task
+
+
+_COMPONENTS = ("bmc", "bios", "nic", "raid", "cpld", "psu", "disk", "gpu")
+
+
+def _power(state) -> str:
+    value = state.value if hasattr(state, "value") else state
+    return "on" if value in ("On", "PoweringOn") else "off"
+
+
+def _answered(a: bounded.Attempt) -> None:
+    a.answered = True
+    a.progressed()
+
+
+def _simple_update_target(service: dict) -> str | None:
+    return ((service.get("Actions") or {}).get("#UpdateService.SimpleUpdate") or {}).get("target")
+
+
+def _said(task: dict, ids: tuple[str, ...]) -> bool:
+    return any(any(i in str(m.get("MessageId", "")) for i in ids) for m in task.get("Messages") or [])
+
+
+def _messages(task: dict) -> str:
+    return "; ".join(f"{m.get('MessageId')}: {m.get('Message')}" for m in task.get("Messages") or []) or "no message"
+
+
+def _notify(job: FlashJob, progress, state: str | None = None) -> None:
+    if state:
+        job.state = state
+    if progress is not None:
+        try:
+            progress(job)
+        except Exception:
+            log.exception("flash.progress_callback_failed component=%s", job.component)
