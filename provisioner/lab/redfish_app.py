@@ -160,6 +160,8 @@ def create_app(site: RedfishSite) -> Flask:
     @app.post(V1 + "/SessionService/Sessions")
     def login():
         b = bmc()
+        if b.node.get("sessions") is False:  # a BMC without session login: clients fall back to Basic
+            raise RedfishError(405, "Base.1.8.OperationNotAllowed", "this service does not create sessions")
         body = request.get_json(silent=True) or {}
         with site.lock:
             if not b.password_ok(str(body.get("UserName", "")), str(body.get("Password", ""))):

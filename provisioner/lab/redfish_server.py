@@ -55,6 +55,7 @@ class MultiAddressServer:
         self._listeners: dict[int, tuple[socket.socket, str]] = {}
         self._open: dict[str, weakref.WeakSet] = {}   # address -> open TLS sockets (for drop)
         self._held: list[tuple[float, socket.socket]] = []
+        self.handshakes: dict[str, int] = {}  # address -> TLS connections completed (pooling shows here)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -169,6 +170,7 @@ class MultiAddressServer:
         conn.ssl_env = {"wsgi.url_scheme": "https", "HTTPS": "on", "provisioner.bmc_address": address}
         with self._lock:
             self._open.setdefault(address, weakref.WeakSet()).add(tls)
+            self.handshakes[address] = self.handshakes.get(address, 0) + 1
         self.server.process_conn(conn)
 
     def _close_listeners(self) -> None:
