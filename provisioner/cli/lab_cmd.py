@@ -102,20 +102,22 @@ def lab_status(ctx: Context):
     if _info(ctx):
         nodes = control_call(ctx.settings.data_dir, "status")
     else:  # not running: read what the last run left
-        state_file = ctx.settings.data_dir / "lab" / "bmc-state.json"
-        saved = json.loads(state_file.read_text())["nodes"] if state_file.exists() else {}
+        saved = {}
+        for name in ("bmc-state.json", "redfish-state.json"):  # the IPMI and the Redfish BMCs
+            state_file = ctx.settings.data_dir / "lab" / name
+            saved.update(json.loads(state_file.read_text())["nodes"] if state_file.exists() else {})
         nodes = []
         for n in lab_nodes(ctx):
             st = saved.get(n["name"], {})
             fw = {c: v["active"] for c, v in st.get("firmware", {})
                   .items()} if st else n["firmware"]
-            nodes.append({"name": n["name"], "model": n["model"], "bmc_address": n["bmc_address"],
+            nodes.append({"name": n["name"], "model": n["model"], "driver": n["driver"], "bmc_address": n["bmc_address"],
                           "bmc_port": n["bmc_port"], "username": n["username"], "password": n["password"],
                           "power": st.get("power", "off") if st else "off", "firmware": fw, "running": False})
 
     def render(d):
-        table("lab", ["node", "bmc", "power", "firmware"],
-              [[n["name"], f"{n['bmc_address']}:{n['bmc_port']}", n["power"],
+        table("lab", ["node", "driver", "bmc", "power", "firmware"],
+              [[n["name"], n.get("driver", "ipmi"), f"{n['bmc_address']}:{n['bmc_port']}", n["power"],
                 " ".join(f"{k}={v}" for k, v in n["firmware"].items())] for n in d])
 
     return nodes, render
