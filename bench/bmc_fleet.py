@@ -35,7 +35,7 @@ from provisioner.lab.loopback import free_block  # noqa: E402
 def provision(ep: BmcEndpoint) -> str | None:
     d = IpmiDriver(ep, timeout=30)
     try:
-        d.set_one_time_boot("pxe")
+        d.set_one_time_boot("pxe", mode="bios")
         d.power_cycle()
         inventory = d.firmware_inventory()
         return None if len(inventory) == 4 else f"{ep.key}: inventory {inventory}"

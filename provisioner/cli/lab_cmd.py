@@ -18,7 +18,7 @@ from provisioner.context import Context
 
 @cli.group()
 def lab():
-    """A simulated site: BMCs speaking real IPMI on loopback, hosts that really netboot.
+    """A simulated site: BMCs speaking real IPMI or Redfish on loopback, hosts that really netboot.
 
     \b
     Examples:
@@ -124,18 +124,22 @@ def lab_status(ctx: Context):
 
 
 @lab.command("fault")
-@click.option("--node", default=None, help="The node to fault (for --unreachable, --slow, --loss, --wrong-password).")
+@click.option("--node", default=None, help="The node to fault (for every option but --boot-loop).")
 @click.option("--boot-loop", "boot_loop", default=None, metavar="COMPONENT=VERSION",
               help="Servers running this version never finish POST.")
 @click.option("--unreachable/--reachable", default=None)
 @click.option("--slow", type=float, default=None, help="Delay every BMC reply by this many seconds.")
-@click.option("--loss", type=float, default=None, help="Drop this share of IPMI packets (0..1).")
+@click.option("--loss", type=float, default=None, help="IPMI: drop this share of packets (0..1).")
 @click.option("--wrong-password", is_flag=True, default=None)
+@click.option("--task-fails", is_flag=True, default=None, help="Redfish: NODE's next update task fails (once).")
+@click.option("--power-loss-mid-update", is_flag=True, default=None,
+              help="Redfish: NODE's BMC loses power while applying its next update (once).")
 @click.option("--hand-flash", default=None, metavar="COMPONENT=VERSION", help="Flash NODE by hand (drift).")
 @click.option("--clear", is_flag=True, help="Clear NODE's (or every node's) BMC faults.")
 @json_option
 @click.pass_obj
-def lab_fault(ctx: Context, node, boot_loop, unreachable, slow, loss, wrong_password, hand_flash, clear):
+def lab_fault(ctx: Context, node, boot_loop, unreachable, slow, loss, wrong_password, task_fails,
+              power_loss_mid_update, hand_flash, clear):
     """Inject faults into the running lab.
 
     \b
@@ -143,6 +147,7 @@ def lab_fault(ctx: Context, node, boot_loop, unreachable, slow, loss, wrong_pass
       provisioner lab fault --boot-loop bios=1.14.0
       provisioner lab fault --node r1n03 --unreachable
       provisioner lab fault --node r2n05 --hand-flash nic=14.30.0
+      provisioner lab fault --node r2n03 --task-fails          # a Redfish BMC
     """
     from provisioner.lab.run import control_call
 
@@ -158,7 +163,8 @@ def lab_fault(ctx: Context, node, boot_loop, unreachable, slow, loss, wrong_pass
         call("boot_loop", component=comp, version=ver)
         done.append(f"boot loop on {comp} {ver}")
     faults = {k: v for k, v in {"unreachable": unreachable, "delay_s": slow, "loss": loss,
-                                "wrong_password": wrong_password}.items() if v is not None}
+                                "wrong_password": wrong_password, "task_fails": task_fails,
+                                "power_loss_in_update": power_loss_mid_update}.items() if v is not None}
     if (faults or hand_flash) and not node:
         raise click.UsageError("--node is required for BMC faults and --hand-flash")
     if faults:

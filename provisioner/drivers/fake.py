@@ -105,7 +105,8 @@ class FakeDriver(BmcDriver):
         bmc.record(event="power", power="cycle")
         self._boot(bmc)
 
-    def set_one_time_boot(self, device: str = "pxe", *, uefi: bool = False) -> None:
+    def set_one_time_boot(self, device: str = "pxe", *, mode: str) -> None:
+        uefi = mode == "uefi"
         if device not in BOOT_DEVICES:
             raise Unsupported(f"boot device {device!r} is unknown; expected one of {', '.join(BOOT_DEVICES)}")
         bmc = self._bmc()

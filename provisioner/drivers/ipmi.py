@@ -135,7 +135,8 @@ class IpmiDriver(BmcDriver):
             self._ok(a, NETFN_CHASSIS, CHASSIS_CONTROL, [directive])
         self._run("power_cycle", cycle, retry_safe=False)
 
-    def set_one_time_boot(self, device: str = "pxe", *, uefi: bool = False) -> None:
+    def set_one_time_boot(self, device: str = "pxe", *, mode: str) -> None:
+        uefi = mode == "uefi"
         if device not in BOOT_SELECTORS:
             raise Unsupported(f"boot device {device!r} is unknown; expected one of {', '.join(BOOT_SELECTORS)}")
         selector = BOOT_SELECTORS[device]

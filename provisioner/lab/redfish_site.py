@@ -33,6 +33,7 @@ from provisioner.lab.redfish_tls import ensure_ca, issue_server_cert
 
 log = logging.getLogger("provisioner.lab.redfish")
 
+IPMI_ONLY_FAULTS = {"loss", "power_loss_at_block"}  # UDP packet loss, an HPM.1 upload block
 _UUID_NS = uuid.UUID("0d7a3c1e-8f43-4b59-9b1a-6a2f4e1c7d25")
 
 
@@ -99,6 +100,10 @@ class RedfishSite(SimSite):
         super().stop()
 
     def set_fault(self, node: str, **faults) -> None:
+        ipmi_only = sorted(set(faults) & IPMI_ONLY_FAULTS)
+        if ipmi_only:
+            raise ValueError(f"{', '.join(ipmi_only)}: IPMI faults; {node}'s BMC speaks Redfish (use task_fails "
+                             f"or power_loss_in_update)")
         super().set_fault(node, **faults)
         if faults.get("unreachable"):
             self.drop_connections(self.bmcs[node].address)

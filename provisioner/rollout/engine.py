@@ -306,7 +306,9 @@ class RolloutEngine:
         self.store.update_node(row.node, state=state, state_reason=f"rollout: {what}")
         inbox = self.callbacks.subscribe(row.node)
         try:
-            driver.set_one_time_boot("pxe")
+            driver.set_one_time_boot("pxe", mode=next(  # the node's own boot mode (spec field `firmware`)
+                n.get("firmware") or "uefi" for r in self.doc["inventory"]["racks"] for n in r["nodes"]
+                if n["name"] == row.node))
             driver.power_cycle()  # the contract: a server that is off is powered on (one status read less)
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:

@@ -6,8 +6,6 @@ driver itself, and what the BMC saw (power, boot override, boots, firmware, uplo
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
 from provisioner.drivers import open_driver
@@ -104,15 +102,6 @@ class FakeHarness:
 
     def close(self) -> None:
         FakeDriver.reset()
-
-
-def one_time_boot(driver, device: str = "pxe", mode: str = "uefi") -> None:
-    """set_one_time_boot with the contract's `mode`, for drivers that take it already (the IPMI and
-    fake drivers get it from the boot-mode branch; drop this once they all do)."""
-    if "mode" in inspect.signature(driver.set_one_time_boot).parameters:
-        driver.set_one_time_boot(device, mode=mode)
-    else:
-        driver.set_one_time_boot(device)
 
 
 def job_fields(job) -> dict:

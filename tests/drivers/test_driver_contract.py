@@ -7,7 +7,7 @@ import time
 
 import bmc_harness
 import pytest
-from bmc_harness import FIRMWARE, MODEL, job_fields, one_time_boot
+from bmc_harness import FIRMWARE, MODEL, job_fields
 
 from provisioner.drivers.sim_oem import SIM_MANUFACTURER_ID
 from provisioner.errors import BmcAuthError, BmcUnreachable, ImageRejected, Unsupported
@@ -54,7 +54,7 @@ def test_power_cycle_of_a_running_server_reboots_it_exactly_once(harness):
 
 
 def test_one_time_pxe_boot_applies_to_the_next_boot_only(harness):
-    one_time_boot(harness.driver, "pxe")
+    harness.driver.set_one_time_boot("pxe", mode="uefi")
     assert harness.inspect()["boot_override"] == "pxe"
     harness.driver.power_cycle()
     assert harness.inspect()["last_boot_device"] == "pxe"
@@ -64,14 +64,14 @@ def test_one_time_pxe_boot_applies_to_the_next_boot_only(harness):
 
 
 def test_health_shows_power_and_the_pending_boot_device(harness):
-    one_time_boot(harness.driver, "pxe")
+    harness.driver.set_one_time_boot("pxe", mode="uefi")
     h = harness.driver.health()
     assert h["ok"] and h["power"] == "off" and h["boot_device"] == "pxe"
 
 
 def test_an_unknown_boot_device_is_unsupported(harness):
     with pytest.raises(Unsupported):
-        one_time_boot(harness.driver, "usb-stick")
+        harness.driver.set_one_time_boot("usb-stick", mode="uefi")
 
 
 def test_inventory_lists_every_component_with_its_exact_version(harness):

@@ -20,7 +20,7 @@ BMCS, ROUNDS, THREADS = 500, 20, 50
 def provision(ep: BmcEndpoint) -> str | None:
     d = IpmiDriver(ep, timeout=20)
     try:
-        d.set_one_time_boot("pxe")
+        d.set_one_time_boot("pxe", mode="bios")
         d.power_cycle()
         if len(d.firmware_inventory()) != 4:
             return f"{ep.key}: incomplete inventory"

@@ -95,7 +95,7 @@ def test_driver_powers_an_openipmi_bmc_on_and_off(ipmi_sim):
 def test_driver_sets_a_one_time_pxe_boot_on_an_openipmi_bmc(ipmi_sim):
     ep, hook_dir = ipmi_sim
     d = IpmiDriver(ep, timeout=5)
-    d.set_one_time_boot("pxe")
+    d.set_one_time_boot("pxe", mode="bios")
     assert "set boot pxe" in calls(hook_dir)
     assert (hook_dir / "boot").read_text().strip() == "pxe"
 

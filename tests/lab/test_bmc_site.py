@@ -42,7 +42,7 @@ def test_power_boot_override_and_firmware_survive_a_restart(running, tmp_path):
     site = running(ns, state_path=state)
     d = IpmiDriver(site.endpoints()["sim0000"])
     d.power_on()
-    d.set_one_time_boot("pxe")
+    d.set_one_time_boot("pxe", mode="bios")
     site.hand_flash("sim0000", "bios", "1.19.0")
     d.close()
     site.stop()
@@ -72,7 +72,7 @@ def test_power_on_hook_runs_on_a_worker_thread_with_the_boot_device(running):
 
     site = running(nodes(1), on_power_on=on_power_on)
     d = IpmiDriver(site.endpoints()["sim0000"])
-    d.set_one_time_boot("pxe")
+    d.set_one_time_boot("pxe", mode="bios")
     d.power_cycle()
     assert done.wait(5)
     node, device, thread = calls[0]
@@ -132,7 +132,7 @@ def test_a_site_in_its_own_process_answers_takes_faults_and_reports_boots(tmp_pa
 
         ep = BmcEndpoint(eps["sim0002"]["bmc_address"], eps["sim0002"]["bmc_port"], "admin", "password")
         d = IpmiDriver(ep, timeout=2)
-        d.set_one_time_boot("pxe")
+        d.set_one_time_boot("pxe", mode="bios")
         d.power_on()
         proc.hand_flash("sim0002", "bios", "1.0.1")
         assert d.firmware_inventory()["bios"] == "1.0.1"
