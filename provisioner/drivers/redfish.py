@@ -193,7 +193,7 @@ class RedfishDriver(BmcDriver):
                 a.session = self._root
                 return self._root
         ep = self.endpoint
-        conn = redfish_http.connector(self.base_url, ca_bundle=self.ca_bundle, timeout=self.timeout)
+        conn = redfish_http.connector(ep.address, ep.port, ca_bundle=self.ca_bundle, timeout=self.timeout)
         conn._response_callback = lambda _r: _answered(a)
         auth = sushy.auth.SessionOrBasicAuth(username=ep.username, password=ep.password)
         # GET the service root, then POST a session (DSP0266 §13.3.4), or Basic if that fails
@@ -353,11 +353,11 @@ class RedfishDriver(BmcDriver):
         files = {"UpdateParameters": (None, params, "application/json"),
                  "UpdateFile": (f"{job.component}-{job.version}.bin", image, "application/octet-stream")}
         a.committed = True
-        # multipart/form-data (DSP0266 §13.2.7.3): sushy's connector speaks JSON, so its requests
-        # session sends this one request itself, with the same auth, pool and TLS context
+        # multipart/form-data (DSP0266 §13.2.7.3): sushy's connector speaks JSON, so its session
+        # sends this one request itself, with the same authentication, connection and TLS context
         conn = self._root._conn
-        r = conn._session.post(conn._url.rstrip("/") + uri if uri.startswith("/") else uri, files=files,
-                               timeout=(min(self.timeout, 5.0), max(self.timeout, 60.0)))
+        r = conn._session.post(self.base_url + uri if uri.startswith("/") else uri, files=files,
+                               timeout=max(self.timeout, 60.0))
         sushy.exceptions.raise_for_response("POST", uri, r)
         job.bytes_sent, job.blocks, job.block_size = len(image), 1, len(image)
         return self._await(a, job, progress, r)

@@ -1,20 +1,27 @@
-"""Redfish transport for the driver: sushy's connector with one TLS context and a connection pool per
-BMC, and the one place where sushy, requests and ssl failures become our error tree.
+"""Redfish transport for the driver: sushy's connector over one kept-alive HTTPS connection per BMC
+with one TLS context, and the one place where sushy, requests and ssl failures become our error tree.
 
 Why not sushy's defaults: its connector asks the BMC to close the connection after every request,
 and requests builds a fresh TLS context for every new connection, loading the whole CA store each
-time (16.7 ms of CPU per connection, measured: research/redfish-feasibility.md). Here each BMC gets
-a pool of kept-alive connections whose TLS context was built once, from the credentials'
+time (16.7 ms of CPU per connection, measured: research/redfish-feasibility.md); requests' own
+per-request machinery cost another ~1.5 ms of CPU per request here. So sushy keeps its resources,
+authentication, retries and error classes, and its connector's HTTP session is KeptAliveSession:
+http.client on one connection per BMC, whose TLS context was built once, from the credentials'
 `ca_bundle` or the system store; certificates are always verified and hostnames (IP SANs) checked.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json as jsonlib
+import secrets
 import ssl
 import threading
+from urllib.parse import urlsplit
 
 import requests
-import requests.adapters
+import requests.structures
 import sushy
 from sushy import exceptions as sushy_exc
 
@@ -46,32 +53,108 @@ def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
         return ctx
 
 
-class PinnedContextAdapter(requests.adapters.HTTPAdapter):
-    """HTTPS through one prepared SSLContext; requests must not load CA files per connection."""
+class KeptAliveSession:
+    """What sushy's Connector needs of a requests.Session (request, headers, auth, close), over one
+    kept-alive http.client connection to one BMC. Failures are raised as requests' exceptions, so
+    sushy's connector handles them as it does its own."""
 
-    def __init__(self, context: ssl.SSLContext, pool_maxsize: int = 2):
-        self._context = context
-        super().__init__(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, timeout: float):
+        self.host, self.port, self.context, self.timeout = host, port, context, timeout
+        self.headers: dict[str, str] = {}    # sushy keeps X-Auth-Token here
+        self.auth: tuple[str, str] | None = None  # sushy's Basic credentials
+        self._conn: http.client.HTTPSConnection | None = None
+        self._lock = threading.Lock()
 
-    def init_poolmanager(self, *args, **kwargs):
-        kwargs["ssl_context"] = self._context
-        return super().init_poolmanager(*args, **kwargs)
+    def request(self, method: str, url: str, *, json=None, headers=None, timeout=None, files=None, **_ignored):
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        send = {k: v for k, v in {**self.headers, **(headers or {})}.items() if v is not None}
+        body = None
+        if files is not None:
+            body, send["Content-Type"] = _multipart(files)
+        elif json is not None:
+            body = jsonlib.dumps(json).encode()
+            send["Content-Type"] = "application/json"
+        if self.auth:
+            send["Authorization"] = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
+        read_timeout = (timeout[1] if isinstance(timeout, tuple) else timeout) or self.timeout
+        for attempt in (1, 2):
+            with self._lock:
+                conn, self._conn = self._conn, None
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
+                                                       timeout=min(self.timeout, 5.0))
+                    conn.connect()
+                conn.sock.settimeout(read_timeout)
+                conn.request(method, target, body=body, headers=send)
+                answer = conn.getresponse()
+                content = answer.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                conn.close()
+                if reused and attempt == 1:
+                    continue  # the BMC closed the idle connection meanwhile: once more, on a new one
+                raise requests.exceptions.ConnectionError(f"{method} {url}: {e}") from e
+            except ssl.SSLCertVerificationError as e:
+                conn.close()
+                raise requests.exceptions.SSLError(f"{url}: {e}") from e
+            except TimeoutError as e:
+                conn.close()
+                kind = requests.exceptions.ReadTimeout if conn.sock is not None or reused else \
+                    requests.exceptions.ConnectTimeout
+                raise kind(f"{method} {url}: {e}") from e
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                raise requests.exceptions.ConnectionError(f"{method} {url}: {e}") from e
+            if answer.will_close:
+                conn.close()
+            else:
+                with self._lock:
+                    self._conn = conn
+            return _response(answer, content, url)
+        raise AssertionError("unreachable")
 
-    def cert_verify(self, conn, url, verify, cert):
-        # The context already holds the trust anchors and requires a valid certificate; setting
-        # ca_certs here (what requests does) would make urllib3 load them again per connection.
-        conn.cert_reqs = "CERT_REQUIRED"
+    def post(self, url: str, **kwargs):
+        return self.request("POST", url, **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
-def connector(base_url: str, *, ca_bundle: str | None, timeout: float) -> sushy.connector.Connector:
-    """A sushy connector to one BMC: kept-alive connections, one verified TLS context, no hidden retries."""
+def _response(answer: http.client.HTTPResponse, content: bytes, url: str) -> requests.Response:
+    r = requests.Response()
+    r.status_code, r.reason, r.url, r._content = answer.status, answer.reason, url, content
+    r.headers = requests.structures.CaseInsensitiveDict(answer.getheaders())
+    r.encoding = "utf-8"
+    return r
+
+
+def _multipart(files: dict) -> tuple[bytes, str]:
+    """multipart/form-data (RFC 7578) of {name: (filename | None, bytes | str, content type)}."""
+    boundary = secrets.token_hex(16)
+    out = []
+    for name, (filename, data, ctype) in files.items():
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {ctype}\r\n\r\n".encode())
+        out.append(data.encode() if isinstance(data, str) else bytes(data))
+        out.append(b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), f"multipart/form-data; boundary={boundary}"
+
+
+def connector(host: str, port: int, *, ca_bundle: str | None, timeout: float) -> sushy.connector.Connector:
+    """A sushy connector to one BMC: one kept-alive connection, one verified TLS context, no hidden retries."""
+    base_url = f"https://{host}:{port}"
     conn = sushy.connector.Connector(base_url, verify=True, server_side_retries=1,
                                      server_side_retries_delay=0.01, default_request_timeout=timeout,
                                      connect_timeout=min(timeout, 5.0))
-    session = conn._session  # sushy keeps its requests.Session private; these two settings need it
-    session.headers.pop("Connection", None)  # sushy sends "Connection: close" on every request
-    session.mount("https://", PinnedContextAdapter(tls_context(ca_bundle)))
-    session.trust_env = False  # no proxies or REQUESTS_CA_BUNDLE from the environment for BMC traffic
+    conn._session.close()
+    # sushy sends every request through its private requests.Session; this one speaks http.client
+    conn._session = KeptAliveSession(host, port, tls_context(ca_bundle), timeout)
     return conn
 
 
@@ -89,7 +172,7 @@ def translate(e: BaseException, key: str, *, answered: bool, what: str) -> Drive
     if isinstance(cause, requests.exceptions.SSLError) or isinstance(cause, ssl.SSLError):
         return BmcAuthError(f"{key}: {what}: the BMC's TLS certificate is not trusted (set the credentials' "
                             f"ca_bundle to the CA that signed it): {_short(cause)}")
-    if isinstance(cause, requests.exceptions.Timeout):
+    if isinstance(cause, (requests.exceptions.Timeout, TimeoutError)):
         if answered and not isinstance(cause, requests.exceptions.ConnectTimeout):
             return BmcTimeout(f"{key}: {what}: the BMC stopped answering ({_short(cause)})")
         return BmcUnreachable(f"{key}: {what}: no answer from the BMC ({_short(cause)})")

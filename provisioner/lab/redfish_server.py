@@ -156,6 +156,9 @@ class MultiAddressServer:
 
     def _handshake(self, s: socket.socket, peer, address: str) -> None:
         try:
+            # headers and body go out in separate writes: without this, Nagle holds the body back
+            # until the client's delayed ACK (40 ms per response)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.setblocking(True)
             s.settimeout(HANDSHAKE_TIMEOUT_S)
             tls = self.context.wrap_socket(s, server_side=True)
