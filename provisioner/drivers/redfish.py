@@ -297,6 +297,7 @@ class RedfishDriver(BmcDriver):
         if _power(system.power_state) == "off":
             a.committed = True
             system.reset_system(res_cons.ResetType.ON)
+            self._wait_power(a, "on")
         else:
             allowed = {v.value if hasattr(v, "value") else v for v in system.get_allowed_reset_system_values()}
             kind = next((k for k in (res_cons.ResetType.FORCE_RESTART, res_cons.ResetType.POWER_CYCLE,
@@ -304,8 +305,7 @@ class RedfishDriver(BmcDriver):
             if kind is None:
                 raise Unsupported(f"{self.endpoint.key}: the BMC offers no restart (ResetType {sorted(allowed)})")
             a.committed = True
-            system.reset_system(kind)
-        self._wait_power(a, "on")
+            system.reset_system(kind)  # accepted: the server restarts; its power state stays On
 
     # -- flashing --------------------------------------------------------------------------------------
 

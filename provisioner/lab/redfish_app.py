@@ -1,5 +1,6 @@
-"""The HTTP face of the simulated Redfish BMCs (DSP0266 protocol, DSP0268 schemas), one Flask app
-for every BMC of a site, told apart by the address the client connected to.
+"""The HTTP face of the simulated Redfish BMCs (DSP0266 protocol, DSP0268 schemas), one WSGI app
+(Flask-like, provisioner.lab.redfish_wsgi) for every BMC of a site, told apart by the address the
+client connected to.
 
     /redfish/v1/                                  ServiceRoot (no authentication, DSP0266 §13.3.2)
     /redfish/v1/SessionService[/Sessions[/<id>]]  sessions: POST to log in (X-Auth-Token), DELETE to log out
@@ -22,9 +23,8 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from flask import Flask, Response, request
-
 from provisioner.lab.redfish_bmc import RedfishBmc, Task
+from provisioner.lab.redfish_wsgi import App, Response, request
 
 if TYPE_CHECKING:
     from provisioner.lab.redfish_site import RedfishSite
@@ -52,16 +52,15 @@ class RedfishError(Exception):
 
 
 def _json(doc: dict, status: int = 200, headers: dict | None = None) -> Response:
-    r = Response(json.dumps(doc), status=status, mimetype="application/json")
+    r = Response(json.dumps(doc), status=status, content_type="application/json")
     r.headers["OData-Version"] = "4.0"
     for k, v in (headers or {}).items():
         r.headers[k] = v
     return r
 
 
-def create_app(site: RedfishSite) -> Flask:
-    app = Flask("provisioner.lab.redfish")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_IMAGE_BYTES
+def create_app(site: RedfishSite) -> App:
+    app = App(max_content_length=MAX_IMAGE_BYTES)
 
     def bmc() -> RedfishBmc:
         found = site.by_address.get(request.environ.get("provisioner.bmc_address", ""))
