@@ -21,7 +21,6 @@ show the release's version. Nothing is cached but the resource paths, which a BM
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -33,7 +32,8 @@ from sushy.resources.system import constants as sys_cons
 
 from provisioner.drivers import bounded, redfish_http
 from provisioner.drivers.base import BOOT_MODES, BmcDriver, BmcEndpoint, FlashJob, ProgressCallback
-from provisioner.errors import BmcTimeout, BmcUnreachable, DriverError, ImageRejected, Unsupported
+from provisioner.drivers.redfish_update import UpdateServiceFlash, simple_update_target
+from provisioner.errors import BmcTimeout, BmcUnreachable, DriverError, Unsupported
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,9 @@ log = logging.getLogger(__name__)
 BOOT_TARGETS = {"pxe": sys_cons.BootSource.PXE, "disk": sys_cons.BootSource.HDD, "cdrom": sys_cons.BootSource.CD,
                 "bios": sys_cons.BootSource.BIOS_SETUP}
 BOOT_MODE_NAMES = {"bios": sys_cons.BootSourceOverrideMode.LEGACY, "uefi": sys_cons.BootSourceOverrideMode.UEFI}
-TASK_DONE = ("Completed", "Exception", "Killed", "Cancelled", "Interrupted", "Suspended")
-# Task messages meaning "staged; activates at the next reset" (Base ResetRequired, Update AwaitToActivate)
-AWAITS_RESET = ("ResetRequired", "AwaitToActivate")
-TRANSFER_FAILED = ("TransferFailed",)  # Update registry: the BMC could not fetch ImageURI
 
 
-class RedfishDriver(BmcDriver):
+class RedfishDriver(UpdateServiceFlash, BmcDriver):
     """One BMC over Redfish (HTTPS, session authentication, falling back to HTTP Basic)."""
 
     name = "redfish"
@@ -55,7 +51,7 @@ class RedfishDriver(BmcDriver):
     def __init__(self, endpoint: BmcEndpoint, timeout: float = 10.0, retries: int = 2, *, backoff: float = 0.2,
                  ca_bundle: str | None = None, image_server: str | None = None,
                  software_ids: Mapping[str, str] | tuple = (), flash_timeout: float = 1800.0,
-                 poll_interval: float = 0.1, **_ignored):
+                 poll_interval: float = 0.1):
         super().__init__(endpoint)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.ca_bundle, self.image_server = ca_bundle, (image_server or "").rstrip("/") or None
@@ -114,7 +110,7 @@ class RedfishDriver(BmcDriver):
             member = self._inventory(a).get(component)
             service = self._get(a, self._update_service_path(a))
             return bool(member and member.get("Updateable", True) and member.get("@odata.id")
-                        and (_simple_update_target(service) or service.get("MultipartHttpPushUri")))
+                        and (simple_update_target(service) or service.get("MultipartHttpPushUri")))
         return self._run("supports_oob_flash", check)
 
     def flash(self, component: str, image: bytes, expected_sha256: str, version: str,
@@ -161,11 +157,13 @@ class RedfishDriver(BmcDriver):
             root, conn, self._root, self._conn = self._root, self._conn, None, None
         if root is None:
             return
-        try:  # DELETE the session (sushy's auth.close), bounded by the connector's timeout
-            root._auth.close()
+        auth, root._auth = root._auth, None  # sushy's __del__ would log out again, from the GC
+        # DELETE the session (sushy's auth.close), waited for a second at most, like IPMI's logout
+        future = bounded.POOL.submit(auth.close)
+        try:
+            future.result(timeout=1.0)
         except Exception as e:  # a failed logout only leaves a session for the BMC to time out
             log.debug("redfish.logout_failed bmc=%s error=%s", self.endpoint.key, e)
-        root._auth = None
         conn.close()
 
     # -- running ---------------------------------------------------------------------------------------
@@ -210,13 +208,13 @@ class RedfishDriver(BmcDriver):
             if self._root is a.session:
                 self._root, self._conn = None, None
         if a.session is not None:
-            a.session._conn.close()
+            _drop(a.session)
 
     def _forget(self) -> None:
         with self._lock:
             root, self._root, self._conn = self._root, None, None
         if root is not None:
-            root._conn.close()
+            _drop(root)
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -307,90 +305,6 @@ class RedfishDriver(BmcDriver):
             a.committed = True
             system.reset_system(kind)  # accepted: the server restarts; its power state stays On
 
-    # -- flashing --------------------------------------------------------------------------------------
-
-    def _flash(self, a, job: FlashJob, image: bytes, progress) -> None:
-        key, component = self.endpoint.key, job.component
-        member = self._inventory(a).get(component)
-        if member is None or not member.get("@odata.id") or member.get("Updateable") is False:
-            raise Unsupported(f"{key}: the BMC cannot flash {component!r} out of band (not an updateable "
-                              f"FirmwareInventory member{'; map it in the manifest: redfish.software_ids' if not self.software_ids else ''})")
-        job.previous_version = member["Version"]
-        service = self._get(a, self._update_service_path(a))
-        simple, push = _simple_update_target(service), service.get("MultipartHttpPushUri")
-        if not simple and not push:
-            raise Unsupported(f"{key}: the UpdateService offers neither SimpleUpdate nor MultipartHttpPushUri")
-        _notify(job, progress, "uploading")
-        targets = [member["@odata.id"]]
-        if simple and self.image_server:
-            uri = f"{self.image_server}/artifacts/sha256/{job.image_sha256}"
-            a.committed = True
-            task = self._await(a, job, progress, self._root._conn.post(
-                simple, data={"ImageURI": uri, "TransferProtocol": uri.split(":", 1)[0].upper(), "Targets": targets}))
-            if _said(task, TRANSFER_FAILED) and push:
-                log.info("flash.push_fallback bmc=%s reason=%s", key, _messages(task))
-                _notify(job, progress, "uploading")
-                task = self._push(a, job, image, push, targets, progress)
-        elif push:
-            task = self._push(a, job, image, push, targets, progress)
-        else:
-            raise Unsupported(f"{key}: the BMC only pulls images (SimpleUpdate) and no image_server is set for it")
-        if task.get("TaskState") != "Completed":
-            raise ImageRejected(f"{key}: the BMC's update task for {component} ended {task.get('TaskState')}: "
-                                f"{_messages(task)}; {job.previous_version} is still active")
-        if _said(task, AWAITS_RESET):  # ApplyTime OnReset: staged until the system restarts
-            _notify(job, progress, "activating")
-            self._cycle(a)
-        _notify(job, progress, "verifying")
-        found = self._inventory(a).get(component, {}).get("Version")  # a fresh read, never a cached one
-        if found != job.version:
-            raise ImageRejected(f"{key}: after activation {component} reports {found!r}, the release says {job.version!r}")
-        job.finished_at = time.time()
-        _notify(job, progress, "active")
-
-    def _push(self, a, job: FlashJob, image: bytes, uri: str, targets: list[str], progress) -> dict:
-        params = json.dumps({"Targets": targets, "@Redfish.OperationApplyTime": "Immediate"})
-        files = {"UpdateParameters": (None, params, "application/json"),
-                 "UpdateFile": (f"{job.component}-{job.version}.bin", image, "application/octet-stream")}
-        a.committed = True
-        # multipart/form-data (DSP0266 §13.2.7.3): sushy's connector speaks JSON, so its session
-        # sends this one request itself, with the same authentication, connection and TLS context
-        conn = self._root._conn
-        r = conn._session.post(self.base_url + uri if uri.startswith("/") else uri, files=files,
-                               timeout=max(self.timeout, 60.0))
-        sushy.exceptions.raise_for_response("POST", uri, r)
-        job.bytes_sent, job.blocks, job.block_size = len(image), 1, len(image)
-        return self._await(a, job, progress, r)
-
-    def _await(self, a, job: FlashJob, progress, response) -> dict:
-        """Follow the task (DSP0266 §13.2.7) until it ends; the task resource as last read."""
-        a.answered = True
-        job.bytes_sent = job.bytes_sent or job.bytes_total
-        monitor = response.headers.get("Location")
-        try:
-            task = response.json() if response.content else {}
-        except ValueError:
-            task = {}
-        path = task.get("@odata.id") or monitor
-        if not path:
-            if response.status_code in (200, 204):
-                return {"TaskState": "Completed", "Messages": []}
-            raise Unsupported(f"{self.endpoint.key}: the update was accepted without a task to follow")
-        _notify(job, progress, "activating")
-        deadline = time.monotonic() + self.flash_timeout
-        while task.get("TaskState") not in TASK_DONE:
-            if time.monotonic() > deadline:
-                raise BmcTimeout(f"{self.endpoint.key}: the update task is still {task.get('TaskState')} after "
-                                 f"{self.flash_timeout:.0f}s")
-            time.sleep(self.poll_interval)
-            task = self._get(a, path)
-            percent = task.get("PercentComplete")
-            if isinstance(percent, int):
-                job.blocks = percent
-                _notify(job, progress)
-        return task
-
-
 _COMPONENTS = ("bmc", "bios", "nic", "raid", "cpld", "psu", "disk", "gpu")
 
 
@@ -399,28 +313,13 @@ def _power(state) -> str:
     return "on" if value in ("On", "PoweringOn") else "off"
 
 
+def _drop(root: sushy.Sushy) -> None:
+    """Stop using a login: close its connection; its session is left for the BMC to time out (sushy
+    would otherwise log out from its __del__, on whichever thread the garbage collector runs)."""
+    root._auth = None
+    root._conn.close()
+
+
 def _answered(a: bounded.Attempt) -> None:
     a.answered = True
     a.progressed()
-
-
-def _simple_update_target(service: dict) -> str | None:
-    return ((service.get("Actions") or {}).get("#UpdateService.SimpleUpdate") or {}).get("target")
-
-
-def _said(task: dict, ids: tuple[str, ...]) -> bool:
-    return any(any(i in str(m.get("MessageId", "")) for i in ids) for m in task.get("Messages") or [])
-
-
-def _messages(task: dict) -> str:
-    return "; ".join(f"{m.get('MessageId')}: {m.get('Message')}" for m in task.get("Messages") or []) or "no message"
-
-
-def _notify(job: FlashJob, progress, state: str | None = None) -> None:
-    if state:
-        job.state = state
-    if progress is not None:
-        try:
-            progress(job)
-        except Exception:
-            log.exception("flash.progress_callback_failed component=%s", job.component)

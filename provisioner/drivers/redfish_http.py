@@ -100,9 +100,9 @@ class KeptAliveSession:
                 conn.close()
                 raise requests.exceptions.SSLError(f"{url}: {e}") from e
             except TimeoutError as e:
+                connected = conn.sock is not None  # before close(), which drops it
                 conn.close()
-                kind = requests.exceptions.ReadTimeout if conn.sock is not None or reused else \
-                    requests.exceptions.ConnectTimeout
+                kind = requests.exceptions.ReadTimeout if connected else requests.exceptions.ConnectTimeout
                 raise kind(f"{method} {url}: {e}") from e
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
