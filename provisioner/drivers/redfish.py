@@ -27,8 +27,6 @@ import time
 from collections.abc import Mapping
 
 import sushy
-from sushy.resources import constants as res_cons
-from sushy.resources.system import constants as sys_cons
 
 from provisioner.drivers import bounded, redfish_http
 from provisioner.drivers.base import BOOT_MODES, BmcDriver, BmcEndpoint, FlashJob, ProgressCallback
@@ -38,9 +36,9 @@ from provisioner.errors import BmcTimeout, BmcUnreachable, DriverError, Unsuppor
 log = logging.getLogger(__name__)
 
 # Our boot devices -> ComputerSystem.Boot.BootSourceOverrideTarget (DSP0268 ComputerSystem BootSource)
-BOOT_TARGETS = {"pxe": sys_cons.BootSource.PXE, "disk": sys_cons.BootSource.HDD, "cdrom": sys_cons.BootSource.CD,
-                "bios": sys_cons.BootSource.BIOS_SETUP}
-BOOT_MODE_NAMES = {"bios": sys_cons.BootSourceOverrideMode.LEGACY, "uefi": sys_cons.BootSourceOverrideMode.UEFI}
+BOOT_TARGETS = {"pxe": "Pxe", "disk": "Hdd", "cdrom": "Cd", "bios": "BiosSetup"}
+BOOT_MODE_NAMES = {"bios": "Legacy", "uefi": "UEFI"}  # BootSourceOverrideMode
+RESTARTS = ("ForceRestart", "PowerCycle", "GracefulRestart")  # in order of preference
 
 
 class RedfishDriver(UpdateServiceFlash, BmcDriver):
@@ -66,21 +64,21 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
     # -- the contract ----------------------------------------------------------------------------------
 
     def power_status(self) -> str:
-        return self._run("power_status", lambda a: _power(self._system(a).power_state))
+        return self._run("power_status", lambda a: _power(self._system(a)[0]))
 
     def power_on(self) -> None:
         def on(a):
-            system = self._system(a)
-            if _power(system.power_state) == "off":
-                system.reset_system(res_cons.ResetType.ON)
+            system, _ = self._system(a)
+            if _power(system) == "off":
+                self._reset(a, system, "On")
                 self._wait_power(a, "on")
         self._run("power_on", on)
 
     def power_off(self) -> None:
         def off(a):
-            system = self._system(a)
-            if _power(system.power_state) == "on":
-                system.reset_system(res_cons.ResetType.FORCE_OFF)
+            system, _ = self._system(a)
+            if _power(system) == "on":
+                self._reset(a, system, "ForceOff")
                 self._wait_power(a, "off")
         self._run("power_off", off)
 
@@ -94,12 +92,18 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
             raise Unsupported(f"boot mode {mode!r} is unknown; expected one of {', '.join(BOOT_MODES)}")
 
         def patch(a):
-            system = self._system(a)
-            if device == "default":
-                system.set_system_boot_options(sys_cons.BootSource.NONE, sys_cons.BootSourceOverrideEnabled.DISABLED)
-            else:
-                system.set_system_boot_options(BOOT_TARGETS[device], sys_cons.BootSourceOverrideEnabled.ONCE,
-                                               BOOT_MODE_NAMES[mode])
+            system, etag = self._system(a)
+            boot = system.get("Boot") or {}
+            target = BOOT_TARGETS.get(device, "None")
+            allowed = boot.get("BootSourceOverrideTarget@Redfish.AllowableValues")
+            if allowed is not None and target not in allowed:
+                raise Unsupported(f"{self.endpoint.key}: the BMC cannot boot from {target} (it offers {allowed})")
+            change = {"BootSourceOverrideTarget": target,
+                      "BootSourceOverrideEnabled": "Disabled" if device == "default" else "Once"}
+            if device != "default" and ("BootSourceOverrideMode" in boot or mode == "bios"):
+                change["BootSourceOverrideMode"] = BOOT_MODE_NAMES[mode]
+            # If-Match with the ETag just read (DSP0266 §13.2.3), as sushy does; some BMCs require it
+            self._root._conn.patch(self._paths["system"], data={"Boot": change}, etag=etag)
         self._run("set_one_time_boot", patch)
 
     def firmware_inventory(self) -> dict[str, str]:
@@ -137,13 +141,12 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
         started = time.monotonic()
 
         def read(a):
-            system = self._system(a)
-            boot = system.boot
-            enabled = boot.enabled.value if boot and boot.enabled else "Disabled"
-            target = boot.target.value if boot and boot.target else "None"
-            device = next((d for d, t in BOOT_TARGETS.items() if t.value == target), "default")
-            return {"power": _power(system.power_state), "boot_device": device if enabled != "Disabled" else "default",
-                    "boot_mode": boot.mode.value if boot and boot.mode else None}
+            system, _ = self._system(a)
+            boot = system.get("Boot") or {}
+            device = next((d for d, t in BOOT_TARGETS.items() if t == boot.get("BootSourceOverrideTarget")), "default")
+            return {"power": _power(system),
+                    "boot_device": device if boot.get("BootSourceOverrideEnabled", "Disabled") != "Disabled" else "default",
+                    "boot_mode": boot.get("BootSourceOverrideMode")}
         try:
             out = self._run("health", read)
         except DriverError as e:
@@ -224,7 +227,9 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
         a.progressed()
         return r.json()
 
-    def _system(self, a):
+    def _system(self, a) -> tuple[dict, str | None]:
+        """The ComputerSystem read now, as JSON (sushy's typed resource parsed every field of it, a
+        few ms of CPU per read), and its ETag."""
         path = self._paths.get("system")
         if path is None:
             members = self._root.get_system_collection().members_identities
@@ -232,9 +237,18 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
                 raise Unsupported(f"{self.endpoint.key}: the Redfish service lists no ComputerSystem")
             path = self._paths["system"] = sorted(members)[0]
         a.check()
-        system = self._root.get_system(path)
+        r = self._root._conn.get(path)
         a.progressed()
-        return system
+        return r.json(), r.headers.get("ETag")
+
+    def _reset(self, a, system: dict, kind: str) -> None:
+        """ComputerSystem.Reset with ResetType `kind` (DSP0268 ResetType), if the BMC offers it."""
+        action = (system.get("Actions") or {}).get("#ComputerSystem.Reset") or {}
+        allowed = action.get("ResetType@Redfish.AllowableValues")
+        if not action.get("target") or (allowed is not None and kind not in allowed):
+            raise Unsupported(f"{self.endpoint.key}: the BMC offers no ComputerSystem.Reset {kind} ({allowed})")
+        a.check()
+        self._root._conn.post(action["target"], data={"ResetType": kind})
 
     def _update_service_path(self, a) -> str:
         path = self._paths.get("update")
@@ -261,9 +275,9 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
             if component and m.get("Version"):
                 found.setdefault(component, m)
         if not members:  # no FirmwareInventory (e.g. sushy-emulator): the versions every BMC reports
-            system = self._system(a)
-            if system.bios_version:
-                found["bios"] = {"Version": system.bios_version}
+            system, _ = self._system(a)
+            if system.get("BiosVersion"):
+                found["bios"] = {"Version": system["BiosVersion"]}
             managers = self._root.get_manager_collection().members_identities
             if managers:
                 version = self._get(a, sorted(managers)[0]).get("FirmwareVersion")
@@ -284,33 +298,30 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
     def _wait_power(self, a, wanted: str) -> None:
         deadline = time.monotonic() + self.timeout
         while True:
-            if _power(self._system(a).power_state) == wanted:
+            if _power(self._system(a)[0]) == wanted:
                 return
             if time.monotonic() > deadline:
                 raise BmcTimeout(f"{self.endpoint.key}: power is not {wanted} {self.timeout:.0f}s after the request")
             time.sleep(self.poll_interval)
 
     def _cycle(self, a) -> None:
-        system = self._system(a)
-        if _power(system.power_state) == "off":
+        system, _ = self._system(a)
+        if _power(system) == "off":
             a.committed = True
-            system.reset_system(res_cons.ResetType.ON)
+            self._reset(a, system, "On")
             self._wait_power(a, "on")
         else:
-            allowed = {v.value if hasattr(v, "value") else v for v in system.get_allowed_reset_system_values()}
-            kind = next((k for k in (res_cons.ResetType.FORCE_RESTART, res_cons.ResetType.POWER_CYCLE,
-                                     res_cons.ResetType.GRACEFUL_RESTART) if k.value in allowed), None)
-            if kind is None:
-                raise Unsupported(f"{self.endpoint.key}: the BMC offers no restart (ResetType {sorted(allowed)})")
+            action = (system.get("Actions") or {}).get("#ComputerSystem.Reset") or {}
+            allowed = action.get("ResetType@Redfish.AllowableValues") or RESTARTS
+            kind = next((k for k in RESTARTS if k in allowed), "ForceRestart")
             a.committed = True
-            system.reset_system(kind)  # accepted: the server restarts; its power state stays On
+            self._reset(a, system, kind)  # accepted: the server restarts; its power state stays On
 
 _COMPONENTS = ("bmc", "bios", "nic", "raid", "cpld", "psu", "disk", "gpu")
 
 
-def _power(state) -> str:
-    value = state.value if hasattr(state, "value") else state
-    return "on" if value in ("On", "PoweringOn") else "off"
+def _power(system: dict) -> str:
+    return "on" if system.get("PowerState") in ("On", "PoweringOn") else "off"
 
 
 def _drop(root: sushy.Sushy) -> None:
