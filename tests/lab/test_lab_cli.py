@@ -63,6 +63,12 @@ def test_lab_up_status_fault_down_and_a_restart_keeps_the_firmware(tmp_path):
 
         fault = site.cli("lab", "fault", "--node", "r2n05", "--hand-flash", "nic=14.30.0")
         assert fault.returncode == 0, fault.stderr
+        # faults of an update task are for Redfish BMCs; packet loss is for IPMI ones: one line each
+        assert site.cli("lab", "fault", "--node", "r2n05", "--task-fails").returncode == 0
+        for node, option in (("r1n05", "--task-fails"), ("r2n05", "--loss")):
+            wrong = site.cli("lab", "fault", "--node", node, option, *(["0.1"] if option == "--loss" else []))
+            assert wrong.returncode != 0 and "Traceback" not in wrong.stderr, wrong.stderr
+            assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
         assert site.cli("lab", "down").returncode == 0
         assert site.cli("lab", "up").returncode == 0  # a restart keeps the servers' firmware
         status = json.loads(site.cli("lab", "status", "--json").stdout)
