@@ -91,3 +91,13 @@ class Context:
         raise SpecError(SpecProblem("inventory.yaml", None, f"credentials.{credentials_name}",
                                     "no password found", f"${cred.password_env or 'ENV'} set or a file at "
                                     f"{candidates[-1]}"))
+
+    def ca_bundle(self, credentials_name: str) -> str | None:
+        """The CA bundle trusted for these credentials' BMCs: the spec's `ca_bundle` (relative to the
+        spec directory), else <data>/secrets/<name>.ca.pem if present (the lab writes its CA there),
+        else None: the system trust store."""
+        cred = self.spec.inventory.credentials[credentials_name]
+        if cred.ca_bundle:
+            return str(self.settings.spec_dir / cred.ca_bundle)  # an absolute ca_bundle stays absolute
+        fallback = self.settings.data_dir / "secrets" / f"{credentials_name}.ca.pem"
+        return str(fallback) if fallback.is_file() else None

@@ -122,7 +122,7 @@ def main() -> int:
     run("release", "build", spec=spec, data=data)
     r1 = release_id(data, spec)
 
-    say("2. A simulated site: 20 BMCs on real IPMI, hosts that netboot over our TFTP and HTTP")
+    say("2. A simulated site: 20 BMCs on real IPMI and Redfish, hosts that netboot over our TFTP and HTTP")
     from provisioner.lab.site import Lab
 
     try:
@@ -132,7 +132,9 @@ def main() -> int:
                       "Is another lab using the example's BMC addresses? Stop it with `provisioner lab down`.")
         return 1
     try:
-        console.print(f"lab up: {len(lab.nodes)} BMCs answering on 127.0.x.y:6230; TFTP {lab._tftp[0]}:{lab._tftp[1]}, "
+        by = {d: [n for n in lab.nodes if n["driver"] == d] for d in ("ipmi", "redfish")}
+        console.print(f"lab up: {len(by['ipmi'])} IPMI BMCs (r650, UDP 127.0.x.y:6230) and {len(by['redfish'])} "
+                      f"Redfish BMCs (dl360g10, HTTPS 127.0.x.y:8443) answering; TFTP {lab._tftp[0]}:{lab._tftp[1]}, "
                       f"HTTP {lab._http_base}")
         return _story(ctx, lab, spec, data, r1)
     finally:
@@ -187,11 +189,11 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
     say("8. Every node at its pinned versions")
     rows = pipeline.compliance(ctx)
     t = Table(title="compliance", header_style="bold")
-    for col in ("node", "env", "model", "bmc", "bios", "nic", "raid", "release", "ok"):
+    for col in ("node", "env", "model", "driver", "bmc", "bios", "nic", "raid", "release", "ok"):
         t.add_column(col)
     for r in rows:
         comps = r["components"]
-        t.add_row(r["node"], r["environment"], r["model"], *[comps[c]["observed"] or "-" for c in ("bmc", "bios", "nic", "raid")],
+        t.add_row(r["node"], r["environment"], r["model"], ctx.spec.node(r["node"]).bmc.driver, *[comps[c]["observed"] or "-" for c in ("bmc", "bios", "nic", "raid")],
                   (r["node_release"] or "-")[:12], "[green]✓[/green]" if r["compliant"] else "[red]✗[/red]")
     console.print(t)
     compliant = sum(r["compliant"] for r in rows)

@@ -46,8 +46,20 @@ def endpoints(ctx: Context) -> dict[str, BmcEndpoint]:
     out = {}
     for _, n in ctx.spec.nodes():
         user, password = ctx.secret(n.bmc.credentials)
-        out[n.name] = BmcEndpoint(n.bmc.address, n.bmc.port, user, password, n.bmc.driver)
+        out[n.name] = BmcEndpoint(n.bmc.address, n.bmc.port, user, password, n.bmc.driver,
+                                  options=driver_options(ctx, n))
     return out
+
+
+def driver_options(ctx: Context, node) -> tuple:
+    """What the spec says to a node's driver beyond address and credentials (Redfish: TLS trust,
+    where the BMC fetches images, how it names firmware)."""
+    if node.bmc.driver != "redfish":
+        return ()
+    mapping = ctx.spec.manifests[node.model].redfish
+    options = {"ca_bundle": ctx.ca_bundle(node.bmc.credentials), "image_server": node.bmc.image_server,
+               "software_ids": tuple(sorted(mapping.software_ids.items())) if mapping else ()}
+    return tuple(sorted((k, v) for k, v in options.items() if v))
 
 
 def active_blocks(ctx: Context) -> list[Blocked]:

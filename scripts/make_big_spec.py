@@ -42,7 +42,9 @@ def main() -> None:
                       f"        macs: [\"52:54:01:{r // 256:02x}:{r % 256:02x}:{n:02x}\"]",
                       f"        model: {model}", "        environment: production",
                       "        boot_profile: ubuntu-2404", f"        firmware: {'uefi' if n % 4 else 'bios'}",
-                      f"        bmc: {{driver: ipmi, address: 127.20.{r}.{n + 1}, port: 6230, credentials: lab}}"]
+                      # a mixed fleet, like the example: the dl360g10 BMCs speak Redfish
+                      f"        bmc: {{driver: {'ipmi' if model == 'r650' else 'redfish'}, address: 127.20.{r}.{n + 1}, "
+                      f"port: {6230 if model == 'r650' else 8443}, credentials: lab}}"]
             i += 1
     (args.dest / "inventory.yaml").write_text("\n".join(lines) + "\n")
     (args.dest / "policy.yaml").write_text(f"""environments: [staging, production]

@@ -34,6 +34,8 @@ MODELS = {
         "extra": {"bios": ["2.90.0"]},
         "allowed": {},
         "blocked": [],
+        # its BMC (iLO 5) speaks Redfish: FirmwareInventory names components by these SoftwareIds
+        "redfish": {"bios": "U32", "bmc": "iLO5", "nic": "HPE-631FLR-SFP28", "raid": "HPE-SR-P408i-a"},
     },
 }
 
@@ -84,6 +86,10 @@ def main() -> None:
             out.append("# Versions allowed in production; a pin outside this list is refused.\nallowed:\n")
             for comp, versions in m["allowed"].items():
                 out.append(f"  {comp}: [{', '.join(repr(v).replace(chr(39), chr(34)) for v in versions)}]\n")
+        if m.get("redfish"):
+            out.append("# How this model's Redfish BMC names each component in UpdateService/FirmwareInventory\n"
+                       "redfish:\n  software_ids:\n")
+            out.extend(f"    {comp}: {sw}\n" for comp, sw in m["redfish"].items())
         out.append("blocked:" + (" []\n" if not m["blocked"] else "\n"))
         for b in m["blocked"]:
             out.append(f"  - component: {b['component']}\n    version: \"{b['version']}\"\n"

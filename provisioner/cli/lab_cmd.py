@@ -19,7 +19,7 @@ from provisioner.spec.suggest import did_you_mean
 
 @cli.group()
 def lab():
-    """A simulated site: BMCs speaking real IPMI on loopback, hosts that really netboot.
+    """A simulated site: BMCs speaking real IPMI or Redfish on loopback, hosts that really netboot.
 
     \b
     Examples:
@@ -104,20 +104,22 @@ def lab_status(ctx: Context):
     if _info(ctx):
         nodes = control_call(ctx.settings.data_dir, "status")
     else:  # not running: read what the last run left
-        state_file = ctx.settings.data_dir / "lab" / "bmc-state.json"
-        saved = json.loads(state_file.read_text())["nodes"] if state_file.exists() else {}
+        saved = {}
+        for name in ("bmc-state.json", "redfish-state.json"):  # the IPMI and the Redfish BMCs
+            state_file = ctx.settings.data_dir / "lab" / name
+            saved.update(json.loads(state_file.read_text())["nodes"] if state_file.exists() else {})
         nodes = []
         for n in lab_nodes(ctx):
             st = saved.get(n["name"], {})
             fw = {c: v["active"] for c, v in st.get("firmware", {})
                   .items()} if st else n["firmware"]
-            nodes.append({"name": n["name"], "model": n["model"], "bmc_address": n["bmc_address"],
+            nodes.append({"name": n["name"], "model": n["model"], "driver": n["driver"], "bmc_address": n["bmc_address"],
                           "bmc_port": n["bmc_port"], "username": n["username"], "password": shown_password(n),
                           "power": st.get("power", "off") if st else "off", "firmware": fw, "running": False})
 
     def render(d):
-        table("lab", ["node", "bmc", "power", "firmware"],
-              [[n["name"], f"{n['bmc_address']}:{n['bmc_port']}", n["power"],
+        table("lab", ["node", "driver", "bmc", "power", "firmware"],
+              [[n["name"], n.get("driver", "ipmi"), f"{n['bmc_address']}:{n['bmc_port']}", n["power"],
                 " ".join(f"{k}={v}" for k, v in n["firmware"].items())] for n in d])
 
     return nodes, render
@@ -148,23 +150,29 @@ def _fault_words(faults: dict) -> str:
     words = {"unreachable": lambda v: "unreachable" if v else "reachable again",
              "delay_s": lambda v: f"replies delayed {v:g} s",
              "loss": lambda v: f"{v:.0%} of IPMI packets dropped",
-             "wrong_password": lambda v: "refuses the password" if v else "accepts the password"}
+             "wrong_password": lambda v: "refuses the password" if v else "accepts the password",
+             "task_fails": lambda v: "its next update task fails",
+             "power_loss_in_update": lambda v: "loses power during its next update"}
     return ", ".join(words[k](v) for k, v in faults.items())
 
 
 @lab.command("fault")
-@click.option("--node", default=None, help="The node to fault (for --unreachable, --slow, --loss, --wrong-password).")
+@click.option("--node", default=None, help="The node to fault (for every option but --boot-loop).")
 @click.option("--boot-loop", "boot_loop", default=None, metavar="COMPONENT=VERSION",
               help="Servers running this version never finish POST.")
 @click.option("--unreachable/--reachable", default=None)
 @click.option("--slow", type=click.FloatRange(0, 3600), default=None, help="Delay every BMC reply by this many seconds.")
-@click.option("--loss", type=click.FloatRange(0, 1), default=None, help="Drop this share of IPMI packets (0..1).")
+@click.option("--loss", type=click.FloatRange(0, 1), default=None, help="IPMI: drop this share of packets (0..1).")
 @click.option("--wrong-password", is_flag=True, default=None)
+@click.option("--task-fails", is_flag=True, default=None, help="Redfish: NODE's next update task fails (once).")
+@click.option("--power-loss-mid-update", is_flag=True, default=None,
+              help="Redfish: NODE's BMC loses power while applying its next update (once).")
 @click.option("--hand-flash", default=None, metavar="COMPONENT=VERSION", help="Flash NODE by hand (drift).")
 @click.option("--clear", is_flag=True, help="Clear NODE's (or every node's) BMC faults.")
 @json_option
 @click.pass_obj
-def lab_fault(ctx: Context, node, boot_loop, unreachable, slow, loss, wrong_password, hand_flash, clear):
+def lab_fault(ctx: Context, node, boot_loop, unreachable, slow, loss, wrong_password, task_fails,
+              power_loss_mid_update, hand_flash, clear):
     """Inject faults into the running lab.
 
     \b
@@ -172,12 +180,14 @@ def lab_fault(ctx: Context, node, boot_loop, unreachable, slow, loss, wrong_pass
       provisioner lab fault --boot-loop bios=1.14.0
       provisioner lab fault --node r1n03 --unreachable
       provisioner lab fault --node r2n05 --hand-flash nic=14.30.0
+      provisioner lab fault --node r2n03 --task-fails          # a Redfish BMC
     """
     from provisioner.lab.run import control_call
 
     # Every option is checked against the spec before the lab is asked anything.
     faults = {k: v for k, v in {"unreachable": unreachable, "delay_s": slow, "loss": loss,
-                                "wrong_password": wrong_password}.items() if v is not None}
+                                "wrong_password": wrong_password, "task_fails": task_fails,
+                                "power_loss_in_update": power_loss_mid_update}.items() if v is not None}
     if (faults or hand_flash) and not node:
         raise click.UsageError("--node is required for BMC faults and --hand-flash")
     if node is not None:

@@ -16,6 +16,7 @@ ENTRY_POINT_GROUP = "provisioner.drivers"
 BUILTIN = {
     "fake": "provisioner.drivers.fake:FakeDriver",
     "ipmi": "provisioner.drivers.ipmi:IpmiDriver",
+    "redfish": "provisioner.drivers.redfish:RedfishDriver",
 }
 
 __all__ = ["BmcDriver", "BmcEndpoint", "ComponentVersion", "FlashJob", "get_driver", "open_driver",
@@ -55,4 +56,4 @@ def open_driver(endpoint: BmcEndpoint, **options) -> BmcDriver:
     cls = _opened.get(endpoint.driver)
     if cls is None:
         cls = _opened[endpoint.driver] = get_driver(endpoint.driver)
-    return cls(endpoint, **options)
+    return cls(endpoint, **{**dict(endpoint.options), **options})

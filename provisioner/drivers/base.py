@@ -40,6 +40,9 @@ class BmcEndpoint:
     username: str
     password: str = field(repr=False)
     driver: str = "ipmi"
+    # Driver options from the spec (e.g. redfish's ca_bundle, image_server), as sorted (name, value)
+    # pairs so the endpoint stays hashable; open_driver passes them to the driver's constructor.
+    options: tuple[tuple[str, object], ...] = ()
 
     @property
     def key(self) -> str:

@@ -2,6 +2,7 @@
 
     python -m provisioner.lab.bmc --nodes nodes.json --state bmc-state.json
     python -m provisioner.lab.bmc --generate 1000 --base 127.42.0.1 --state bmc-state.json
+    python -m provisioner.lab.bmc --generate 1000 --port 8443 --redfish DIR --state DIR/state.json
 
 Protocol on the child's stdin/stdout, one JSON object per line:
   - child -> parent, once every BMC answers:   {"event": "ready", "bmcs": N, "pid": P}
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=623, help="port for --generate")
     p.add_argument("--state", required=True, help="JSON state file (created if missing)")
     p.add_argument("--activation-s", type=float, default=0.1, help="HPM.1 activation time")
+    p.add_argument("--redfish", metavar="CERT_DIR", default=None,
+                   help="serve Redfish over HTTPS instead of IPMI, with the lab CA kept in CERT_DIR")
+    p.add_argument("--threads", type=int, default=16, help="Redfish: HTTP worker threads")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -216,8 +220,16 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(json.dumps(msg) + "\n")
             sys.stdout.flush()
 
-    site = SimSite(nodes, state_path=args.state, activation_s=args.activation_s,
-                   on_power_on=lambda node, dev: emit({"event": "power_on", "node": node, "boot_device": dev}))
+    def on_power_on(node, dev):
+        emit({"event": "power_on", "node": node, "boot_device": dev})
+
+    if args.redfish:
+        from provisioner.lab.redfish_site import RedfishSite
+
+        site = RedfishSite(nodes, state_path=args.state, cert_dir=args.redfish, activation_s=args.activation_s,
+                           on_power_on=on_power_on, threads=args.threads)
+    else:
+        site = SimSite(nodes, state_path=args.state, activation_s=args.activation_s, on_power_on=on_power_on)
     try:
         site.start(timeout=60)
     except (OSError, TimeoutError, ValueError) as e:

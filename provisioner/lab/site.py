@@ -1,5 +1,6 @@
-"""A simulated site built from the inventory: BMCs (real IPMI on loopback), hosts that netboot,
-and, unless told otherwise, the site's boot services — all in one process.
+"""A simulated site built from the inventory: BMCs (real IPMI or Redfish on loopback, as each node's
+`bmc.driver` says), hosts that netboot, and, unless told otherwise, the site's boot services — all
+in one process.
 
     lab = Lab(ctx).start()      # returns once every BMC answers
     lab.status()                # name, bmc_address, bmc_port, username, password*, power, firmware
@@ -7,8 +8,9 @@ and, unless told otherwise, the site's boot services — all in one process.
     lab.set_boot_loop("bios", "1.14.0")
     lab.stop()
 
-State lives under DATA/lab/: bmc-state.json (power, boot device, firmware per node, kept across
-restarts) and disks/<node>.json (what the installer wrote).
+State lives under DATA/lab/: bmc-state.json and redfish-state.json (power, boot device, firmware
+per node, kept across restarts), disks/<node>.json (what the installer wrote), and the Redfish
+BMCs' CA (redfish-ca.pem, copied to DATA/secrets/<credentials>.ca.pem for the drivers to trust).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from provisioner.context import Context
 from provisioner.lab.bmc import SimSite
 from provisioner.lab.host import NetbootHost
+from provisioner.lab.redfish_site import RedfishSite
 
 log = logging.getLogger("provisioner.lab")
 
@@ -68,6 +71,7 @@ def lab_nodes(ctx: Context) -> list[dict]:
     for _rack, n in spec.nodes():
         pins = {c.name: c.version for c in spec.manifests[n.model].components}
         username = spec.inventory.credentials[n.bmc.credentials].username
+        mapping = spec.manifests[n.model].redfish
         password, generated = _lab_secret(ctx, n.bmc.credentials)
         # What this model's BMC can flash itself: what the manifest flashes through it, or names as
         # the way in when the server cannot netboot. Nothing more: a lab BMC that flashed anything
@@ -75,8 +79,70 @@ def lab_nodes(ctx: Context) -> list[dict]:
         hpm = [c.name for c in spec.manifests[n.model].components if "hpm" in (c.method, c.recovery)]
         nodes.append({"name": n.name, "model": n.model, "bmc_address": n.bmc.address, "bmc_port": n.bmc.port,
                       "username": username, "password": password, "password_generated": generated,
-                      "firmware": {**pins, **FACTORY.get(n.model, {})}, "power": "on", "hpm": hpm})
+                      "firmware": {**pins, **FACTORY.get(n.model, {})}, "power": "on", "hpm": hpm,
+                      "driver": n.bmc.driver, "credentials": n.bmc.credentials,
+                      "software_ids": dict(mapping.software_ids) if mapping else {}})
     return nodes
+
+
+class LabSites:
+    """The lab's IPMI site and Redfish site behind SimSite's outside hooks, each call routed by node."""
+
+    def __init__(self, sites: list):
+        self.sites = [s for s in sites if s is not None]
+        self._by_node = {name: s for s in self.sites for name in s.nodes}
+        self.on_power_on = None
+
+    def site_of(self, node: str):
+        try:
+            return self._by_node[node]
+        except KeyError:
+            raise ValueError(f"no lab node {node!r}") from None
+
+    def start(self, timeout: float = 30) -> LabSites:
+        for s in self.sites:
+            s.on_power_on = self.on_power_on
+            s.start(timeout=timeout)
+        return self
+
+    def stop(self) -> None:
+        for s in self.sites:
+            s.stop()
+
+    def state(self, node: str) -> dict:
+        return self.site_of(node).state(node)
+
+    def states(self) -> dict[str, dict]:
+        return {n: st for s in self.sites for n, st in s.states().items()}
+
+    def firmware(self, node: str) -> dict[str, str]:
+        return self.site_of(node).firmware(node)
+
+    def set_firmware(self, node: str, component: str, version: str, *, how: str = "inband_flash") -> None:
+        self.site_of(node).set_firmware(node, component, version, how=how)
+
+    def hand_flash(self, node: str, component: str, version: str) -> None:
+        self.site_of(node).hand_flash(node, component, version)
+
+    def set_power(self, node: str, power: str) -> None:
+        self.site_of(node).set_power(node, power)
+
+    def set_fault(self, node: str, **faults) -> None:
+        self.site_of(node).set_fault(node, **faults)
+
+    def lose_power(self, node: str) -> None:
+        self.site_of(node).lose_power(node)
+
+    def clear_faults(self, node: str | None = None) -> None:
+        for s in [self.site_of(node)] if node else self.sites:
+            s.clear_faults(node)
+
+    def flush(self) -> None:
+        for s in self.sites:
+            s.flush()
+
+    def driver_of(self, node: str) -> str:
+        return "redfish" if isinstance(self.site_of(node), RedfishSite) else "ipmi"
 
 
 class Lab:
@@ -92,7 +158,7 @@ class Lab:
         self._binds = (tftp_bind, http_bind)
         self._tftp, self._http_base = tftp, http_base
         self.activation_s, self.flash_seconds = activation_s, flash_seconds
-        self.site: SimSite | None = None
+        self.site: LabSites | None = None
         self.host: NetbootHost | None = None
 
     def start(self) -> Lab:
@@ -116,14 +182,32 @@ class Lab:
         macs = {n.name: n.macs[0] for _, n in spec.nodes()}
         fw_type = {n.name: n.firmware for _, n in spec.nodes()}
         models = {n.name: n.model for _, n in spec.nodes()}
-        self.site = SimSite(self.nodes, state_path=self.dir / "bmc-state.json", activation_s=self.activation_s,
-                            hook_workers=8)
+        ipmi = [n for n in self.nodes if n["driver"] != "redfish"]
+        redfish = [n for n in self.nodes if n["driver"] == "redfish"]
+        self.site = LabSites([
+            SimSite(ipmi, state_path=self.dir / "bmc-state.json", activation_s=self.activation_s,
+                    hook_workers=8) if ipmi else None,
+            RedfishSite(redfish, state_path=self.dir / "redfish-state.json", cert_dir=self.dir,
+                        activation_s=self.activation_s, hook_workers=8) if redfish else None])
+        if redfish:
+            self._publish_ca({n["credentials"] for n in redfish})
         self.host = NetbootHost(self.site, macs=macs, firmware_type=fw_type, tftp=self._tftp,
                                 http_base=self._http_base, disk_dir=self.dir / "disks", models=models,
                                 boot_loop=self._load_boot_loop(), flash_seconds=self.flash_seconds)
         self.site.on_power_on = self.host.on_power_on
         self.site.start(timeout=30)
         return self
+
+    def _publish_ca(self, credentials: set[str]) -> None:
+        """Let the drivers trust the lab's Redfish BMCs: its CA where Context.ca_bundle looks."""
+        from provisioner.lab.redfish_tls import ensure_ca
+
+        ca = ensure_ca(self.dir)[0].read_bytes()
+        secrets_dir = self.ctx.settings.data_dir / "secrets"
+        secrets_dir.mkdir(parents=True, exist_ok=True)
+        for name in credentials:
+            if not self.ctx.spec.inventory.credentials[name].ca_bundle:
+                (secrets_dir / f"{name}.ca.pem").write_bytes(ca)
 
     def stop(self) -> None:
         if self.site:
@@ -157,7 +241,7 @@ class Lab:
         out = []
         for n in self.nodes:
             st = self.site.state(n["name"])
-            out.append({"name": n["name"], "model": n["model"], "bmc_address": n["bmc_address"],
+            out.append({"name": n["name"], "model": n["model"], "driver": n["driver"], "bmc_address": n["bmc_address"],
                         "bmc_port": n["bmc_port"], "username": n["username"], "password": shown_password(n),
                         "power": st["power"], "boots": st.get("boots", 0),
                         "firmware": {c: fw["active"] for c, fw in st["firmware"].items()},

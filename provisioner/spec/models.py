@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 MAC = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
@@ -45,6 +45,9 @@ class Credentials(Frozen):
     username: str
     password_env: str | None = None
     password_file: str | None = None
+    # CA certificate(s) (PEM file or directory; relative to the spec directory) that signed the BMCs'
+    # TLS certificates (Redfish). Without it: <data>/secrets/<name>.ca.pem if present, else the system store.
+    ca_bundle: str | None = None
 
     @field_validator("password_file")
     @classmethod
@@ -57,8 +60,24 @@ class Credentials(Frozen):
 class Bmc(Frozen):
     driver: Name = "ipmi"
     address: str
-    port: int = Field(default=623, ge=1, le=65535)
+    port: int = Field(default=623, ge=1, le=65535)  # 443 for driver redfish
     credentials: Name
+    # Redfish: where this BMC fetches images from us (our HTTP server's base URL as the BMC's network
+    # sees it), for UpdateService.SimpleUpdate; without it images are pushed (MultipartHttpPushUri).
+    image_server: Annotated[str, StringConstraints(pattern=r"^https?://[^/\s]+(/[^\s]*)?$")] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _redfish_port(cls, data):
+        if isinstance(data, dict) and data.get("driver") == "redfish" and "port" not in data:
+            return {**data, "port": 443}  # HTTPS (DSP0266 §7)
+        return data
+
+    @model_validator(mode="after")
+    def _redfish_options(self):
+        if self.image_server is not None and self.driver != "redfish":
+            raise ValueError(f"image_server is a Redfish option; this BMC's driver is {self.driver}")
+        return self
 
 
 class Node(Frozen):
@@ -122,10 +141,25 @@ class BlockedVersion(Frozen):
     model: Name | None = None  # None: blocked on every model
 
 
+class RedfishMapping(Frozen):
+    """How this model's Redfish BMC names its firmware: FirmwareInventory SoftwareId per component."""
+
+    software_ids: dict[Component, Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(min_length=1)
+
+
 class FirmwareManifest(Frozen):
     model: Name
     vendor: str
     components: list[FirmwareComponent] = Field(min_length=1)
+    redfish: RedfishMapping | None = None
+
+    @model_validator(mode="after")
+    def _mapped_components_are_pinned(self):
+        if self.redfish:
+            unknown = sorted(set(self.redfish.software_ids) - {c.name for c in self.components})
+            if unknown:
+                raise ValueError(f"redfish.software_ids names {', '.join(unknown)}, which this manifest does not pin")
+        return self
     allowed: dict[Component, list[Version]] = Field(default_factory=dict)
     blocked: list[BlockedVersion] = Field(default_factory=list)
 

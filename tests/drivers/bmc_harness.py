@@ -14,6 +14,7 @@ from provisioner.drivers.fake import FakeDriver
 from provisioner.lab.bmc import SimSite
 from provisioner.lab.bmc_process import generate_nodes
 from provisioner.lab.loopback import free_block
+from provisioner.lab.redfish_site import RedfishSite
 
 FIRMWARE = {"bmc": "2.1.0", "bios": "1.20.0", "nic": "22.31.6", "raid": "7.00.60"}
 MODEL = "r650"
@@ -111,8 +112,55 @@ class FakeHarness:
         FakeDriver.reset()
 
 
-@pytest.fixture(params=["fake", "ipmi"])
-def harness(request, sim_site):
-    h = FakeHarness() if request.param == "fake" else SimHarness(sim_site(1, activation_s=0.05), "sim0000")
+def job_fields(job) -> dict:
+    """A flash's outcome as a dict, whether the driver returns the contract's FlashJob or a dict."""
+    return job if isinstance(job, dict) else job.as_dict()
+
+
+@pytest.fixture
+def redfish_site(tmp_path):
+    """make(count, **RedfishSite options) -> started RedfishSite (TLS from a CA under tmp_path)."""
+    sites = []
+
+    def make(count: int = 1, firmware: dict | None = None, **options) -> RedfishSite:
+        base, port = free_block(count, port=8443)
+        nodes = generate_nodes(count, base=base, port=port, firmware=firmware or FIRMWARE)
+        for n in nodes:
+            n["model"] = MODEL
+        options.setdefault("activation_s", 0.05)
+        site = RedfishSite(nodes, state_path=tmp_path / f"redfish-{len(sites)}.json", cert_dir=tmp_path,
+                           **options).start()
+        sites.append(site)
+        return site
+
+    yield make
+    for s in sites:
+        s.stop()
+
+
+class RedfishHarness(SimHarness):
+    kind = "redfish"
+
+    def __init__(self, site: RedfishSite, node: str):
+        self.site, self.node = site, node
+        ep = site.endpoints("redfish")[node]
+        self.endpoint = BmcEndpoint(ep.address, ep.port, ep.username, ep.password, "redfish",
+                                    options=(("ca_bundle", str(site.ca_path)), ("poll_interval", 0.02)))
+        self.driver = self.open()
+
+    def inspect(self) -> dict:
+        seen = super().inspect()
+        seen["uploads"] = [e for e in self.site.state(self.node)["log"] if e["event"] in ("upload_started", "uploaded")]
+        return seen
+
+
+@pytest.fixture(params=["fake", "ipmi", "redfish"])
+def harness(request, sim_site, redfish_site):
+    if request.param == "fake":
+        h = FakeHarness()
+    elif request.param == "ipmi":
+        h = SimHarness(sim_site(1, activation_s=0.05), "sim0000")
+    else:
+        h = RedfishHarness(redfish_site(1), "sim0000")
     yield h
     h.close()

@@ -1,4 +1,4 @@
-"""The BMC driver contract, run against every driver: the in-memory fake and IPMI on a simulated BMC."""
+"""The BMC driver contract, run against every driver: the in-memory fake, and IPMI and Redfish on simulated BMCs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from provisioner.lab.bmc import SIM_DEVICE_ID, SIM_PRODUCT_ID
 from provisioner.lab.hpm import build_hpm_image, build_sim_payload
 from provisioner.lab.ipmi_oem import SIM_MANUFACTURER_ID
 
-sim_site, harness = bmc_harness.sim_site, bmc_harness.harness  # fixtures
+sim_site, redfish_site, harness = bmc_harness.sim_site, bmc_harness.redfish_site, bmc_harness.harness  # fixtures
 
 
 def sha(data: bytes) -> str:

@@ -117,7 +117,9 @@ def test_apply_killed_mid_rollout_resumes_the_same_rollout_without_flashing_any_
     assert down.returncode == 0, down.stderr
 
     # what the BMCs saw (their state file, written as the lab stopped): one change per component
-    state = json.loads((site.data / "lab" / "bmc-state.json").read_text())["nodes"]
+    state = {}
+    for name in ("bmc-state.json", "redfish-state.json"):  # the IPMI and the Redfish BMCs
+        state.update(json.loads((site.data / "lab" / name).read_text())["nodes"])
     for node in PRODUCTION:
         changes = Counter(e["component"] for e in state[node]["log"]
                           if e["event"] in ("activated", "inband_flash", "hand_flash"))

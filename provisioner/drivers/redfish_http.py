@@ -1,0 +1,203 @@
+"""Redfish transport for the driver: sushy's connector over one kept-alive HTTPS connection per BMC
+with one TLS context, and the one place where sushy, requests and ssl failures become our error tree.
+
+Why not sushy's defaults: its connector asks the BMC to close the connection after every request,
+and requests builds a fresh TLS context for every new connection, loading the whole CA store each
+time (16.7 ms of CPU per connection, measured: research/redfish-feasibility.md); requests' own
+per-request machinery cost another ~1.5 ms of CPU per request here. So sushy keeps its resources,
+authentication, retries and error classes, and its connector's HTTP session is KeptAliveSession:
+http.client on one connection per BMC, whose TLS context was built once, from the credentials'
+`ca_bundle` or the system store; certificates are always verified and hostnames (IP SANs) checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json as jsonlib
+import secrets
+import ssl
+import threading
+from urllib.parse import urlsplit
+
+import requests
+import requests.structures
+import sushy
+from sushy import exceptions as sushy_exc
+
+from provisioner.errors import BmcAuthError, BmcBusy, BmcTimeout, BmcUnreachable, DriverError, Unsupported
+
+_contexts: dict[tuple[str | None, float], ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """A verifying client context trusting `ca_bundle` (a PEM file or directory), else the system store.
+
+    Built once per bundle (and its modification time) and shared: loading trust anchors is the
+    expensive part, and an SSLContext is safe to share between threads.
+    """
+    import os
+
+    mtime = os.stat(ca_bundle).st_mtime if ca_bundle else 0.0
+    key = (ca_bundle, mtime)
+    with _contexts_lock:
+        ctx = _contexts.get(key)
+        if ctx is None:
+            if ca_bundle and os.path.isdir(ca_bundle):
+                ctx = ssl.create_default_context(capath=ca_bundle)
+            else:
+                ctx = ssl.create_default_context(cafile=ca_bundle)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            _contexts[key] = ctx
+        return ctx
+
+
+class KeptAliveSession:
+    """What sushy's Connector needs of a requests.Session (request, headers, auth, close), over one
+    kept-alive http.client connection to one BMC. Failures are raised as requests' exceptions, so
+    sushy's connector handles them as it does its own."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, timeout: float):
+        self.host, self.port, self.context, self.timeout = host, port, context, timeout
+        self.headers: dict[str, str] = {}    # sushy keeps X-Auth-Token here
+        self.auth: tuple[str, str] | None = None  # sushy's Basic credentials
+        self._conn: http.client.HTTPSConnection | None = None
+        self._lock = threading.Lock()
+
+    def request(self, method: str, url: str, *, json=None, headers=None, timeout=None, files=None, **_ignored):
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        send = {k: v for k, v in {**self.headers, **(headers or {})}.items() if v is not None}
+        body = None
+        if files is not None:
+            body, send["Content-Type"] = _multipart(files)
+        elif json is not None:
+            body = jsonlib.dumps(json).encode()
+            send["Content-Type"] = "application/json"
+        if self.auth:
+            send["Authorization"] = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
+        read_timeout = (timeout[1] if isinstance(timeout, tuple) else timeout) or self.timeout
+        for attempt in (1, 2):
+            with self._lock:
+                conn, self._conn = self._conn, None
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
+                                                       timeout=min(self.timeout, 5.0))
+                    conn.connect()
+                conn.sock.settimeout(read_timeout)
+                conn.request(method, target, body=body, headers=send)
+                answer = conn.getresponse()
+                content = answer.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                conn.close()
+                if reused and attempt == 1:
+                    continue  # the BMC closed the idle connection meanwhile: once more, on a new one
+                raise requests.exceptions.ConnectionError(f"{method} {url}: {e}") from e
+            except ssl.SSLCertVerificationError as e:
+                conn.close()
+                raise requests.exceptions.SSLError(f"{url}: {e}") from e
+            except TimeoutError as e:
+                connected = conn.sock is not None  # before close(), which drops it
+                conn.close()
+                kind = requests.exceptions.ReadTimeout if connected else requests.exceptions.ConnectTimeout
+                raise kind(f"{method} {url}: {e}") from e
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                raise requests.exceptions.ConnectionError(f"{method} {url}: {e}") from e
+            if answer.will_close:
+                conn.close()
+            else:
+                with self._lock:
+                    self._conn = conn
+            return _response(answer, content, url)
+        raise AssertionError("unreachable")
+
+    def post(self, url: str, **kwargs):
+        return self.request("POST", url, **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _response(answer: http.client.HTTPResponse, content: bytes, url: str) -> requests.Response:
+    r = requests.Response()
+    r.status_code, r.reason, r.url, r._content = answer.status, answer.reason, url, content
+    r.headers = requests.structures.CaseInsensitiveDict(answer.getheaders())
+    r.encoding = "utf-8"
+    return r
+
+
+def _multipart(files: dict) -> tuple[bytes, str]:
+    """multipart/form-data (RFC 7578) of {name: (filename | None, bytes | str, content type)}."""
+    boundary = secrets.token_hex(16)
+    out = []
+    for name, (filename, data, ctype) in files.items():
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {ctype}\r\n\r\n".encode())
+        out.append(data.encode() if isinstance(data, str) else bytes(data))
+        out.append(b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), f"multipart/form-data; boundary={boundary}"
+
+
+def connector(host: str, port: int, *, ca_bundle: str | None, timeout: float) -> sushy.connector.Connector:
+    """A sushy connector to one BMC: one kept-alive connection, one verified TLS context, no hidden retries."""
+    base_url = f"https://{host}:{port}"
+    conn = sushy.connector.Connector(base_url, verify=True, server_side_retries=1,
+                                     server_side_retries_delay=0.01, default_request_timeout=timeout,
+                                     connect_timeout=min(timeout, 5.0))
+    conn._session.close()
+    # sushy sends every request through its private requests.Session; this one speaks http.client
+    conn._session = KeptAliveSession(host, port, tls_context(ca_bundle), timeout)
+    return conn
+
+
+def translate(e: BaseException, key: str, *, answered: bool, what: str) -> DriverError:
+    """The driver error for a failure of sushy, requests or ssl while talking to BMC `key`.
+
+    Retryable: no answer (BmcUnreachable), an answer then silence (BmcTimeout), a busy or
+    restarting service (HTTP 503, 429: BmcBusy). Fatal: refused credentials or an untrusted
+    certificate (BmcAuthError), a resource or value the BMC does not have (Unsupported), and any
+    other error answer (DriverError).
+    """
+    if isinstance(e, DriverError):
+        return e
+    cause = e.__context__ if isinstance(e, sushy_exc.ConnectionError) else e
+    if isinstance(cause, requests.exceptions.SSLError) or isinstance(cause, ssl.SSLError):
+        return BmcAuthError(f"{key}: {what}: the BMC's TLS certificate is not trusted (set the credentials' "
+                            f"ca_bundle to the CA that signed it): {_short(cause)}")
+    if isinstance(cause, (requests.exceptions.Timeout, TimeoutError)):
+        if answered and not isinstance(cause, requests.exceptions.ConnectTimeout):
+            return BmcTimeout(f"{key}: {what}: the BMC stopped answering ({_short(cause)})")
+        return BmcUnreachable(f"{key}: {what}: no answer from the BMC ({_short(cause)})")
+    if isinstance(cause, (requests.exceptions.RequestException, sushy_exc.ConnectionError, OSError)):
+        return BmcUnreachable(f"{key}: {what}: no answer from the BMC ({_short(cause)})")
+    if isinstance(e, sushy_exc.HTTPError):
+        status = e.status_code
+        detail = f"HTTP {status} {e.code or ''} {e.detail or ''}".strip()
+        if isinstance(e, sushy_exc.AccessError):
+            return BmcAuthError(f"{key}: {what}: credentials refused ({detail})")
+        if status in (429, 503):
+            return BmcBusy(f"{key}: {what}: the BMC is busy ({detail})")
+        if status in (400, 404, 405, 501) or isinstance(e, (sushy_exc.BadRequestError, sushy_exc.ResourceNotFoundError)):
+            return Unsupported(f"{key}: {what}: the BMC refused the request ({detail})")
+        return DriverError(f"{key}: {what}: the BMC answered {detail}")
+    if isinstance(e, (sushy_exc.MissingAttributeError, sushy_exc.MissingActionError,
+                      sushy_exc.InvalidParameterValueError, sushy_exc.MissingHeaderError)):
+        return Unsupported(f"{key}: {what}: {e}")
+    if isinstance(e, sushy_exc.SushyError):
+        return DriverError(f"{key}: {what}: {e}")
+    if isinstance(e, ValueError):  # a body that is not the JSON the schema promises
+        return DriverError(f"{key}: {what}: unexpected answer from the BMC ({e})")
+    raise e
+
+
+def _short(e: BaseException) -> str:
+    text = str(e)
+    return text if len(text) < 200 else text[:200] + "..."
