@@ -130,7 +130,7 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
                         retry_safe=False, stall_timeout=self.timeout, lock_timeout=self.timeout)
         except DriverError as e:
             job.state, job.error, job.finished_at = "failed", f"{type(e).__name__}: {e}", time.time()
-            e.job = job.as_dict()
+            e.job = job
             log.warning("flash.failed bmc=%s component=%s error=%s", self.endpoint.key, component, job.error)
             raise
         log.info("flash.done bmc=%s component=%s version=%s seconds=%s", self.endpoint.key, component, version,
@@ -146,7 +146,7 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
             device = next((d for d, t in BOOT_TARGETS.items() if t == boot.get("BootSourceOverrideTarget")), "default")
             return {"power": _power(system),
                     "boot_device": device if boot.get("BootSourceOverrideEnabled", "Disabled") != "Disabled" else "default",
-                    "boot_mode": boot.get("BootSourceOverrideMode")}
+                    "boot_mode": {v: k for k, v in BOOT_MODE_NAMES.items()}.get(boot.get("BootSourceOverrideMode"))}
         try:
             out = self._run("health", read)
         except DriverError as e:

@@ -153,6 +153,13 @@ class RedfishHarness(SimHarness):
         seen["uploads"] = [e for e in self.site.state(self.node)["log"] if e["event"] in ("upload_started", "uploaded")]
         return seen
 
+    def open(self, endpoint: BmcEndpoint | None = None, **options):
+        options.pop("block_size", None)  # an IPMI upload's block size: Redfish sends the image whole
+        return super().open(endpoint, **options)
+
+    def lose_power_during_next_upload(self) -> None:
+        self.site.set_fault(self.node, power_loss_in_update=True)
+
 
 @pytest.fixture(params=["fake", "ipmi", "redfish"])
 def harness(request, sim_site, redfish_site):
