@@ -100,7 +100,7 @@ def test_a_failed_update_task_is_rejected_and_leaves_the_old_version_active(redf
     image = build_sim_payload("nic", "22.40.0", MODEL)
     with pytest.raises(ImageRejected, match="Exception.*ActivateFailed") as e:
         driver_for(site).flash("nic", image, sha(image), "22.40.0")
-    assert not e.value.retryable and e.value.job["state"] == "failed"
+    assert not e.value.retryable and e.value.job.state == "failed"
     assert site.firmware("sim0000")["nic"] == FIRMWARE["nic"]
 
 
