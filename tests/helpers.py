@@ -60,6 +60,21 @@ def run_cli(*args: str, spec: Path, data: Path, env: dict | None = None, timeout
                           text=True, timeout=timeout)
 
 
+def cli_here(*args: str, spec: Path, data: Path, db: str | None = None) -> subprocess.CompletedProcess:
+    """The `provisioner` command in this process (no interpreter start-up: tests that run it many
+    times); same arguments and result shape as run_cli."""
+    import contextlib
+    import io
+
+    from provisioner.cli import main
+
+    argv = ["--spec", str(spec), "--data", str(data), *(["--db", db] if db else []), *args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def execute_raw(url: str, *statements: str) -> None:
     """Run SQL on the store behind the provisioner's back (tampering tests); driver errors propagate."""
     from sqlalchemy import create_engine, text

@@ -51,7 +51,7 @@ def cli(ctx: click.Context, spec_dir: Path, data_dir: Path, db_url: str | None, 
 def main(argv: list[str] | None = None) -> int:
     from provisioner.cli import audit_cmd, release_cmd  # noqa: F401  (registers commands)
 
-    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd"):
+    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd", "db_cmd"):
         try:
             __import__(f"provisioner.cli.{mod}")
         except ModuleNotFoundError as e:

@@ -94,6 +94,16 @@ def schema_revision(engine: Engine) -> str | None:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
+def schema_state(url: str) -> tuple[str | None, str]:
+    """(the store's revision or None, the newest this provisioner knows), without migrating anything."""
+    with store_errors(url, opening=True):
+        engine = make_engine(normalize_url(url))
+        try:
+            return schema_revision(engine), schema_head()
+        finally:
+            engine.dispose()
+
+
 def _create_private(path: Path) -> None:
     """Create the SQLite file 0600 before SQLite does; SQLite gives its -wal and -shm the same mode.
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import execute_raw, run_cli
+from helpers import cli_here, execute_raw
 
 from provisioner.context import Context, Settings
 
 
 def make_history(spec_dir, data, url):
-    r = run_cli("release", "build", spec=spec_dir, data=data, env={"PROVISIONER_DB": url})
+    r = cli_here("release", "build", spec=spec_dir, data=data, db=url)
     assert r.returncode == 0, r.stderr
     ctx = Context(Settings(spec_dir=spec_dir, data_dir=data, db_url=url))
     ctx.store.block("bios", "9.9.9", "test block", by="ops")
@@ -22,7 +22,7 @@ def make_history(spec_dir, data, url):
 
 def test_an_untouched_audit_log_verifies(spec_dir, tmp_path, store_url):
     make_history(spec_dir, tmp_path / "data", store_url)
-    r = run_cli("audit", "verify", "--json", spec=spec_dir, data=tmp_path / "data", env={"PROVISIONER_DB": store_url})
+    r = cli_here("audit", "verify", "--json", spec=spec_dir, data=tmp_path / "data", db=store_url)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"ok": True, "entries": 4, "problems": []}
 
@@ -35,6 +35,6 @@ def test_an_untouched_audit_log_verifies(spec_dir, tmp_path, store_url):
 def test_audit_verify_catches_tampering(spec_dir, tmp_path, store_url, tamper, says):
     make_history(spec_dir, tmp_path / "data", store_url)
     execute_raw(store_url, tamper)
-    r = run_cli("audit", "verify", spec=spec_dir, data=tmp_path / "data", env={"PROVISIONER_DB": store_url})
+    r = cli_here("audit", "verify", spec=spec_dir, data=tmp_path / "data", db=store_url)
     assert r.returncode == 6
     assert says in r.stderr
