@@ -15,6 +15,7 @@ IntegrityError passes through untouched: callers use it as an answer ("already a
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
 from urllib.parse import unquote
@@ -30,7 +31,7 @@ _PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[
 DRIVER_PACKAGES = {
     "psycopg": "psycopg[binary]",
     "psycopg_binary": "psycopg[binary]",
-    "psycopg2": "psycopg2-binary (or use postgresql://, which means psycopg 3)",
+    "psycopg2": "psycopg2-binary",
     "pymysql": "pymysql",
     "MySQLdb": "mysqlclient",
 }
@@ -69,18 +70,20 @@ def translate(e: BaseException, url: str) -> Exception:
     if isinstance(e, ImportError):
         module = (e.name or "").split(".")[0]
         package = DRIVER_PACKAGES.get(module) or ("psycopg[binary]" if "postgres" in url else module or "its driver")
+        hint = " (or write postgresql://, which uses psycopg 3)" if module == "psycopg2" else ""
         return StoreError(f"the store at {shown} needs a database driver that is not installed: "
-                          f"pip install '{package}'")
+                          f"pip install '{package}'{hint}")
     if isinstance(e, NoSuchModuleError):
         scheme = url.split(":", 1)[0]
         return StoreError(f"cannot open the store at {shown}: no database driver for {scheme!r}; use {URL_FORMS}")
     if isinstance(e, ArgumentError):
-        return StoreError(f"not a database URL: {shown}; use {URL_FORMS}")
+        # Not echoed: in a string that does not parse, nobody can tell which part is a password.
+        return StoreError(f"--db (or PROVISIONER_DB) is not a database URL; use {URL_FORMS}")
     if isinstance(e, DBAPIError):
         orig = e.orig
         detail = first_line(orig if orig is not None else e, url)
         code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None) or ""
-        if code in SQLITE_FULL or code in PG_FULL:
+        if code in SQLITE_FULL or code in PG_FULL or (code.startswith("SQLITE_IOERR") and _no_space_left(url)):
             return StoreError(f"the store at {shown} is out of disk space ({detail}): free space on the disk "
                               f"that holds it and run the command again; this command wrote nothing")
         if code in SQLITE_DAMAGED or code in PG_DAMAGED:
@@ -98,6 +101,18 @@ def translate(e: BaseException, url: str) -> Exception:
                                   f"there and the URL's host, port, user, password and database are right")
         return StoreError(f"the store at {shown} failed ({detail})")
     return StoreError(f"the store at {shown} failed ({first_line(e, url)})")
+
+
+def _no_space_left(url: str) -> bool:
+    """SQLite reports a full disk met while growing its WAL index as a plain I/O error
+    (SQLITE_IOERR_SHMSIZE): look at the file system that holds the database."""
+    if not url.startswith("sqlite:///"):
+        return False
+    try:
+        st = os.statvfs(os.path.dirname(url.removeprefix("sqlite:///")) or ".")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def is_sqlite_url(url: str) -> bool:
