@@ -144,14 +144,17 @@ class Store:
         """Make the node table match the inventory (new nodes are added, known ones keep their state)."""
         added = 0
         with self.db.session() as s:
+            # one read of every node, not one per node: a round trip each on PostgreSQL (10,000 nodes)
+            known = {r.name: r for r in s.scalars(select(NodeRow))}
             for rack, n in spec.nodes():
-                row = s.get(NodeRow, n.name)
+                row = known.get(n.name)
                 if row is None:
                     s.add(NodeRow(name=n.name, rack=rack, model=n.model, environment=n.environment,
                                   macs=list(n.macs), state="new", state_reason="added from inventory",
                                   observed={}, updated_at=now()))
                     added += 1
-                else:
+                elif (row.rack, row.model, row.environment, list(row.macs)) != (rack, n.model, n.environment,
+                                                                                list(n.macs)):
                     row.rack, row.model, row.environment, row.macs = rack, n.model, n.environment, list(n.macs)
         return added
 
