@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import PgCluster  # noqa: E402  (tests/helpers.py: the same throw-away cluster as the tests)
-from pipeline_scale import bump_r650_bios, machine, phase  # noqa: E402
+from pipeline_scale import bump_r650_bios, cpu_s, machine, phase  # noqa: E402
+from procstat import tree_cpu_seconds  # noqa: E402
 
 from provisioner import pipeline  # noqa: E402
 from provisioner.context import Context, Settings  # noqa: E402
@@ -48,7 +49,20 @@ def release(ctx: Context, spec: Path, author: str) -> str:
     return rel.id
 
 
-def bench_plan(n: int, url: str, work: Path) -> tuple[float, float]:
+def server_cpu(cluster: PgCluster | None) -> float:
+    """CPU seconds of the PostgreSQL server (postmaster and its backends) so far; 0 for SQLite (in process)."""
+    if cluster is None:
+        return 0.0
+    return tree_cpu_seconds(int((cluster.data / "postmaster.pid").read_text().split()[0]))
+
+
+def timed(fn, cluster):
+    t0, c0, s0 = time.perf_counter(), cpu_s(), server_cpu(cluster)
+    out = fn()
+    return out, (time.perf_counter() - t0, cpu_s() - c0, server_cpu(cluster) - s0)
+
+
+def bench_plan(n: int, url: str, work: Path, cluster: PgCluster | None) -> tuple[tuple, tuple]:
     spec = work / "spec"
     if not spec.exists():
         subprocess.run([sys.executable, str(ROOT / "scripts/make_big_spec.py"), str(n), str(spec),
@@ -68,12 +82,8 @@ def bench_plan(n: int, url: str, work: Path) -> tuple[float, float]:
     ctx.store.block("bios", "9.9.9", "bench", by="bench")
     fresh = Context(Settings(spec_dir=spec, data_dir=work / "data", db_url=url, actor="bench"))
     fresh.spec  # noqa: B018  (the spec is parsed before the clock starts: we time the store, not YAML)
-    t0 = time.perf_counter()
-    plan, _ = pipeline.plan(fresh, "production", refresh=False)
-    t_plan = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rows = pipeline.compliance(fresh)
-    t_comp = time.perf_counter() - t0
+    (plan, _), t_plan = timed(lambda: pipeline.plan(fresh, "production", refresh=False), cluster)
+    rows, t_comp = timed(lambda: pipeline.compliance(fresh), cluster)
     assert len(plan.nodes) == n and len(rows) == n
     assert sum(not r["compliant"] for r in rows) == n, "never provisioned: no node is at its release yet"
     ctx.store.db.close()
@@ -118,11 +128,12 @@ def main() -> int:
             url = f"sqlite:///{work / 'plan-sqlite.db'}" if name == "sqlite" else cluster.create_database("plan")
             if name == "postgresql":
                 Database(url, upgrade=True).close()
-            t_plan, t_comp = bench_plan(args.plan_nodes, url, work / "plan")
-            print(f"{name}: plan over {args.plan_nodes} nodes from the store {t_plan:.3f} s, "
-                  f"compliance {t_comp:.3f} s (load average {loadavg()})")
-            rows.append((f"plan, {args.plan_nodes} nodes from the store", name, t_plan))
-            rows.append((f"compliance, {args.plan_nodes} nodes", name, t_comp))
+            t_plan, t_comp = bench_plan(args.plan_nodes, url, work / "plan", cluster if name == "postgresql" else None)
+            for what, (wall, cpu, server) in ((f"plan, {args.plan_nodes} nodes from the store", t_plan),
+                                              (f"compliance, {args.plan_nodes} nodes", t_comp)):
+                print(f"{name}: {what}: {wall:.3f} s wall, CPU {cpu:.3f} s here + {server:.3f} s in PostgreSQL "
+                      f"(load average {loadavg()})")
+                rows.append((what, name, wall))
         if args.rollback_nodes:
             for name in ("sqlite", "postgresql"):
                 url = None if name == "sqlite" else cluster.create_database("pipeline")
