@@ -116,7 +116,7 @@ def bench_rollback(n: int, url: str | None, work: Path) -> list:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--plan-nodes", type=int, default=10000)
+    ap.add_argument("--plan-nodes", type=int, default=10000, help="0 skips plan and compliance")
     ap.add_argument("--rollback-nodes", type=int, default=1000, help="0 skips the pipeline runs")
     args = ap.parse_args()
     print(f"machine: {machine()}; load average at start {loadavg()}")
@@ -124,7 +124,7 @@ def main() -> int:
     cluster = PgCluster()
     rows = []
     try:
-        for name in ("sqlite", "postgresql"):
+        for name in ("sqlite", "postgresql") if args.plan_nodes else ():
             url = f"sqlite:///{work / 'plan-sqlite.db'}" if name == "sqlite" else cluster.create_database("plan")
             if name == "postgresql":
                 Database(url, upgrade=True).close()
