@@ -144,18 +144,20 @@ class Store:
         """Make the node table match the inventory (new nodes are added, known ones keep their state)."""
         added = 0
         with self.db.session() as s:
-            # one read of every node, not one per node: a round trip each on PostgreSQL (10,000 nodes)
-            known = {r.name: r for r in s.scalars(select(NodeRow))}
+            # One read of what the inventory sets, for every node (not a query per node: a round trip
+            # each on PostgreSQL), and an UPDATE only for a node whose inventory entry changed.
+            known = {r.name: (r.rack, r.model, r.environment, list(r.macs)) for r in s.execute(
+                select(NodeRow.name, NodeRow.rack, NodeRow.model, NodeRow.environment, NodeRow.macs))}
             for rack, n in spec.nodes():
-                row = known.get(n.name)
-                if row is None:
+                entry = (rack, n.model, n.environment, list(n.macs))
+                if n.name not in known:
                     s.add(NodeRow(name=n.name, rack=rack, model=n.model, environment=n.environment,
                                   macs=list(n.macs), state="new", state_reason="added from inventory",
                                   observed={}, updated_at=now()))
                     added += 1
-                elif (row.rack, row.model, row.environment, list(row.macs)) != (rack, n.model, n.environment,
-                                                                                list(n.macs)):
-                    row.rack, row.model, row.environment, row.macs = rack, n.model, n.environment, list(n.macs)
+                elif known[n.name] != entry:
+                    s.execute(update(NodeRow).where(NodeRow.name == n.name).values(
+                        rack=rack, model=n.model, environment=n.environment, macs=list(n.macs)))
         return added
 
     def nodes(self, environment: str | None = None) -> list[NodeRow]:
