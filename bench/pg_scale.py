@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -91,10 +92,19 @@ def bench_plan(n: int, url: str, work: Path, cluster: PgCluster | None) -> tuple
     return t_plan, t_comp
 
 
+def free_octet() -> int:
+    from provisioner.lab.loopback import _free
+
+    return next(n for n in random.sample(range(60, 250), 190) if _free(f"127.{n}.0.1", 6230))
+
+
 def bench_rollback(n: int, url: str | None, work: Path) -> list:
     spec, spec2, data = work / "spec", work / "spec-r2", work / "data"
     subprocess.run([sys.executable, str(ROOT / "scripts/make_big_spec.py"), str(n), str(spec),
                     "--concurrency", "64"], check=True)
+    # make_big_spec puts the BMCs on 127.20.x.y, as bench/pipeline_scale.py's run does: take a free block
+    inv = spec / "inventory.yaml"
+    inv.write_text(inv.read_text().replace("address: 127.20.", f"address: 127.{free_octet()}."))
     bump_r650_bios(spec, spec2)
     ctx = Context(Settings(spec_dir=spec, data_dir=data, db_url=url, actor="bench"))
     r1 = release(ctx, spec, "bench")
