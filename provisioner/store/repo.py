@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, event, insert, select, update
+from sqlalchemy import bindparam, event, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from provisioner.errors import PolicyViolation, ReleaseError
@@ -53,6 +53,7 @@ _BOOT_NODE = (select(_nodes, EnvironmentRow.release_id.label("env_release_id"))
               .outerjoin(EnvironmentRow.__table__, EnvironmentRow.name == _nodes.c.environment)
               .where(_nodes.c.name == bindparam("name")))
 _ACTIVE_BLOCKS = select(_blocks).where(_blocks.c.unblocked_at.is_(None)).order_by(_blocks.c.at)
+CALLBACK_ORDER_LOCK = 0x70726F76  # pg_advisory_xact_lock key: callback events commit in seq order
 _NODE_COLUMNS = frozenset(NodeRow.__table__.columns.keys()) - {"name", "updated_at"}
 
 
@@ -301,6 +302,11 @@ class Store:
                 node_update(node_row, row)
                 node_row.updated_at = now()
             if event:
+                if s.get_bind().dialect.name == "postgresql":
+                    # A waiting rollout reads callbacks by rising seq. PostgreSQL hands out seq values
+                    # before commit, so two reports could become visible out of seq order and the
+                    # reader would step over the later-committed one: take turns until commit.
+                    s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CALLBACK_ORDER_LOCK})
                 s.add(NodeEventRow(node=node, at=now(), **event))
             s.flush()
             s.expunge(row)
