@@ -54,10 +54,40 @@ def copy_spec(dest: Path) -> Path:
 
 def run_cli(*args: str, spec: Path, data: Path, env: dict | None = None, timeout: float = 120):
     """Run the real `provisioner` command in a subprocess; return CompletedProcess (text)."""
-    e = {**os.environ, "PROVISIONER_SPEC": str(spec), "PROVISIONER_DATA": str(data), **(env or {})}
-    e.pop("PROVISIONER_DB", None)
+    e = {k: v for k, v in os.environ.items() if k != "PROVISIONER_DB"}  # only a test's own `env` picks the store
+    e.update({"PROVISIONER_SPEC": str(spec), "PROVISIONER_DATA": str(data), **(env or {})})
     return subprocess.run([sys.executable, "-m", "provisioner", *args], env=e, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def cli_here(*args: str, spec: Path, data: Path, db: str | None = None) -> subprocess.CompletedProcess:
+    """The `provisioner` command in this process (no interpreter start-up: tests that run it many
+    times); same arguments and result shape as run_cli."""
+    import contextlib
+    import io
+
+    from provisioner.cli import main
+
+    argv = ["--spec", str(spec), "--data", str(data), *(["--db", db] if db else []), *args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def execute_raw(url: str, *statements: str) -> None:
+    """Run SQL on the store behind the provisioner's back (tampering tests); driver errors propagate."""
+    from sqlalchemy import create_engine, text
+
+    from provisioner.store.db import normalize_url
+
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.begin() as c:
+            for st in statements:
+                c.execute(text(st))
+    finally:
+        engine.dispose()
 
 
 def built_site(spec_dir: Path, data: Path, envs=("staging", "production"), state: str | None = None):
@@ -83,3 +113,74 @@ def built_site(spec_dir: Path, data: Path, envs=("staging", "production"), state
 
 def pinned(rel, model: str) -> dict[str, str]:
     return {c["name"]: c["version"] for c in rel.document["manifests"][model]["components"]}
+
+
+# -- a throw-away PostgreSQL cluster ---------------------------------------------------------------
+def postgres_bin(tool: str) -> str | None:
+    """Debian's PostgreSQL server tools live in /usr/lib/postgresql/<major>/bin, not on PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"), key=lambda p: int(p.parts[-3]))
+    return str(found[-1]) if found else shutil.which(tool)
+
+
+class PgCluster:
+    """initdb + pg_ctl on a free 127.0.0.1 port, in a fresh directory; `stop()` removes it all.
+
+    As root the data directory belongs to `postgres` and the server runs as that user (PostgreSQL
+    refuses to run as root). Durability is off: the cluster lives for one test session.
+    """
+
+    def __init__(self):
+        import socket
+        import tempfile
+
+        self.initdb, self.pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
+        if not (self.initdb and self.pg_ctl):
+            _missing("PostgreSQL server (Debian package postgresql: initdb, pg_ctl)")
+        self.dir = Path(tempfile.mkdtemp(prefix=f"prov-pg-{os.getpid()}-"))
+        self.data = self.dir / "data"
+        if os.geteuid() == 0:
+            import pwd
+
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self._as_owner(self.initdb, "-D", str(self.data), "-A", "trust", "-U", "prov", "--no-sync",
+                       "-E", "UTF8", "--locale", "C")
+        for _ in range(5):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+            opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                    f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+            r = self._as_owner(self.pg_ctl, "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"),
+                               "-w", "start", check=False)
+            if r.returncode == 0:
+                break
+        else:
+            raise RuntimeError(f"pg_ctl start failed: {r.stdout}{r.stderr}")
+        self.admin = self.url("postgres")
+
+    def _as_owner(self, *cmd: str, check: bool = True):
+        if os.geteuid() == 0:
+            cmd = ("runuser", "-u", "postgres", "--", *cmd)
+        return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
+
+    def url(self, database: str) -> str:
+        return f"postgresql://prov@127.0.0.1:{self.port}/{database}"
+
+    def sql(self, *statements: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True) as c:
+            for st in statements:
+                c.execute(st)
+
+    def create_database(self, name: str, template: str = "template0") -> str:
+        self.sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        self._as_owner(self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -17,6 +17,7 @@ from flask import Flask, Response, abort, jsonify, request, send_file
 
 from provisioner.errors import NetbootError, PolicyViolation, ReleaseError
 from provisioner.netboot.service import BootService
+from provisioner.observability import metrics
 
 log = logging.getLogger("provisioner.http")
 IPXE = "text/plain; charset=utf-8"
@@ -24,6 +25,7 @@ IPXE = "text/plain; charset=utf-8"
 
 def create_app(service: BootService) -> Flask:
     app = Flask("provisioner")
+    metrics.instrument_flask(app)
     verified: set[str] = set()
 
     @app.get("/healthz")

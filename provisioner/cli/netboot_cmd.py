@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -35,9 +37,13 @@ def boot_service(ctx: Context, http_base: str):
 @click.option("--http-threads", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Threads per HTTP worker.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision and transfer.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), envvar="PROVISIONER_LOG_FORMAT", default="text",
+              show_default=True, help="json: one object per line with stable keys (ts, level, logger, event, ...).")
+@click.option("--metrics-bind", default=None, metavar="ADDRESS:PORT",
+              help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics [default: off].")
 @click.pass_obj
 def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None, public_url: str | None,
-          http_workers: int, http_threads: int, verbose: bool):
+          http_workers: int, http_threads: int, verbose: bool, log_format: str, metrics_bind: str | None):
     """Run the site's boot services until interrupted (SIGINT/SIGTERM stop them cleanly).
 
     \b
@@ -54,13 +60,24 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
       provisioner serve --tftp-bind off --public-url http://10.0.0.1:8080
       provisioner serve --http-workers 4                     # a bigger boot server: 4 HTTP processes
     """
-    from provisioner.cli import configure_logging, logging_asked
+    from provisioner.cli import logging_asked
     from provisioner.netboot.dhcp import populate_boot_files
     from provisioner.netboot.http_pool import HttpPool
     from provisioner.netboot.services import BootServices, parse_bind
+    from provisioner.observability import logs, metrics
 
     if verbose or not logging_asked():  # a server logs its warnings unless --log said otherwise
-        configure_logging("info" if verbose else "warning")
+        logs.configure(log_format, logging.INFO if verbose else logging.WARNING)
+    elif log_format:
+        logs.configure(log_format, logging.getLogger().level)
+    metrics_dir = metrics_server = None
+    if metrics_bind:  # before the HTTP pool starts: its workers inherit where to write their samples
+        metrics_dir = Path(tempfile.mkdtemp(prefix="provisioner-metrics-"))
+        metrics.enable(metrics_dir)
+        try:
+            metrics_server = metrics.serve_exposition(*parse_bind(metrics_bind, 9108))
+        except OSError as e:
+            raise click.ClickException(f"cannot serve metrics on {metrics_bind}: {e.strerror or e}") from None
     tftp = None if tftp_bind == "off" else tftp_bind
     http = None if http_bind == "off" else http_bind
     boot_files = boot_files or ctx.settings.data_dir / "boot-files"
@@ -92,9 +109,14 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
     if services.http:
         procs = f"{http_workers} worker processes, " if pool else ""
         parts.append(f"HTTP {services.http.host}:{services.http.port} ({procs}nodes use {svc.http_base})")
+    if metrics_server:
+        parts.append(f"metrics http://{metrics_server.server_address[0]}:{metrics_server.server_port}/metrics")
     console.print("serving " + "; ".join(parts) + " — Ctrl-C to stop", highlight=False)
     stop.wait()
     services.stop()
+    if metrics_server:
+        metrics_server.shutdown()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     console.print("stopped")
 
 

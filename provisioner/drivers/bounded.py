@@ -21,6 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
 from provisioner.errors import BmcBusy, BmcTimeout, BmcUnreachable, DriverError
+from provisioner.observability import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,9 +105,15 @@ class Attempt:
             raise BmcTimeout("operation abandoned by its caller")
 
 
-def run(key: str, what: str, fn: Callable[[Attempt], T], *, timeout: float, retries: int, backoff: float,
-        abandon: Callable[[Attempt], None], retry_safe: bool = True, stall_timeout: float | None = None,
-        lock_timeout: float | None = None) -> T:
+def run(key: str, what: str, fn: Callable[[Attempt], T], **kw) -> T:
+    """`_run`, counted in the metrics by operation and outcome (the IPMI driver is this module's one user)."""
+    with metrics.bmc_operation("ipmi", what):
+        return _run(key, what, fn, **kw)
+
+
+def _run(key: str, what: str, fn: Callable[[Attempt], T], *, timeout: float, retries: int, backoff: float,
+         abandon: Callable[[Attempt], None], retry_safe: bool = True, stall_timeout: float | None = None,
+         lock_timeout: float | None = None) -> T:
     """Run fn(attempt) for BMC `key`, holding its lock, within `timeout` seconds, with retries.
 
     Retryable DriverErrors are retried up to `retries` times with exponential backoff, unless the

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from provisioner.observability import logs, metrics
+
 log = logging.getLogger("provisioner.netboot")
 
 
@@ -117,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logs.configure(level=logging.INFO if args.verbose else logging.WARNING)  # the format serve chose
+    metrics.enable_from_env()
 
     class Pool(BaseApplication):
         def load_config(self):

@@ -13,6 +13,7 @@ import time
 from provisioner.errors import NetbootError, PolicyViolation
 from provisioner.netboot.gate import Blocked, NetbootDecision, decide
 from provisioner.netboot.render import Renderer, context_for
+from provisioner.observability import metrics
 from provisioner.releases.artifacts import ArtifactStore
 from provisioner.store.repo import Store, now
 
@@ -98,6 +99,7 @@ class BootService:
             raise NetbootError(f"{mac!r} is not a MAC address")
         started = time.perf_counter()
         decision, node, doc = self.decide(norm)
+        metrics.boot(decision.action, kind)
         token = None
         if node:
             event = {"source": "netboot", "event": decision.action,

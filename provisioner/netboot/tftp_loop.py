@@ -21,6 +21,7 @@ from time import monotonic
 from provisioner.netboot import tftp_wire as wire
 from provisioner.netboot.tftp_files import Lookups, Payload, Refusal, normalise
 from provisioner.netboot.tftp_transfer import DONE, GIVE_UP, SEND, Transfer
+from provisioner.observability import metrics
 
 log = logging.getLogger("provisioner.netboot.tftp")
 
@@ -343,6 +344,7 @@ class EventLoop:
                 log.info("tftp.done client=%s file=%s bytes=%d seconds=%.3f blksize=%d windowsize=%d "
                          "retransmits=%d", _fmt(tr.client), tr.name, len(tr.data),
                          monotonic() - tr.started, tr.blksize, tr.windowsize, tr.retransmits)
+                metrics.tftp_transfer("done")
                 self._close(tr)
         elif opcode == wire.OP_ERROR:
             # EDK2 sends ERROR 8 right after the OACK once it has read tsize: not a failure.
@@ -423,6 +425,7 @@ class EventLoop:
             pass
 
     def _drop(self, client: Client, reason: str, name: str | None = None) -> None:
+        metrics.tftp_error(reason)
         self.cfg.drops.log(client, reason, name)
 
 

@@ -30,6 +30,7 @@ from provisioner.drivers import BmcEndpoint, open_driver
 from provisioner.drivers.base import BmcDriver
 from provisioner.errors import DriverError
 from provisioner.netboot.gate import Blocked
+from provisioner.observability import metrics
 from provisioner.plan import blocked_pins, boot_modes, pins_by_model
 from provisioner.rollout.record import RolloutRecord
 from provisioner.rollout.recovery import NeedsHands, recover_out_of_band
@@ -123,7 +124,7 @@ class RolloutEngine:
         self.policy, self.timeouts = policy, policy["timeouts"]
         self.release_id, self.doc = release_id, release_doc
         self.pins = pins_by_model(release_doc)
-        self.actor, self.progress = actor, progress or (lambda e: None)
+        self.actor, self.progress = actor, metrics.observed_progress(progress)
         self.driver_factory, self.poll = driver_factory, poll
         self._halt = threading.Event()
         self._halt_reason = ""

@@ -1,19 +1,28 @@
-"""Opening the store (SQLite with WAL by default, any SQLAlchemy URL) and migrating its schema."""
+"""Opening the store (SQLite with WAL by default, PostgreSQL through psycopg 3) and checking its schema.
+
+SQLite, the embedded default, is created and migrated on first use. Any other database is
+migrated only by `provisioner db upgrade`: opening one whose schema is behind is a StoreError
+naming that command, so several processes opening one store never race to run Alembic.
+Every SQLAlchemy or driver error leaves this module as a StoreError (see `store_errors`).
+"""
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.errors import StoreError
+from provisioner.store.errors import mask_url, store_errors
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -22,8 +31,32 @@ def default_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / 'provisioner.db'}"
 
 
+def normalize_url(url: str) -> str:
+    """`postgresql://` (and `postgres://`, as libpq writes it) mean psycopg 3, not SQLAlchemy's psycopg2 default."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url.removeprefix(plain)
+    return url
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+@functools.cache
+def schema_head() -> str:
+    """The newest migration this provisioner knows (read once per process)."""
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
 def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
+    if is_sqlite(url):
         # Reads run side by side (WAL), so keep enough connections open for every serving thread:
         # an overflow connection is closed when returned, and opening one again costs more than
         # the query it was opened for.
@@ -40,38 +73,95 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A PostgreSQL connection costs a backend process: keep the ones a rollout's workers use open
+    # (an overflow connection is closed on return). pre_ping replaces a connection the server
+    # dropped (a restart) instead of failing the operation that drew it.
+    return create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=48)
 
 
-def migrate(engine: Engine) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+def migrate(engine: Engine, revision: str = "head") -> None:
+    cfg = _alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The store's Alembic revision, or None for a database that has no schema yet."""
+    with engine.connect() as conn:
+        if not engine.dialect.has_table(conn, "alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def schema_state(url: str) -> tuple[str | None, str]:
+    """(the store's revision or None, the newest this provisioner knows), without migrating anything."""
+    with store_errors(url, opening=True):
+        engine = make_engine(normalize_url(url))
+        try:
+            return schema_revision(engine), schema_head()
+        finally:
+            engine.dispose()
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does; SQLite gives its -wal and -shm the same mode.
+
+    The umask is set for the creation itself, so the file is never readable by others, not even
+    for the moment between a create and a chmod.
+    """
+    old = os.umask(0o077)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise StoreError(f"cannot create the store at sqlite:///{path} ({e.strerror}: {e.filename}): check that "
+                         f"its directory can be created and written by this user, or pass --db URL") from None
+    finally:
+        os.umask(old)
 
 
 class Database:
-    """An engine plus a session factory; `session()` commits on success and rolls back on error."""
+    """An engine plus a session factory; `session()` commits on success and rolls back on error.
 
-    def __init__(self, url: str):
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.engine = make_engine(url)
-            migrate(self.engine)
-        except SQLAlchemyError as e:
-            raise StoreError(f"cannot open the store at {url}: {e.__class__.__name__}: {e.orig if hasattr(e, 'orig') else e}") from None
+    `upgrade=True` migrates a store whose schema is behind (what `db upgrade` does); by default
+    only SQLite is migrated on open, anything else must already be at `schema_head()`.
+    """
+
+    def __init__(self, url: str, *, upgrade: bool | None = None):
+        self.url, self.given_url, self.shown_url = normalize_url(url), url, mask_url(url)
+        with store_errors(url, opening=True):
+            if is_sqlite(self.url) and self.url.startswith("sqlite:///") and ":memory:" not in self.url:
+                _create_private(Path(self.url.removeprefix("sqlite:///")))
+            self.engine = make_engine(self.url)
+            self.revision = schema_revision(self.engine)
+            if self.revision != schema_head():
+                self._behind(upgrade if upgrade is not None else is_sqlite(self.url))
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
-        self.url = url
         # SQLite has one writer at a time. Threads of one process take turns on a lock (a fast
         # hand-over) instead of SQLite's busy handler, which sleeps up to 100 ms per retry and
         # collapsed a 200-client boot storm to 57 scripts/s.
-        self._turn = threading.RLock() if url.startswith("sqlite") else nullcontext()
+        self._turn = threading.RLock() if is_sqlite(self.url) else nullcontext()
+
+    def _behind(self, upgrade: bool) -> None:
+        head, have = schema_head(), self.revision
+        script = ScriptDirectory.from_config(_alembic_config())
+        if have is not None and script.get_revision(have) is None:
+            self.engine.dispose()
+            raise StoreError(f"the store at {self.shown_url} has schema revision {have}, newer than this "
+                             f"provisioner knows ({head}): upgrade provisioner")
+        if not upgrade:
+            self.engine.dispose()
+            what = "has no schema yet" if have is None else f"has schema revision {have}, this provisioner needs {head}"
+            raise StoreError(f"the store at {self.shown_url} {what}: run `provisioner db upgrade`")
+        migrate(self.engine)
+        self.revision = head
 
     @contextmanager
     def session(self):
-        with self._turn:
+        with store_errors(self.given_url), self._turn:
             s: Session = self._factory()
             try:
                 yield s
@@ -85,14 +175,14 @@ class Database:
     @contextmanager
     def read(self):
         """A Core connection for reads only: no turn to wait for (WAL readers never block), no commit."""
-        with self.engine.connect() as conn:
+        with store_errors(self.given_url), self.engine.connect() as conn:
             yield conn
 
     @contextmanager
     def write(self):
         """A Core connection in one transaction, taken in turn like `session()`; commits on success.
         For the hot paths (boot requests, rollout steps), where the ORM's unit of work was most of the cost."""
-        with self._turn, self.engine.begin() as conn:
+        with store_errors(self.given_url), self._turn, self.engine.begin() as conn:
             yield conn
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ import secrets
 from datetime import UTC, datetime
 from functools import cached_property
 
-from sqlalchemy import bindparam, event, insert, select, update
+from sqlalchemy import bindparam, event, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from provisioner.errors import PolicyViolation, ReleaseError
@@ -56,6 +56,7 @@ _BOOT_NODE = (select(_nodes, EnvironmentRow.release_id.label("env_release_id"))
               .outerjoin(EnvironmentRow.__table__, EnvironmentRow.name == _nodes.c.environment)
               .where(_nodes.c.name == bindparam("name")))
 _ACTIVE_BLOCKS = select(_blocks).where(_blocks.c.unblocked_at.is_(None)).order_by(_blocks.c.at)
+CALLBACK_ORDER_LOCK = 0x70726F76  # pg_advisory_xact_lock key: callback events commit in seq order
 _NODE_COLUMNS = frozenset(NodeRow.__table__.columns.keys()) - {"name", "updated_at"}
 
 
@@ -153,15 +154,20 @@ class Store:
         """Make the node table match the inventory (new nodes are added, known ones keep their state)."""
         added = 0
         with self.db.session() as s:
+            # One read of what the inventory sets, for every node (not a query per node: a round trip
+            # each on PostgreSQL), and an UPDATE only for a node whose inventory entry changed.
+            known = {r.name: (r.rack, r.model, r.environment, list(r.macs)) for r in s.execute(
+                select(NodeRow.name, NodeRow.rack, NodeRow.model, NodeRow.environment, NodeRow.macs))}
             for rack, n in spec.nodes():
-                row = s.get(NodeRow, n.name)
-                if row is None:
+                entry = (rack, n.model, n.environment, list(n.macs))
+                if n.name not in known:
                     s.add(NodeRow(name=n.name, rack=rack, model=n.model, environment=n.environment,
                                   macs=list(n.macs), state="new", state_reason="added from inventory",
                                   observed={}, updated_at=now()))
                     added += 1
-                else:
-                    row.rack, row.model, row.environment, row.macs = rack, n.model, n.environment, list(n.macs)
+                elif known[n.name] != entry:
+                    s.execute(update(NodeRow).where(NodeRow.name == n.name).values(
+                        rack=rack, model=n.model, environment=n.environment, macs=list(n.macs)))
         return added
 
     def nodes(self, environment: str | None = None) -> list[NodeRow]:
@@ -352,6 +358,11 @@ class Store:
                 node_update(node_row, row)
                 node_row.updated_at = now()
             if event:
+                if s.get_bind().dialect.name == "postgresql":
+                    # A waiting rollout reads callbacks by rising seq. PostgreSQL hands out seq values
+                    # before commit, so two reports could become visible out of seq order and the
+                    # reader would step over the later-committed one: take turns until commit.
+                    s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CALLBACK_ORDER_LOCK})
                 s.add(NodeEventRow(node=node, at=now(), **event))
             s.flush()
             s.expunge(row)

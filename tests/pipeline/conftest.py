@@ -13,13 +13,14 @@ from provisioner.context import Context, Settings
 
 @pytest.fixture
 def make_site(tmp_path) -> Callable[..., Site]:
-    """make_site(lab=True, rollout={...}, gate={...}, nodes={...}) -> Site; stopped at teardown."""
+    """make_site(lab=True, db=None, rollout={...}, gate={...}, nodes={...}) -> Site; stopped at teardown.
+    `db` is a store URL (the `store_url` fixture), default the embedded SQLite in the site's data dir."""
     sites: list[Site] = []
 
-    def make(*, lab: bool = True, name: str = "site", **tuning) -> Site:
+    def make(*, lab: bool = True, name: str = "site", db: str | None = None, **tuning) -> Site:
         spec = tune_spec(copy_spec(tmp_path / name / "spec"), **tuning)
         data = tmp_path / name / "data"
-        site = Site(spec, data, Context(Settings(spec_dir=spec, data_dir=data, actor="alice")))
+        site = Site(spec, data, Context(Settings(spec_dir=spec, data_dir=data, actor="alice", db_url=db)), db_url=db)
         sites.append(site)
         if lab:
             site.start_lab()

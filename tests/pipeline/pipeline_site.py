@@ -72,10 +72,17 @@ class Site:
     data: Path
     ctx: Context
     lab: object = None
+    db_url: str | None = None  # None: the embedded SQLite in the data dir
 
     def context(self, spec: Path | None = None, actor: str = "alice") -> Context:
-        """Another view of the same data dir, e.g. with a new spec or acting as someone else."""
-        return Context(Settings(spec_dir=spec or self.spec, data_dir=self.data, actor=actor))
+        """Another view of the same data dir and store, e.g. with a new spec or acting as someone else."""
+        return Context(Settings(spec_dir=spec or self.spec, data_dir=self.data, actor=actor, db_url=self.db_url))
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment a `provisioner` process of this site needs."""
+        return {"PROVISIONER_SPEC": str(self.spec), "PROVISIONER_DATA": str(self.data),
+                **({"PROVISIONER_DB": self.db_url} if self.db_url else {})}
 
     def build(self, spec: Path | None = None, author: str = "alice") -> str:
         """What `provisioner release build` does: freeze (refusing run-time blocks), store, return the id."""
@@ -123,6 +130,7 @@ class Site:
 
     def cli(self, *args: str, who: str = "alice", spec: Path | None = None, timeout: float = 120,
             env: dict | None = None):
+        env = {**({"PROVISIONER_DB": self.db_url} if self.db_url else {}), **(env or {})} or None
         return run_cli("--as", who, *args, spec=spec or self.spec, data=self.data, timeout=timeout, env=env)
 
 

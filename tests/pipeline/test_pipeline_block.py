@@ -6,8 +6,8 @@ from provisioner import pipeline
 from provisioner.demo import bump_bios
 
 
-def test_a_block_issued_while_the_canary_is_being_prepared_stops_it_before_it_flashes(lab_site, tmp_path):
-    site = lab_site
+def test_a_block_issued_while_the_canary_is_being_prepared_stops_it_before_it_flashes(make_site, store_url, tmp_path):
+    site = make_site(db=store_url)
     r1 = site.build()
     pipeline.promote(site.ctx, r1, "staging")
     assert pipeline.apply(site.ctx, "staging").status == "done"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,10 +17,13 @@ from collections import Counter
 
 import pytest
 from pipeline_site import read_json
+from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
 
 from provisioner import pipeline
 from provisioner.rollout.engine import STEPS
 from provisioner.rollout.record import RolloutRecord
+from provisioner.store.db import normalize_url
 
 PRODUCTION = [f"r{r}n0{i}" for r in (1, 2) for i in range(1, 9)]
 # What the first rollout from the lab's factory firmware changes, per model (one change each)
@@ -45,12 +47,13 @@ KILL_POINTS = {
 
 
 def read_record(db):
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
-        try:
-            steps = c.execute("SELECT node, step, phase FROM rollout_steps ORDER BY seq").fetchall()
-            nodes = {n: (st, w) for n, st, w in c.execute("SELECT node, status, wave FROM rollout_nodes")}
-        except sqlite3.OperationalError:  # tables not there yet, or locked for a moment
-            return [], {}
+    """The rollout record as the apply process left it, read behind its back (SQLite or PostgreSQL)."""
+    try:
+        with db.connect() as c:
+            steps = c.exec_driver_sql("SELECT node, step, phase FROM rollout_steps ORDER BY seq").fetchall()
+            nodes = {n: (st, w) for n, st, w in c.exec_driver_sql("SELECT node, status, wave FROM rollout_nodes")}
+    except OperationalError:  # locked for a moment
+        return [], {}
     return steps, nodes
 
 
@@ -71,16 +74,16 @@ def kill_when(proc, db, point, within: float = 60.0):
     pytest.fail(f"{point}: not reached within {within}s")
 
 
-@pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_apply_killed_mid_rollout_resumes_the_same_rollout_without_flashing_any_node_twice(make_site, point):
-    site = make_site(lab=False)
+@pytest.mark.parametrize("store_url, point", [("sqlite", p) for p in KILL_POINTS]
+                         + [("postgresql", "a dl360g10's in-band flash has begun")], indirect=["store_url"])
+def test_apply_killed_mid_rollout_resumes_the_same_rollout_without_flashing_any_node_twice(make_site, store_url, point):
+    site = make_site(lab=False, db=store_url)
     r1 = site.build()
     pipeline.promote(site.ctx, r1, "production", force_gate=True)  # the gate is tested elsewhere
     up = site.cli("lab", "up", "--json")
     assert up.returncode == 0, up.stderr
-    db = site.data / "provisioner.db"
-    env = {**os.environ, "PROVISIONER_SPEC": str(site.spec), "PROVISIONER_DATA": str(site.data)}
-    env.pop("PROVISIONER_DB", None)
+    db = create_engine(normalize_url(store_url))
+    env = {**{k: v for k, v in os.environ.items() if k != "PROVISIONER_DB"}, **site.env}
     proc = subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", "apply", "production", "--yes", "--json"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -111,6 +114,7 @@ def test_apply_killed_mid_rollout_resumes_the_same_rollout_without_flashing_any_
         verify = site.cli("audit", "verify")
         assert verify.returncode == 0, verify.stderr
     finally:
+        db.dispose()
         if proc.poll() is None:
             proc.kill()
         down = site.cli("lab", "down")

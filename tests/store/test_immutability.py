@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
+from helpers import execute_raw
+from sqlalchemy.exc import DBAPIError
 
 from provisioner.context import Context, Settings
 from provisioner.errors import ArtifactMismatch, ReleaseError
@@ -12,10 +12,16 @@ from provisioner.releases.artifacts import ArtifactStore
 from provisioner.releases.build import freeze
 from provisioner.store.models import ReleaseRow
 
+# What an intruder with database access would run to lift the database's own refusal.
+DROP_TRIGGER = {"sqlite": "DROP TRIGGER releases_no_update",
+                "postgresql": "DROP TRIGGER releases_immutable ON releases"}
+
 
 @pytest.fixture
-def ctx(spec_dir, tmp_path):
-    return Context(Settings(spec_dir=spec_dir, data_dir=tmp_path / "data"))
+def ctx(spec_dir, tmp_path, store_url):
+    c = Context(Settings(spec_dir=spec_dir, data_dir=tmp_path / "data", db_url=store_url))
+    yield c
+    c.store.db.close()
 
 
 def test_updating_a_stored_release_through_the_store_is_refused(ctx):
@@ -28,27 +34,21 @@ def test_updating_a_stored_release_through_the_store_is_refused(ctx):
     assert ctx.store.release_meta(rel.id)["author"] == "alice"
 
 
-def test_the_database_itself_refuses_an_update_or_delete_of_a_release(ctx):
+def test_the_database_itself_refuses_an_update_or_delete_of_a_release(ctx, store_url):
     rel = freeze(ctx.spec)
     ctx.store.add_release(rel, "alice")
-    db_file = ctx.settings.data_dir / "provisioner.db"
-    con = sqlite3.connect(db_file)
-    with pytest.raises(sqlite3.DatabaseError, match="immutable"):
-        con.execute("UPDATE releases SET document = '{}' WHERE id = ?", (rel.id,))
-    with pytest.raises(sqlite3.DatabaseError, match="immutable"):
-        con.execute("DELETE FROM releases WHERE id = ?", (rel.id,))
-    con.close()
+    with pytest.raises(DBAPIError, match="immutable"):
+        execute_raw(store_url, f"UPDATE releases SET document = '{{}}' WHERE id = '{rel.id}'")
+    with pytest.raises(DBAPIError, match="immutable"):
+        execute_raw(store_url, f"DELETE FROM releases WHERE id = '{rel.id}'")
     assert ctx.store.get_release(rel.id).canonical == rel.canonical
 
 
-def test_a_release_altered_behind_the_stores_back_is_detected_on_read(ctx):
+def test_a_release_altered_behind_the_stores_back_is_detected_on_read(ctx, store_url):
     rel = freeze(ctx.spec)
     ctx.store.add_release(rel, "alice")
-    con = sqlite3.connect(ctx.settings.data_dir / "provisioner.db")
-    con.execute("DROP TRIGGER releases_no_update")
-    con.execute("UPDATE releases SET document = replace(document, '1.13.2', '1.13.3')")
-    con.commit()
-    con.close()
+    execute_raw(store_url, DROP_TRIGGER[ctx.store.db.engine.dialect.name],
+                "UPDATE releases SET document = replace(document, '1.13.2', '1.13.3')")
     with pytest.raises(ReleaseError, match="was altered"):
         ctx.store.get_release(rel.id)
 

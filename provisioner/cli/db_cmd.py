@@ -1,0 +1,88 @@
+"""`provisioner db status|upgrade|copy`: the store's schema, its migrations, and moving it elsewhere."""
+
+from __future__ import annotations
+
+import click
+
+from provisioner.cli import cli
+from provisioner.cli.output import console, json_option, table
+from provisioner.context import Context
+from provisioner.store.copy import copy_store
+from provisioner.store.db import Database, schema_state
+from provisioner.store.errors import mask_url
+
+
+@cli.group()
+def db():
+    """The store: its schema revision, migrations, and copying it to PostgreSQL.
+
+    \b
+    SQLite (the default, in the data directory) is migrated on first use; any other store only
+    by `provisioner db upgrade`, run once per new version before the services start.
+    """
+
+
+@db.command("status")
+@json_option
+@click.pass_obj
+def db_status(ctx: Context):
+    """Which store this is and its schema revision (exit 5 if it cannot be opened).
+
+    \b
+    Example:
+      provisioner --db postgresql://prov@db1/provisioner db status
+    """
+    url = ctx.settings.url
+    revision, head = schema_state(url)
+    data = {"url": mask_url(url), "revision": revision, "head": head, "up_to_date": revision == head}
+
+    def render(d):
+        state = "up to date" if d["up_to_date"] else "behind: run `provisioner db upgrade`"
+        table(None, ["store", "schema revision", "newest known", "state"],
+              [[d["url"], d["revision"] or "(none)", d["head"], state]])
+
+    return data, render
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(ctx: Context):
+    """Migrate the store's schema to the newest revision (idempotent).
+
+    \b
+    Example:
+      provisioner --db postgresql://prov@db1/provisioner db upgrade
+    """
+    url = ctx.settings.url
+    before, head = schema_state(url)
+    Database(url, upgrade=True).close()
+    shown = mask_url(url)
+    if before == head:
+        console.print(f"{shown}: schema already at {head}")
+    else:
+        console.print(f"{shown}: schema {before or '(none)'} -> {head}")
+
+
+@db.command("copy")
+@click.option("--to", "to_url", required=True, metavar="URL", help="The empty database to copy into.")
+@click.pass_obj
+def db_copy(ctx: Context, to_url: str):
+    """Copy the whole store (releases, environments, nodes, audit chain, rollouts) into an empty
+    database, migrating it first, and verify the audit chain there before committing.
+
+    \b
+    Example (move the embedded SQLite store to PostgreSQL):
+      provisioner db copy --to postgresql://prov@db1/provisioner
+      export PROVISIONER_DB=postgresql://prov@db1/provisioner
+    Artifacts stay in the data directory: every host that serves them needs that directory.
+    """
+    source = Database(ctx.settings.url)
+    target = Database(to_url, upgrade=True)
+    try:
+        counts = copy_store(source, target)
+    finally:
+        source.close()
+        target.close()
+    console.print(f"copied {sum(counts.values())} rows to {mask_url(to_url)}: {counts.get('releases', 0)} releases, "
+                  f"{counts.get('audit_log', 0)} audit entries (chain verified), {counts.get('nodes', 0)} nodes; "
+                  f"use it with --db or PROVISIONER_DB")
