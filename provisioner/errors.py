@@ -16,6 +16,8 @@ ProvisionerError
     - ImageRejected        fatal: the image's digest differs from the release, or the BMC refused it
   + NetbootError           a boot file cannot be produced (template render error, unknown profile)
   + RolloutHalted          a rollout stopped by its failure threshold or by a block (exit 8)
+  + RolloutBusy            another process holds the environment's (node's, BMC's) lease: who, since when (exit 9)
+    - LeaseLost            this process's lease expired and may be another's: it stops without writing
 
 User errors print one line and exit with `exit_code`; anything else is a bug and gets a traceback.
 """
@@ -110,3 +112,15 @@ class NetbootError(ProvisionerError):
 
 class RolloutHalted(ProvisionerError):
     exit_code = 8
+
+
+class RolloutBusy(ProvisionerError):
+    exit_code = 9
+
+    def __init__(self, message: str, holder: str = "", since: str = ""):
+        super().__init__(message)
+        self.holder, self.since = holder, since
+
+
+class LeaseLost(RolloutBusy):
+    pass

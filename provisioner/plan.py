@@ -5,6 +5,7 @@ Actions, in an operator's words:
     reflash       some components differ from their pins (which, from -> to)
     reimage       firmware fine, but the node does not run this release's image
     reprovision   both (also: firmware never read, or the node runs a blocked version)
+    recover       the node failed or is presumed boot-looping: never `nothing`, whatever its BMC says
     hold          nothing safe to do: the release pins a blocked or unapproved version
 
 A plan never contains a flash to a blocked version, nor a flash of a component already at its pin.
@@ -26,6 +27,8 @@ class Observed:
     firmware: dict[str, str]  # component -> version, as the BMC last reported; {} if never read
     installed_release: str | None = None
     installed_image: str | None = None  # image_key() of what the installer wrote, if known
+    state: str = ""  # its lifecycle state (provisioner/states.py) and why
+    state_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,13 +130,18 @@ def make_plan(release_id: str, release_doc: dict, environment: str, observed: li
             out.append(NodePlan(o.name, o.rack, o.model, "hold",
                                 f"{unapproved['name']} {unapproved['version']} is not on the allow-list"))
             continue
+        if o.state == "maintenance":
+            out.append(NodePlan(o.name, o.rack, o.model, "hold", f"in maintenance: {o.state_reason}"))
+            continue
         flashes = tuple(Flash(c["name"], o.firmware.get(c["name"]), c["version"], c["method"], c["image"]["sha256"])
                         for c in comps if o.firmware.get(c["name"]) != c["version"])
         running_blocked = next((b for comp, ver in sorted(o.firmware.items())
                                 if (b := find_blocked(everything, o.model, comp, ver))), None)
         image_stale = reimage and o.installed_release != release_id and (
             o.installed_image is None or o.installed_image != image_key(release_doc, o.name))
-        if running_blocked:
+        if o.state in ("failed", "needs-hands"):
+            action, reason = "recover", f"{o.state}: {o.state_reason or 'no reason recorded'}"
+        elif running_blocked:
             action = "reprovision"
             reason = f"runs blocked {running_blocked.component} {running_blocked.version} ({running_blocked.reason})"
         elif not o.firmware:

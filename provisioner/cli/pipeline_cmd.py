@@ -11,51 +11,67 @@ from provisioner import pipeline
 from provisioner.cli import cli
 from provisioner.cli.output import console, err_console, json_option, table
 from provisioner.context import Context
-from provisioner.errors import ProvisionerError, RolloutHalted, SpecError
+from provisioner.errors import LeaseLost, ProvisionerError, RolloutBusy, RolloutHalted, SpecError
+from provisioner.rollout.signals import EXIT_INTERRUPTED, SignalStop
 
 ENV = click.argument("environment", default="production")
 
 
 class RolloutProgress:
-    """A progress bar for people (stderr), nothing for --json."""
+    """A progress bar for people (stderr), nothing for --json. It knows its total (the rollout's
+    node count) and shows the step each running node is at."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.bar_enabled = enabled and sys.stderr.isatty()
         self.bar = None
         self.lines: list[str] = []
+        self.phase: dict[str, str] = {}  # running node -> its current step
 
     def __call__(self, e: dict) -> None:
         ev = e["event"]
-        if ev == "created":
+        if ev == "total" and self.bar is None and self.bar_enabled:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=err_console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("re-provisioning", total=e["nodes"], completed=e["done"])
+        elif ev == "node_step":
+            self.phase[e["node"]] = e["step"]
+            self._describe()
+        elif ev == "created":
             counts = ", ".join(f"{v} {k}" for k, v in sorted(e["counts"].items()))
             self._say(f"rollout {e['rollout']} created: {counts or 'nothing to do'}")
             for node, err in sorted(e.get("unreachable", {}).items()):
                 self._say(f"  [yellow]{node}: BMC not read ({err})[/yellow]")
         elif ev == "resume":
-            self._say(f"resuming rollout {e['rollout']} from its record")
+            kind = f" ({e['kind']})" if e.get("kind") not in (None, "apply") else ""
+            self._say(f"resuming rollout {e['rollout']}{kind} from its record")
         elif ev == "wave":
             name = "canary" if e["wave"] == 0 else f"wave {e['wave']}"
             self._say(f"{name}: {', '.join(e['nodes'])}")
-            if self.bar is None and self.bar_enabled:
-                self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TimeElapsedColumn(), console=err_console, transient=True)
-                self.bar.start()
-                self.task = self.bar.add_task("re-provisioning", total=None)
         elif ev == "node_done":
-            self._advance()
+            self._advance(e["node"])
         elif ev == "node_failed":
             self._say(f"  [red]✗ {e['node']}: {e['error']}[/red]")
-            self._advance()
+            self._advance(e["node"])
         elif ev == "node_halted":
             self._say(f"  [yellow]‖ {e['node']} stopped before {e['step']}[/yellow]")
-        elif ev in ("done", "halted"):
+            self.phase.pop(e["node"], None)
+        elif ev in ("done", "halted", "interrupted", "lost"):
             if self.bar:
                 self.bar.stop()
 
-    def _advance(self):
+    def _describe(self) -> None:
+        if self.bar:
+            running = " ".join(f"{n}:{s}" for n, s in sorted(self.phase.items())[:4])
+            more = f" +{len(self.phase) - 4}" if len(self.phase) > 4 else ""
+            self.bar.update(self.task, description=f"re-provisioning {running}{more}")
+
+    def _advance(self, node: str):
+        self.phase.pop(node, None)
         if self.bar:
             self.bar.advance(self.task)
+            self._describe()
 
     def _say(self, text: str) -> None:
         if self.enabled:
@@ -100,35 +116,61 @@ def plan(ctx: Context, environment: str, no_refresh: bool):
     return data, _render_plan, 2 if p.changes else 0
 
 
+def rollout_exit(status: str) -> int:
+    return {"halted": RolloutHalted.exit_code, "interrupted": EXIT_INTERRUPTED}.get(status, 0)
+
+
+def run_interruptible(start):
+    """Run `start(on_engine)` with SIGINT/SIGTERM handled as rollout/signals.py says."""
+    with SignalStop(lambda text: err_console.print(f"[yellow]{text}[/yellow]")) as stop:
+        return start(stop.attach)
+
+
 @cli.command()
 @ENV
+@click.option("--wait", is_flag=True, help="If another process is rolling ENVIRONMENT out, wait for it to end "
+              "instead of exiting 9.")
 @json_option
 @click.pass_obj
-def apply(ctx: Context, environment: str):
+def apply(ctx: Context, environment: str, wait: bool):
     """Roll ENVIRONMENT's release out: canary, then waves, with limits and auto-halt.
 
     \b
     Idempotent: nodes already at the release are left alone, and after an interruption (even
     kill -9) running it again resumes the same rollout from its record without flashing any
-    node twice. Exit code 8 when the rollout halted.
+    node twice. One process at a time per environment, node and BMC (leases in the store).
+    Exit codes: 8 the rollout halted, or ENVIRONMENT is halted (sticky: `rollout resume` or
+    `rollout abort` first); 9 another process holds ENVIRONMENT (`--wait` waits); 130
+    interrupted by SIGINT/SIGTERM (resumable: run apply again).
 
     \b
     Examples:
       provisioner apply staging
       provisioner apply production --json
     """
-    result = pipeline.apply(ctx, environment, progress=RolloutProgress(True))
+    while True:
+        if wait:
+            pipeline.wait_for_environment(ctx, environment, lambda t: err_console.print(t))
+        try:
+            result = run_interruptible(lambda attach: pipeline.apply(
+                ctx, environment, progress=RolloutProgress(True), on_engine=attach))
+            break
+        except LeaseLost:
+            raise
+        except RolloutBusy:  # taken between the wait and the lease: wait again
+            if not wait:
+                raise
     data = result.as_dict()
 
     def render(d):
         console.print(f"rollout {d['rollout']} {d['status']} in {d['seconds']}s: {len(d['done'])} done, "
                       f"{len(d['failed'])} failed, {len(d['held'])} held")
-        if d["status"] == "halted":
-            console.print(f"[red bold]HALTED[/red bold]: {d['reason']}")
+        if d["status"] in ("halted", "interrupted"):
+            console.print(f"[red bold]{d['status'].upper()}[/red bold]: {d['reason']}")
             for node, step in sorted(d["interrupted"].items()):
                 console.print(f"  {node}: stopped before {step}")
 
-    return data, render, RolloutHalted.exit_code if result.status == "halted" else 0
+    return data, render, rollout_exit(result.status)
 
 
 
@@ -241,10 +283,20 @@ def block_cmd(ctx: Context, component: str, version: str, reason: str, model: st
 @json_option
 @click.pass_obj
 def unblock_cmd(ctx: Context, component: str, version: str, reason: str):
-    """Lift a block (audited). Example: provisioner unblock bios 1.20.0 --reason "vendor fix confirmed" """
-    n = ctx.store.unblock(component, version, ctx.settings.actor, reason)
-    return {"component": component, "version": version, "lifted": n}, \
-        lambda d: console.print(f"lifted {n} block(s) on {component} {version}" if n else "no such block")
+    """Lift a block (audited); held nodes that run nothing blocked any more are released (ready).
+
+    \b
+    Example:
+      provisioner unblock bios 1.20.0 --reason "vendor fix confirmed"
+    """
+    data = pipeline.unblock(ctx, component, version, reason)
+
+    def render(d):
+        console.print(f"lifted {d['lifted']} block(s) on {component} {version}" if d["lifted"] else "no such block")
+        if d["released"]:
+            console.print(f"  released (nothing they run is blocked): {', '.join(d['released'])}")
+
+    return data, render
 
 
 @cli.command()
@@ -260,11 +312,12 @@ def rollback(ctx: Context, environment: str, to: str | None):
     Example:
       provisioner rollback production
     """
-    result = pipeline.rollback(ctx, environment, to, progress=RolloutProgress(True))
+    result = run_interruptible(lambda attach: pipeline.rollback(ctx, environment, to, progress=RolloutProgress(True),
+                                                                on_engine=attach))
     data = result.as_dict()
     return data, lambda d: console.print(f"rollback rollout {d['rollout']} {d['status']} in {d['seconds']}s: "
                                          f"{len(d['done'])} re-provisioned, {len(d['failed'])} failed"), \
-        RolloutHalted.exit_code if result.status == "halted" else 0
+        rollout_exit(result.status)
 
 
 @cli.command()

@@ -175,3 +175,21 @@ class RolloutStepRow(Base):
     phase: Mapped[str] = mapped_column(String(8))  # begin | end | error | skip
     details: Mapped[dict] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LeaseRow(Base):
+    """Mutual exclusion through the store (migration 0005): who works on an environment, node or BMC.
+
+    A row per key ("environment:staging", "node:s1n01", "bmc:127.0.11.1:6230") is kept after its
+    holder lets go, so `token` only grows: a fencing token. Taken and checked with plain conditional
+    INSERT/UPDATE statements, the same on SQLite and PostgreSQL.
+    """
+
+    __tablename__ = "leases"
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))  # host:pid:uuid of the process
+    purpose: Mapped[str] = mapped_column(Text)  # e.g. "rollout 12 (apply)"
+    token: Mapped[int] = mapped_column(Integer)  # +1 each time the lease changes hands
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from contextlib import nullcontext
 from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, event, insert, select, update
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from provisioner.errors import PolicyViolation, ReleaseError
 from provisioner.releases.build import Release, load_release
 from provisioner.spec.models import Spec
+from provisioner.states import IllegalTransition, NodeState, node_sources
 from provisioner.store import audit
 from provisioner.store.db import Database
 from provisioner.store.models import (
@@ -117,9 +119,11 @@ class Store:
             row = s.get(EnvironmentRow, env)
             return row.release_id if row else None
 
-    def point_environment(self, env: str, release_id: str, by: str, reason: str, action: str = "env.point") -> str | None:
-        """Point `env` at `release_id`; return the release it pointed to before."""
-        with self.db.session() as s:
+    def point_environment(self, env: str, release_id: str, by: str, reason: str, action: str = "env.point",
+                          session=None) -> str | None:
+        """Point `env` at `release_id`; return the release it pointed to before. In `session`'s
+        transaction if given (a rollback re-points its environment as it records its rollout)."""
+        with self.db.session() if session is None else nullcontext(session) as s:
             row = s.get(EnvironmentRow, env, with_for_update=True)
             previous = row.release_id if row else None
             if row is None:
@@ -173,6 +177,28 @@ class Store:
         with self.db.write() as c:  # one UPDATE: rollouts call this several times per node
             if c.execute(update(NodeRow).where(NodeRow.name == name).values(**fields, updated_at=now())).rowcount != 1:
                 raise ReleaseError(f"unknown node {name!r}")
+
+    def transition_node(self, name: str, event: str, reason: str, *, conn=None, **fields) -> NodeState:
+        """Move `name` along the lifecycle edge `event` (provisioner/states.py), with `fields`, in one
+        conditional UPDATE (in `conn`'s transaction if given); IllegalTransition if the node is in a
+        state the edge does not leave from (checked by the database, so two writers cannot both win)."""
+        for k in fields:
+            if k not in _NODE_COLUMNS:
+                raise AttributeError(f"nodes have no field {k!r}")
+        sources, target = node_sources(event)
+        stmt = (update(NodeRow).where(NodeRow.name == name, NodeRow.state.in_([str(s) for s in sources]))
+                .values(**fields, state=str(target), state_reason=reason, updated_at=now()))
+        if conn is not None:
+            n = conn.execute(stmt).rowcount
+        else:
+            with self.db.write() as c:
+                n = c.execute(stmt).rowcount
+        if n != 1:
+            row = self.node(name)
+            if row is None:
+                raise ReleaseError(f"unknown node {name!r}")
+            raise IllegalTransition(f"node {name} is {row.state}: it cannot take {event!r} (to {target})")
+        return target
 
     # -- approvals ------------------------------------------------------------------------
     def approve(self, release_id: str, approver: str, comment: str = "") -> bool:
