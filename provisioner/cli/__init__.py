@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok · 1 error (or a bug, with a traceback) · 2 spec error, or `plan` found changes ·
 3 policy violation · 4 release error · 5 store error · 6 audit chain broken · 7 BMC driver error ·
-8 rollout halted.
+8 rollout halted (or the environment is halted: `rollout resume`/`rollout abort`) ·
+9 busy: another process holds the environment's, node's or BMC's lease · 130 interrupted by a signal.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def cli(ctx: click.Context, spec_dir: Path, data_dir: Path, db_url: str | None, 
 def main(argv: list[str] | None = None) -> int:
     from provisioner.cli import audit_cmd, release_cmd  # noqa: F401  (registers commands)
 
-    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd"):
+    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd", "rollout_cmd", "node_cmd"):
         try:
             __import__(f"provisioner.cli.{mod}")
         except ModuleNotFoundError as e:

@@ -207,12 +207,18 @@ class Leases:
             return
         started, at = time.monotonic(), now()
         with self.db.write() as c:
-            n = c.execute(update(_leases).where(_leases.c.holder == self.holder, _leases.c.key.in_(held),
+            n = c.execute(update(_leases).where(_leases.c.holder == self.holder, _leases.c.key.in_(list(held)),
                                                 _leases.c.expires_at > at)
                           .values(heartbeat_at=at, expires_at=at + timedelta(seconds=self.seconds))).rowcount
-        if n != len(held):
-            self._lose(f"{len(held) - n} lease(s) of {self.holder} expired before their heartbeat; "
-                       "this process stops without writing")
+        if n != len(held):  # one let go meanwhile (released: fine), or one expired or taken over (lost)
+            with self.db.read() as c:
+                rows = {r.key: r for r in c.execute(select(_leases).where(_leases.c.key.in_(list(held))))}
+            with self._lock:
+                lost = [k for k, h in held.items() if k in self.held and (
+                    rows[k].holder != self.holder or rows[k].token != h.token or aware(rows[k].expires_at) <= at)]
+            if lost:
+                self._lose(f"lease(s) {', '.join(lost)} of {self.holder} expired before their heartbeat; "
+                           "this process stops without writing")
         self._renewed = started
 
     def _keep(self, held: Held) -> Held:

@@ -75,9 +75,9 @@ class RolloutRecord:
         """Take the environment's lease and mark rollout `rid` running again, in one transaction.
         `retry_failed` (an operator's `rollout resume`) puts its failed nodes back to pending."""
         with self.db.session() as s:
+            if self.leases is not None:  # the first statement: a write, so SQLite takes its lock now
+                self.leases.take(s.connection(), self.key, f"rollout {rid} of {self.key.partition(':')[2]}")
             r = s.get(RolloutRow, rid)
-            if self.leases is not None:
-                self.leases.take(s.connection(), self.key, f"rollout {rid} ({r.kind}) of {r.environment}")
             before = r.status
             r.status, r.finished_at = next_rollout_status(r.status, "resume"), None
             if retry_failed:
@@ -93,11 +93,11 @@ class RolloutRecord:
     def abort(self, rid: int, by: str, reason: str) -> RolloutRow:
         """An operator gives a halted or interrupted rollout up: nodes not started are skipped."""
         with self.db.session() as s:
+            if self.leases is not None:
+                self.leases.take(s.connection(), self.key, f"abort of rollout {rid}")
             r = s.get(RolloutRow, rid)
             if r is None:
                 raise LookupError(f"no rollout {rid}")
-            if self.leases is not None:
-                self.leases.take(s.connection(), self.key, f"abort of rollout {rid}")
             r.status, r.finished_at = next_rollout_status(r.status, "abort"), now()
             s.execute(update(RolloutNodeRow).where(RolloutNodeRow.rollout_id == rid,
                                                    RolloutNodeRow.status == NodeRolloutStatus.PENDING)
