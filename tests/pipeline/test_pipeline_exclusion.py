@@ -125,3 +125,34 @@ def run_apply(site, env: dict):
 
     return run_cli("--as", "alice", "apply", "production", "--json", spec=site.spec, data=site.data, env=env,
                    timeout=300)
+
+
+def test_apply_wait_waits_for_the_holder_of_another_host_and_then_runs(make_site):
+    from provisioner.rollout.lease import Leases
+    from provisioner.store.repo import now
+
+    site = make_site(nodes={"r1n01"})
+    r1 = site.build()
+    pipeline.promote(site.ctx, r1, "production", force_gate=True)
+    other = Leases(site.ctx.store, seconds=3, holder="ops2.example:4242:feedc0de")
+    with site.ctx.store.db.write() as c:  # another host's apply, alive: it renews its lease
+        other.take(c, "environment:production", "rollout 7 (apply) of production")
+    other.start_heartbeat()
+    try:
+        refused = site.cli("apply", "production")
+        assert refused.returncode == 9, refused.stderr
+        assert refused.stderr.startswith("error: environment production is busy: rollout 7 (apply) of production, "
+                                         "held by ops2.example:4242:feedc0de since ")
+        assert f"{now():%Y-%m-%d}" in refused.stderr and "apply --wait" in refused.stderr
+
+        waiting = popen_apply(site, "--wait", "--json")
+        first_line = waiting.stderr.readline()
+        assert first_line.startswith("waiting for production: rollout 7 (apply) of production, held by "
+                                     "ops2.example:4242:feedc0de"), first_line
+        assert waiting.poll() is None
+    finally:
+        other.stop()
+        other.release_all()  # the other apply ends
+    out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err
+    assert read_json(out)["done"] == ["r1n01"]
