@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from provisioner.errors import LeaseLost, RolloutBusy
@@ -33,6 +33,21 @@ log = logging.getLogger("provisioner.lease")
 
 DEFAULT_SECONDS = 15.0  # a crashed holder's work is taken over this long after its last heartbeat
 _leases = LeaseRow.__table__
+_c = _leases.c
+# Statements built once (every rollout write runs the fence: building them per call cost more
+# than running them). Bind names differ from column names, which UPDATE … SET reserves.
+_SELECT = select(_leases).where(_c.key == bindparam("k"))
+_FENCE = (update(_leases).where(_c.key == bindparam("k"), _c.holder == bindparam("h"), _c.token == bindparam("t"),
+                                _c.expires_at > bindparam("at")).values(heartbeat_at=_c.heartbeat_at))
+_EXTEND = (update(_leases).where(_c.key == bindparam("k"), _c.holder == bindparam("h"))
+           .values(purpose=bindparam("p"), heartbeat_at=bindparam("at"), expires_at=bindparam("exp")))
+_TAKE_OVER = (update(_leases).where(_c.key == bindparam("k"), or_(_c.expires_at <= bindparam("at"),
+                                                                   _c.holder == bindparam("dead")))
+              .values(holder=bindparam("h"), purpose=bindparam("p"), token=_c.token + 1,
+                      acquired_at=bindparam("at"), heartbeat_at=bindparam("at"), expires_at=bindparam("exp")))
+_RELEASE = (update(_leases).where(_c.key == bindparam("k"), _c.holder == bindparam("h"), _c.token == bindparam("t"))
+            .values(expires_at=bindparam("at")))
+_INSERTS: dict[str, object] = {}
 
 
 def default_seconds() -> float:
@@ -75,10 +90,14 @@ def _dead_here(holder: str) -> bool:
 
 
 def _insert(conn):
-    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
-    if dialect is None:  # another database: a plain INSERT, its IntegrityError means "taken"
-        return insert(_leases)
-    return dialect.insert(_leases).on_conflict_do_nothing(index_elements=["key"])
+    stmt = _INSERTS.get(conn.dialect.name)
+    if stmt is None:
+        dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
+        # another database: a plain INSERT, its IntegrityError means "taken"
+        stmt = insert(_leases) if dialect is None else dialect.insert(_leases).on_conflict_do_nothing(
+            index_elements=["key"])
+        _INSERTS[conn.dialect.name] = stmt
+    return stmt
 
 
 @dataclass(frozen=True)
@@ -108,19 +127,15 @@ class Leases:
         expires = at + timedelta(seconds=self.seconds)
         values = {"key": key, "holder": self.holder, "purpose": purpose, "token": 1, "acquired_at": at,
                   "heartbeat_at": at, "expires_at": expires}
-        if conn.execute(_insert(conn).values(**values)).rowcount == 1:
+        if conn.execute(_insert(conn), values).rowcount == 1:
             return self._keep(Held(key, 1))
-        row = conn.execute(select(_leases).where(_leases.c.key == key)).first()
+        row = conn.execute(_SELECT, {"k": key}).first()
         if row.holder == self.holder:  # ours already (a rollback that then applies): keep the token
-            conn.execute(update(_leases).where(_leases.c.key == key, _leases.c.holder == self.holder)
-                         .values(purpose=purpose, heartbeat_at=at, expires_at=expires))
+            conn.execute(_EXTEND, {"k": key, "h": self.holder, "p": purpose, "at": at, "exp": expires})
             return self._keep(Held(key, row.token))
-        free = [_leases.c.expires_at <= at]
-        if _dead_here(row.holder):
-            free.append(_leases.c.holder == row.holder)
-        taken = conn.execute(update(_leases).where(_leases.c.key == key, or_(*free))
-                             .values(holder=self.holder, purpose=purpose, token=_leases.c.token + 1,
-                                     acquired_at=at, heartbeat_at=at, expires_at=expires)).rowcount
+        dead = row.holder if _dead_here(row.holder) else ""  # "" matches no holder
+        taken = conn.execute(_TAKE_OVER, {"k": key, "at": at, "dead": dead, "h": self.holder, "p": purpose,
+                                          "exp": expires}).rowcount
         if taken != 1:
             since = aware(row.acquired_at)
             raise RolloutBusy(f"{key.replace(':', ' ', 1)} is busy: {row.purpose}, held by {row.holder} since "
@@ -133,9 +148,7 @@ class Leases:
         """First statement of every write of the holder: the lease is still ours and not expired."""
         held = self.held.get(key)
         ok = held is not None and conn.execute(
-            update(_leases).where(_leases.c.key == key, _leases.c.holder == self.holder,
-                                  _leases.c.token == held.token, _leases.c.expires_at > now())
-            .values(heartbeat_at=_leases.c.heartbeat_at)).rowcount == 1
+            _FENCE, {"k": key, "h": self.holder, "t": held.token, "at": now()}).rowcount == 1
         if not ok:
             self._lose(f"lease {key} expired or was taken over; this process stops without writing")
 
@@ -145,8 +158,7 @@ class Leases:
         for key in keys:
             held = self.held.get(key)
             if held is not None:
-                conn.execute(update(_leases).where(_leases.c.key == key, _leases.c.holder == self.holder,
-                                                   _leases.c.token == held.token).values(expires_at=at))
+                conn.execute(_RELEASE, {"k": key, "h": self.holder, "t": held.token, "at": at})
         with self._lock:
             for key in keys:
                 self.held.pop(key, None)
@@ -172,7 +184,7 @@ class Leases:
     def peek(self, key: str) -> dict | None:
         """The live lease on `key` (not ours), if any: {holder, purpose, since}."""
         with self.db.read() as c:
-            row = c.execute(select(_leases).where(_leases.c.key == key)).first()
+            row = c.execute(_SELECT, {"k": key}).first()
         if row is None or row.holder == self.holder or aware(row.expires_at) <= now() or _dead_here(row.holder):
             return None
         return {"holder": row.holder, "purpose": row.purpose, "since": aware(row.acquired_at).isoformat()}

@@ -13,6 +13,10 @@ from provisioner.store import audit
 from provisioner.store.models import NodeEventRow, NodeRow, RolloutNodeRow, RolloutRow, RolloutStepRow
 from provisioner.store.repo import Store, aware, now
 
+_ADD_EVENT = insert(NodeEventRow.__table__)
+_ADD_STEP = insert(RolloutStepRow.__table__)
+_NODES = NodeRow.__table__
+
 
 class RolloutRecord:
     """Reads and writes of the rollout tables. Given `leases`, every write first checks (fences)
@@ -146,7 +150,7 @@ class RolloutRecord:
             for key in take:  # the node's and its BMC's leases, with the node's first step
                 self.leases.take(c, key, f"rollout {rid}: {node}")
             if rows:
-                c.execute(insert(RolloutStepRow), rows)
+                c.execute(_ADD_STEP, rows)
             if node_fields:
                 self._set_node(c, rid, node, node_fields)
             if node_state is not None:
@@ -162,10 +166,10 @@ class RolloutRecord:
             if state is not None:
                 self.store.transition_node(node, state[0], state[1], conn=c, **fields)
             elif fields:
-                c.execute(update(NodeRow).where(NodeRow.name == node).values(**fields, updated_at=now()))
+                c.execute(update(_NODES).where(_NODES.c.name == node).values(**fields, updated_at=now()))
             if event is not None:
-                c.execute(insert(NodeEventRow).values(node=node, at=now(), source=event[0], event=event[1],
-                                                      details=event[2] or {}))
+                c.execute(_ADD_EVENT, {"node": node, "at": now(), "source": event[0], "event": event[1],
+                                       "details": event[2] or {}})
 
     @staticmethod
     def _set_node(c, rid: int, node: str, fields: dict) -> None:

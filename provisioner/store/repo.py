@@ -58,6 +58,25 @@ _ACTIVE_BLOCKS = select(_blocks).where(_blocks.c.unblocked_at.is_(None)).order_b
 _NODE_COLUMNS = frozenset(NodeRow.__table__.columns.keys()) - {"name", "updated_at"}
 
 
+_TRANSITIONS: dict[tuple, tuple] = {}
+
+
+def _transition_statement(event: str, fields: tuple[str, ...]):
+    """(UPDATE moving a node along `event`, setting `fields` too; the state it leads to), built once."""
+    key = (event, fields)
+    if key not in _TRANSITIONS:
+        for k in fields:
+            if k not in _NODE_COLUMNS:
+                raise AttributeError(f"nodes have no field {k!r}")
+        sources, target = node_sources(event)
+        stmt = (update(_nodes).where(_nodes.c.name == bindparam("t_name"),
+                                     _nodes.c.state.in_(sorted(str(s) for s in sources)))
+                .values(state=str(target), state_reason=bindparam("t_reason"), updated_at=bindparam("t_at"),
+                        **{k: bindparam(f"v_{k}", type_=_nodes.c[k].type) for k in fields}))
+        _TRANSITIONS[key] = (stmt, target)
+    return _TRANSITIONS[key]
+
+
 def _block(r) -> dict:
     return {"model": r.model, "component": r.component, "version": r.version, "reason": r.reason,
             "incident": r.incident, "by": r.by, "at": aware(r.at).isoformat()}
@@ -182,17 +201,13 @@ class Store:
         """Move `name` along the lifecycle edge `event` (provisioner/states.py), with `fields`, in one
         conditional UPDATE (in `conn`'s transaction if given); IllegalTransition if the node is in a
         state the edge does not leave from (checked by the database, so two writers cannot both win)."""
-        for k in fields:
-            if k not in _NODE_COLUMNS:
-                raise AttributeError(f"nodes have no field {k!r}")
-        sources, target = node_sources(event)
-        stmt = (update(NodeRow).where(NodeRow.name == name, NodeRow.state.in_([str(s) for s in sources]))
-                .values(**fields, state=str(target), state_reason=reason, updated_at=now()))
+        stmt, target = _transition_statement(event, tuple(sorted(fields)))
+        params = {"t_name": name, "t_reason": reason, "t_at": now(), **{f"v_{k}": v for k, v in fields.items()}}
         if conn is not None:
-            n = conn.execute(stmt).rowcount
+            n = conn.execute(stmt, params).rowcount
         else:
             with self.db.write() as c:
-                n = c.execute(stmt).rowcount
+                n = c.execute(stmt, params).rowcount
         if n != 1:
             row = self.node(name)
             if row is None:

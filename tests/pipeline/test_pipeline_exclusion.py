@@ -79,7 +79,7 @@ def test_two_apply_processes_at_once_one_runs_and_the_other_is_refused_naming_th
 def test_a_frozen_holder_is_taken_over_after_its_lease_expires_and_writes_nothing_when_it_wakes(production):
     site = production
     db = site.data / "provisioner.db"
-    lease = 8.0  # long enough for the refused `apply` to start on a loaded machine
+    lease = 15.0  # long enough for the refused `apply` to start on a loaded machine (seen: 8 s)
     fast = {"PROVISIONER_LEASE_SECONDS": str(lease)}
     first = popen_apply(site, env=fast)
     try:
