@@ -6,6 +6,7 @@ Actions, in an operator's words:
     reimage       firmware fine, but the node does not run this release's image
     reprovision   both (also: firmware never read, or the node runs a blocked version)
     recover       the node failed or is presumed boot-looping: never `nothing`, whatever its BMC says
+                  (a node in maintenance or needing hands is `hold`, with why)
     hold          nothing safe to do: the release pins a blocked or unapproved version
 
 A plan never contains a flash to a blocked version, nor a flash of a component already at its pin.
@@ -133,14 +134,18 @@ def make_plan(release_id: str, release_doc: dict, environment: str, observed: li
         if o.state == "maintenance":
             out.append(NodePlan(o.name, o.rack, o.model, "hold", f"in maintenance: {o.state_reason}"))
             continue
+        if o.state == "needs-hands":  # no remote path: a person acts, then `node clear`
+            out.append(NodePlan(o.name, o.rack, o.model, "hold", f"needs hands: {o.state_reason}; "
+                                f"`provisioner node clear {o.name} --reason ...` once done"))
+            continue
         flashes = tuple(Flash(c["name"], o.firmware.get(c["name"]), c["version"], c["method"], c["image"]["sha256"])
                         for c in comps if o.firmware.get(c["name"]) != c["version"])
         running_blocked = next((b for comp, ver in sorted(o.firmware.items())
                                 if (b := find_blocked(everything, o.model, comp, ver))), None)
         image_stale = reimage and o.installed_release != release_id and (
             o.installed_image is None or o.installed_image != image_key(release_doc, o.name))
-        if o.state in ("failed", "needs-hands"):
-            action, reason = "recover", f"{o.state}: {o.state_reason or 'no reason recorded'}"
+        if o.state == "failed":
+            action, reason = "recover", f"failed: {o.state_reason or 'no reason recorded'}"
         elif running_blocked:
             action = "reprovision"
             reason = f"runs blocked {running_blocked.component} {running_blocked.version} ({running_blocked.reason})"

@@ -244,16 +244,34 @@ class RolloutEngine:
         return (node_key(node), bmc_key(ep.address, ep.port)) if self.leases is not None else ()
 
     def _run_node(self, rid: int, row, result: RolloutResult) -> None:
-        try:
-            self._run_node_leased(rid, row, result)
-        except LeaseLost as e:  # another process took the environment over: stop, write nothing
-            self._lost = str(e)
-            self._trip(str(e))
-        except RolloutBusy as e:  # another process works on this node or its BMC
-            with self._lock:
-                result.halted[row.node] = row.step or "prepare"
-            self.progress({"event": "node_halted", "node": row.node, "step": f"start ({e})"})
-            self._trip(f"{row.node}: {e}")
+        # another process working on this node or its BMC (e.g. a crashed holder's node lease, not
+        # yet expired): wait for it, within twice the lease time, before calling the rollout halted
+        deadline = time.monotonic() + (2 * self.leases.seconds if self.leases is not None else 0)
+        while True:
+            try:
+                return self._run_node_leased(rid, row, result)
+            except LeaseLost as e:  # another process took the environment over: stop, write nothing
+                self._lost = str(e)
+                self._trip(str(e))
+                return
+            except RolloutBusy as e:
+                if time.monotonic() < deadline and not self._halt.is_set():
+                    time.sleep(min(1.0, self.leases.seconds / 3))
+                    continue
+                with self._lock:
+                    result.halted[row.node] = row.step or "prepare"
+                self.progress({"event": "node_halted", "node": row.node, "step": f"start ({e})"})
+                self._trip(f"{row.node}: {e}")
+                return
+            except IllegalTransition as e:  # its state changed under the rollout (e.g. needs-hands)
+                msg = f"{row.step or 'start'}: {e}"
+                self.record.transition(rid, row.node, status=str(NodeRolloutStatus.FAILED), error=msg,
+                                       finished_at=now(), release=self._node_keys(row.node))
+                with self._lock:
+                    result.failed[row.node] = msg
+                self.progress({"event": "node_failed", "node": row.node, "error": msg})
+                self._should_halt(result)
+                return
 
     def _run_node_leased(self, rid: int, row, result: RolloutResult) -> None:
         node, steps = row.node, STEPS[row.action]

@@ -106,3 +106,26 @@ def test_a_node_in_maintenance_is_held_out_of_plans_until_given_back(staging):
     assert off.returncode == 0 and states(site)["s1n02"] == "ready"
     unknown = site.cli("node", "show", "s9n99")
     assert unknown.returncode == 4 and "no node 's9n99'" in unknown.stderr
+
+
+def test_plan_never_calls_a_failed_node_nothing_and_holds_one_that_needs_hands():
+    from helpers import REPO
+
+    from provisioner.plan import Observed, make_plan
+    from provisioner.releases.build import freeze
+    from provisioner.spec.loader import load_spec
+
+    rel = freeze(load_spec(REPO))
+    pins = {c["name"]: c["version"] for c in rel.document["manifests"]["r650"]["components"]}
+
+    def planned(state, reason=""):
+        o = Observed("s1n01", "s1", "r650", "staging", dict(pins), rel.id, None, state, reason)
+        [n] = make_plan(rel.id, rel.document, "staging", [o], []).nodes
+        return n.action, n.reason
+
+    assert planned("active") == ("nothing", "at the pins, image of this release")
+    assert planned("failed", "boot check: presumed boot-looping") == (
+        "recover", "failed: boot check: presumed boot-looping")
+    action, reason = planned("needs-hands", "bios 1.14.0 loops; no out-of-band path")
+    assert action == "hold" and "`provisioner node clear s1n01 --reason ...`" in reason
+    assert planned("maintenance", "DIMM swap") == ("hold", "in maintenance: DIMM swap")
