@@ -48,7 +48,7 @@ class NodeRow(Base):
     model: Mapped[str] = mapped_column(String(64))
     environment: Mapped[str] = mapped_column(String(64), index=True)
     macs: Mapped[list] = mapped_column(JSON)
-    state: Mapped[str] = mapped_column(String(32), default="unknown")
+    state: Mapped[str] = mapped_column(String(32), default="new")  # provisioner/states.py NodeState
     state_reason: Mapped[str] = mapped_column(Text, default="")
     release_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # release it last verified at
     observed: Mapped[dict] = mapped_column(JSON, default=dict)  # component -> version, last BMC read
