@@ -22,6 +22,8 @@ ProvisionerError
   + UnknownEnvironment     an environment name policy.yaml does not declare (exit 1)
   + PlanOutdated           a saved plan no longer matches the release or the BMCs (exit 1)
   + IncompleteRead         some BMCs could not be read: the answer covers only part of the site (exit 10)
+  + RolloutBusy            another process holds the environment's (node's, BMC's) lease: who, since when (exit 9)
+    - LeaseLost            this process's lease expired and may be another's: it stops without writing
 
 User errors print one line and exit with `exit_code`; anything else is a bug and gets a traceback.
 """
@@ -148,3 +150,15 @@ class IncompleteRead(ProvisionerError):
     code is what `plan`, `drift` and `status` return when some BMC could not be read."""
 
     exit_code = 10
+
+
+class RolloutBusy(ProvisionerError):
+    exit_code = 9
+
+    def __init__(self, message: str, holder: str = "", since: str = ""):
+        super().__init__(message)
+        self.holder, self.since = holder, since
+
+
+class LeaseLost(RolloutBusy):
+    pass

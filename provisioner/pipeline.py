@@ -6,6 +6,7 @@ observe · plan · apply · gate · approve · promote · block/unblock · rollb
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ from provisioner.errors import (
     PlanOutdated,
     PolicyViolation,
     ReleaseError,
+    RolloutBusy,
+    RolloutHalted,
     UnknownEnvironment,
 )
-from provisioner.netboot.gate import Blocked, find_blocked
+from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
 from provisioner.plan import (
     Observed,
     Plan,
@@ -37,8 +40,10 @@ from provisioner.policy.authz import Action, Decision, Facts, Who, decide, same_
 from provisioner.policy.gate import GateVerdict, StagingNode, evaluate, rules_in_force, staging_environment
 from provisioner.releases.view import ReleaseView
 from provisioner.rollout.engine import RolloutEngine, RolloutResult
+from provisioner.rollout.lease import Leases, environment_key
 from provisioner.rollout.record import RolloutRecord
 from provisioner.spec.models import StagingGate
+from provisioner.states import NEEDS_RECOVERY, IllegalTransition, NodeState
 from provisioner.store.repo import aware, now
 
 
@@ -123,7 +128,7 @@ def observe(ctx: Context, env: str | None = None, refresh: bool = True, workers:
         return image_key(views[r.installed_release], r.name)
 
     return [Observed(r.name, r.rack, r.model, r.environment, dict(r.observed or {}), r.installed_release,
-                     installed_image(r)) for r in rows.values()], errors
+                     installed_image(r), r.state, r.state_reason) for r in rows.values()], errors
 
 
 def plan(ctx: Context, env: str, refresh: bool = True) -> tuple[Plan, dict]:
@@ -149,44 +154,88 @@ def refuse_blocked(ctx: Context, release, verb: str) -> None:
 
 
 def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", progress: Callable | None = None,
-          only: set[str] | None = None, refresh: bool = True,
-          planned: tuple[Plan, dict] | None = None) -> RolloutResult:
+          only: set[str] | None = None, refresh: bool = True, planned: tuple[Plan, dict] | None = None,
+          leases: Leases | None = None, point: tuple[str, str] | None = None,
+          on_engine: Callable | None = None) -> RolloutResult:
     """Roll the environment's release out (or resume the unfinished rollout of it).
 
+    One process at a time: the environment's lease is taken in the transaction that creates (or
+    resumes) the rollout; RolloutBusy names the holder. A halted rollout of the same release is
+    sticky: RolloutHalted until `rollout resume`/`rollout abort`, a rollback or a new release.
+    `point` (a rollback's reason and target) re-points the environment in that same transaction.
     Nodes whose BMC cannot be read are left alone (not in the rollout) and listed in the result's
     `unread`. `planned`: a (plan, unread BMCs) already checked against the BMCs (`apply FILE`).
     """
     known_environment(ctx, env)
-    rel = release_of(ctx, env)
+    rel = ctx.store.get_release(point[1]) if point else release_of(ctx, env)
     refuse_blocked(ctx, rel, "apply")
-    record = RolloutRecord(ctx.store)
+    leases = leases or Leases(ctx.store)
+    busy = leases.peek(environment_key(env))  # fail fast, before reading every BMC
+    if busy:
+        raise RolloutBusy(f"environment {env} is busy: {busy['purpose']}, held by {busy['holder']} since "
+                          f"{busy['since'][:19].replace('T', ' ')} UTC; `provisioner rollout watch` follows it, "
+                          f"`apply --wait` waits for it", holder=busy["holder"], since=busy["since"])
+    record = RolloutRecord(ctx.store, leases, env)
     pol = rel.document["policy"]["rollout"]
-    open_ = record.open_rollout(env, rel.id)
+    open_ = record.open_rollout(env)
     errors: dict[str, str] = {}
-    if open_ is not None and open_.release_id == rel.id and planned is None:
-        rid = open_.id
-        if progress:
-            progress({"event": "resume", "rollout": rid})
-    else:
-        p, errors = planned or plan(ctx, env, refresh)
-        # an unread BMC: its node's firmware is unknown, so nothing is planned for it (not even a flash)
-        p = Plan(p.release_id, p.environment, tuple(n for n in p.nodes if n.node not in errors and n.action != "unknown"
-                                                    and (only is None or n.node in only)))
-        for n in p.nodes:  # read just now at this release's pins and image: at the release, untouched
-            if n.action == "nothing" and n.node not in errors:
-                ctx.store.update_node(n.node, release_id=rel.id)
-        rid = record.create(p, kind, ctx.settings.actor, reason or f"{kind} {rel.short} to {env}",
-                            pol["canary"], pol["wave_size"])
-        if progress:
-            progress({"event": "created", "rollout": rid, "counts": p.counts(), "unreachable": errors})
-    engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
-                           actor=ctx.settings.actor, progress=progress)
-    result = engine.run(rid)
-    result.unread = {n: e for n, e in errors.items() if only is None or n in only}
-    return result
+    leases.start_heartbeat()
+    try:
+        if (open_ is not None and open_.release_id == rel.id and point is None and planned is None
+                and open_.status != "halted"):
+            rid = record.resume(open_.id, ctx.actor).id
+            if progress:
+                progress({"event": "resume", "rollout": rid, "kind": open_.kind})
+        else:
+            if open_ is not None and open_.status == "halted" and open_.release_id == rel.id and point is None:
+                raise RolloutHalted(
+                    f"{env} is halted by rollout {open_.id} ({open_.reason}); nothing is flashed there until "
+                    f"`provisioner rollout resume {open_.id} --reason ...`, `provisioner rollout abort {open_.id} "
+                    f"--reason ...`, a rollback or a new release")
+            p, errors = planned or _plan_for(ctx, env, rel, refresh)
+            # an unread BMC: its node's firmware is unknown, so nothing is planned for it (not even a flash)
+            p = Plan(p.release_id, p.environment, tuple(n for n in p.nodes if n.node not in errors
+                                                        and n.action != "unknown" and (only is None or n.node in only)))
+            for n in p.nodes:  # read just now at this release's pins and image: at the release, untouched
+                if n.action == "nothing":
+                    ctx.store.update_node(n.node, release_id=rel.id)
+            rid = record.create(p, kind, ctx.actor, reason or f"{kind} {rel.short} to {env}",
+                                pol["canary"], pol["wave_size"], point=point)
+            if progress:
+                progress({"event": "created", "rollout": rid, "counts": p.counts(), "unreachable": errors,
+                          "kind": kind})
+        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
+                               actor=ctx.actor, progress=progress, leases=leases, environment=env)
+        if on_engine:
+            on_engine(engine, rid)
+        result = engine.run(rid)
+        result.unread = {n: e for n, e in errors.items() if only is None or n in only}
+        return result
+    finally:
+        leases.stop()
+        if not leases.lost:
+            leases.release_all()
 
 
-def apply_saved(ctx: Context, saved: dict, *, progress: Callable | None = None) -> RolloutResult:
+def _plan_for(ctx: Context, env: str, rel, refresh: bool) -> tuple[Plan, dict]:
+    if ctx.store.current_release_id(env) == rel.id:
+        return plan(ctx, env, refresh)
+    observed, errors = observe(ctx, env, refresh)  # a rollback plans against its target release
+    return make_plan(ReleaseView.of(rel), env, observed, active_blocks(ctx), unread=errors), errors
+
+
+def wait_for_environment(ctx: Context, env: str, say: Callable[[str], None], poll: float = 1.0) -> None:
+    """`apply --wait`: return once no live process holds the environment's lease."""
+    leases, told = Leases(ctx.store), False
+    while (busy := leases.peek(environment_key(env))) is not None:
+        if not told:
+            say(f"waiting for {env}: {busy['purpose']}, held by {busy['holder']} since {busy['since'][:19]}")
+            told = True
+        time.sleep(poll)
+
+
+def apply_saved(ctx: Context, saved: dict, *, progress: Callable | None = None,
+                on_engine: Callable | None = None) -> RolloutResult:
     """Apply exactly a plan saved by `plan ENV -o FILE`: refused (PlanOutdated) if the environment's
     release or any node's firmware, read again now, differs from what the plan was made from."""
     env = known_environment(ctx, str(saved.get("environment")))
@@ -199,7 +248,8 @@ def apply_saved(ctx: Context, saved: dict, *, progress: Callable | None = None) 
     keep = {n for n, fw in saved["observed"].items() if fw is not None}
     left_alone = {n: e for n, e in saved.get("unreachable", {}).items()}
     return apply(ctx, env, reason=f"apply saved plan of {rel.short} to {env}", progress=progress,
-                 planned=(Plan(p.release_id, env, tuple(n for n in p.nodes if n.node in keep)), left_alone))
+                 planned=(Plan(p.release_id, env, tuple(n for n in p.nodes if n.node in keep)), left_alone),
+                 on_engine=on_engine)
 
 
 def gate(ctx: Context, release_ref: str, target: str = "production") -> GateVerdict:
@@ -303,6 +353,55 @@ def promote(ctx: Context, release_ref: str, to: str, force_gate: bool = False) -
     return ctx.store.point_environment(to, rel.id, ctx.actor, f"promote {rel.short}", action="env.promote")
 
 
+def resume(ctx: Context, rid: int, reason: str, progress: Callable | None = None,
+           on_engine: Callable | None = None) -> RolloutResult:
+    """`rollout resume ID --reason`: an operator lets a halted rollout go on (failed nodes are retried)."""
+    record = RolloutRecord(ctx.store)
+    r = record.rollout(rid)
+    if r is None:
+        raise ReleaseError(f"no rollout {rid}; `provisioner rollout list` shows them")
+    if r.status not in ("halted", "interrupted"):
+        raise PolicyViolation(f"rollout {rid} is {r.status}: only a halted or interrupted rollout can be resumed")
+    if ctx.store.current_release_id(r.environment) != r.release_id:
+        raise PolicyViolation(f"rollout {rid} applied {r.release_id[:12]}, but {r.environment} now points at "
+                              f"another release: `provisioner apply {r.environment}` rolls that one out")
+    rel = ctx.store.get_release(r.release_id)
+    refuse_blocked(ctx, rel, "resume")
+    leases = Leases(ctx.store)
+    record = RolloutRecord(ctx.store, leases, r.environment)
+    leases.start_heartbeat()
+    try:
+        record.resume(rid, ctx.settings.actor, reason=reason, retry_failed=True)
+        if progress:
+            progress({"event": "resume", "rollout": rid, "kind": r.kind})
+        pol = rel.document["policy"]["rollout"]
+        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
+                               actor=ctx.settings.actor, progress=progress, leases=leases,
+                               environment=r.environment)
+        if on_engine:
+            on_engine(engine, rid)
+        return engine.run(rid)
+    finally:
+        leases.stop()
+        if not leases.lost:
+            leases.release_all()
+
+
+def abort(ctx: Context, rid: int, reason: str):
+    """`rollout abort ID --reason`: give a halted or interrupted rollout up; the environment is free."""
+    record = RolloutRecord(ctx.store)
+    r = record.rollout(rid)
+    if r is None:
+        raise ReleaseError(f"no rollout {rid}; `provisioner rollout list` shows them")
+    if r.status not in ("halted", "interrupted"):
+        raise PolicyViolation(f"rollout {rid} is {r.status}: only a halted or interrupted rollout can be aborted")
+    leases = Leases(ctx.store)
+    try:
+        return RolloutRecord(ctx.store, leases, r.environment).abort(rid, ctx.settings.actor, reason)
+    finally:
+        leases.release_all()
+
+
 def block(ctx: Context, component: str, version: str, reason: str, *, model: str | None = None,
           incident: str | None = None) -> dict:
     """Block everywhere at once: store it, and mark every node seen running it for re-provisioning."""
@@ -311,8 +410,11 @@ def block(ctx: Context, component: str, version: str, reason: str, *, model: str
     marked = []
     for n in ctx.store.nodes():
         if (n.observed or {}).get(component) == version and model in (None, n.model):
-            ctx.store.update_node(n.name, state="held", state_reason=f"runs blocked {component} {version}: "
-                                  f"{reason}; re-provision pending")
+            try:
+                ctx.store.transition_node(n.name, "hold", f"runs blocked {component} {version}: {reason}; "
+                                          "re-provision pending")
+            except IllegalTransition:  # mid-rollout, in maintenance or needs-hands: the gate still refuses it
+                continue
             marked.append(n.name)
     blocks = active_blocks(ctx)
     halting = [r.id for r in RolloutRecord(ctx.store).rollouts() if r.status == "running"
@@ -354,7 +456,31 @@ def _checked_block(ctx: Context, component: str, version: str, reason: str, mode
     return fields["component"], fields["version"], fields["reason"]
 
 
-def rollback(ctx: Context, env: str, to: str | None = None, progress: Callable | None = None) -> RolloutResult:
+def unblock(ctx: Context, component: str, version: str, reason: str, model: str | None = None) -> dict:
+    """Lift a block; nodes held only for running it (nothing else they run is blocked) are released."""
+    lifted = ctx.store.unblock(component, version, ctx.settings.actor, reason, model=model)
+    blocks = active_blocks(ctx)
+    released = []
+    for n in ctx.store.nodes():
+        if n.state != NodeState.HELD:
+            continue
+        rid = ctx.store.current_release_id(n.environment)
+        blocked = blocks + (release_blocklist(ctx.store.get_release(rid).document) if rid else [])
+        if any(find_blocked(blocked, n.model, c, v) for c, v in (n.observed or {}).items()):
+            continue
+        if rid and blocked_pins(ctx.store.get_release(rid).document, blocks):
+            continue  # its release still pins a blocked version: the hold stands
+        try:
+            ctx.store.transition_node(n.name, "release", f"nothing it runs is blocked (unblocked {component} "
+                                      f"{version}: {reason})")
+        except IllegalTransition:
+            continue
+        released.append(n.name)
+    return {"component": component, "version": version, "lifted": lifted, "released": released}
+
+
+def rollback(ctx: Context, env: str, to: str | None = None, progress: Callable | None = None,
+             on_engine: Callable | None = None) -> RolloutResult:
     """Point `env` back at its previous release (one person), or `to` a release that was active
     there before or passes the staging gate, and apply it."""
     known_environment(ctx, env)
@@ -381,9 +507,14 @@ def rollback(ctx: Context, env: str, to: str | None = None, progress: Callable |
         m, c, v, b = bad[0]
         raise PolicyViolation(f"cannot roll {env} back to {target.short}: it pins {m} {c} {v}, blocked since "
                               f"({b.reason}); build a release with another {c} version and promote it instead")
-    ctx.store.point_environment(env, target.id, ctx.actor, f"rollback from {(current or '-')[:12]}",
-                                action="env.rollback")
-    return apply(ctx, env, kind="rollback", reason=f"rollback to {target.short}", progress=progress)
+    # the environment is re-pointed in the transaction that records the rollback's rollout (and takes
+    # the environment's lease): killed at any moment, it resumes as a rollback, or never started
+    return apply(ctx, env, kind="rollback", reason=f"rollback to {target.short}", progress=progress,
+                 point=(f"rollback from {(current or '-')[:12]}", target.id), on_engine=on_engine)
+
+
+# A node in one of these states is not "compliant", whatever its BMC reports.
+NOT_COMPLIANT = frozenset({*NEEDS_RECOVERY, NodeState.HELD})
 
 
 @dataclass
@@ -448,7 +579,8 @@ def compliance(ctx: Context, envs: list[str] | None = None, unread: dict[str, st
         out.append({"node": r.name, "environment": r.environment, "rack": r.rack, "model": r.model,
                     "state": r.state, "release": rid, "node_release": r.release_id,
                     "compliant": None if r.name in unread else
-                    bool(pins) and all(fw.get(k) == v for k, v in pins.items()) and r.release_id == rid,
+                    bool(pins) and all(fw.get(k) == v for k, v in pins.items()) and r.release_id == rid
+                    and r.state not in NOT_COMPLIANT,
                     "bmc_error": unread.get(r.name),
                     "components": {k: {"pinned": v, "observed": fw.get(k),
                                        "blocked": bool(find_blocked(blocked, r.model, k, fw.get(k)))}

@@ -6,6 +6,8 @@ Actions, in an operator's words:
     reflash       some components differ from their pins (which, from -> to)
     reimage       firmware fine, but the node does not run this release's image
     reprovision   both (also: firmware never read, or the node runs a blocked version)
+    recover       the node failed or is presumed boot-looping: never `nothing`, whatever its BMC says
+                  (a node in maintenance or needing hands is `hold`, with why)
     hold          nothing safe to do: the release pins a blocked or unapproved version
     unknown       the BMC could not be read just now: its firmware is unknown, so nothing is done
 
@@ -29,6 +31,8 @@ class Observed:
     firmware: dict[str, str]  # component -> version, as the BMC last reported; {} if never read
     installed_release: str | None = None
     installed_image: str | None = None  # image_key() of what the installer wrote, if known
+    state: str = ""  # its lifecycle state (provisioner/states.py) and why
+    state_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,13 +161,22 @@ def make_plan(release: ReleaseView, environment: str, observed: list[Observed], 
             out.append(NodePlan(o.name, o.rack, o.model, "hold",
                                 f"{unapproved.name} {unapproved.version} is not on the allow-list"))
             continue
+        if o.state == "maintenance":
+            out.append(NodePlan(o.name, o.rack, o.model, "hold", f"in maintenance: {o.state_reason}"))
+            continue
+        if o.state == "needs-hands":  # no remote path: a person acts, then `node clear`
+            out.append(NodePlan(o.name, o.rack, o.model, "hold", f"needs hands: {o.state_reason}; "
+                                f"`provisioner node clear {o.name} --reason ...` once done"))
+            continue
         flashes = tuple(Flash(c.name, o.firmware.get(c.name), c.version, c.method, c.image.sha256)
                         for c in comps if o.firmware.get(c.name) != c.version)
         running_blocked = next((b for comp, ver in sorted(o.firmware.items())
                                 if (b := find_blocked(everything, o.model, comp, ver))), None)
         image_stale = reimage and o.installed_release != release.id and (
             o.installed_image is None or o.installed_image != image_key(release, o.name))
-        if running_blocked:
+        if o.state == "failed":
+            action, reason = "recover", f"failed: {o.state_reason or 'no reason recorded'}"
+        elif running_blocked:
             action = "reprovision"
             reason = f"runs blocked {running_blocked.component} {running_blocked.version} ({running_blocked.reason})"
         elif not o.firmware:

@@ -2,8 +2,10 @@
 
 Exit codes: 0 ok · 1 error (or a bug, with a traceback) · 2 spec error, a wrong option or argument,
 or `plan` found changes · 3 policy violation · 4 release error · 5 store error (also: no space left
-on the data directory's disk) · 6 audit chain broken · 7 BMC driver error · 8 rollout halted ·
-10 incomplete: some BMC could not be read (plan, drift, status, apply) · 11 not authenticated (wrong password or token, disabled account) · 130 interrupted.
+on the data directory's disk) · 6 audit chain broken · 7 BMC driver error · 8 rollout halted (or the
+environment is halted: `rollout resume`/`rollout abort`) · 9 busy: another process holds the
+environment's, node's or BMC's lease · 10 incomplete: some BMC could not be read (plan, drift,
+status, apply) · 11 not authenticated (wrong password or token, disabled account) · 130 interrupted.
 
 Log lines go to stderr only when asked (`--log LEVEL` or PROVISIONER_LOG, `serve -v`), so what a
 command prints for people is never interleaved with `rollout.halt ...` records.
@@ -107,7 +109,8 @@ def _oserror(e: OSError) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     from provisioner.cli import audit_cmd, release_cmd  # noqa: F401  (registers commands)
 
-    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd", "observe_cmd", "user_cmd", "db_cmd"):
+    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd", "observe_cmd", "rollout_cmd", "node_cmd", "user_cmd",
+                "db_cmd"):
         try:
             __import__(f"provisioner.cli.{mod}")
         except ModuleNotFoundError as e:

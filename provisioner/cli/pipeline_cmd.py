@@ -19,56 +19,74 @@ from provisioner.cli.output import console, err_console, json_option, table
 from provisioner.context import Context
 from provisioner.errors import (
     IncompleteRead,
+    LeaseLost,
     NotAuthenticated,
     PlanOutdated,
     PolicyViolation,
+    RolloutBusy,
     RolloutHalted,
 )
 from provisioner.plan import PLAN_FORMAT
+from provisioner.rollout.signals import EXIT_INTERRUPTED, SignalStop
 
 ENV = click.argument("environment", default="production")
 
 
 class RolloutProgress:
-    """A progress bar for people (stderr), nothing for --json."""
+    """A progress bar for people (stderr), nothing for --json. It knows its total (the rollout's
+    node count) and shows the step each running node is at."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.bar_enabled = enabled and sys.stderr.isatty()
         self.bar = None
         self.lines: list[str] = []
+        self.phase: dict[str, str] = {}  # running node -> its current step
 
     def __call__(self, e: dict) -> None:
         ev = e["event"]
-        if ev == "created":
+        if ev == "total" and self.bar is None and self.bar_enabled:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=err_console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("re-provisioning", total=e["nodes"], completed=e["done"])
+        elif ev == "node_step":
+            self.phase[e["node"]] = e["step"]
+            self._describe()
+        elif ev == "created":
             counts = ", ".join(f"{v} {k}" for k, v in sorted(e["counts"].items()))
             self._say(f"rollout {e['rollout']} created: {counts or 'nothing to do'}")
             for node, err in sorted(e.get("unreachable", {}).items()):
                 self._say(f"  [yellow]{node}: BMC not read ({err})[/yellow]")
         elif ev == "resume":
-            self._say(f"resuming rollout {e['rollout']} from its record")
+            kind = f" ({e['kind']})" if e.get("kind") not in (None, "apply") else ""
+            self._say(f"resuming rollout {e['rollout']}{kind} from its record")
         elif ev == "wave":
             name = "canary" if e["wave"] == 0 else f"wave {e['wave']}"
             self._say(f"{name}: {', '.join(e['nodes'])}")
-            if self.bar is None and self.bar_enabled:
-                self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TimeElapsedColumn(), console=err_console, transient=True)
-                self.bar.start()
-                self.task = self.bar.add_task("re-provisioning", total=None)
         elif ev == "node_done":
-            self._advance()
+            self._advance(e["node"])
         elif ev == "node_failed":
             self._say(f"  [red]✗ {e['node']}: {e['error']}[/red]")
-            self._advance()
+            self._advance(e["node"])
         elif ev == "node_halted":
             self._say(f"  [yellow]‖ {e['node']} stopped before {e['step']}[/yellow]")
-        elif ev in ("done", "halted"):
+            self.phase.pop(e["node"], None)
+        elif ev in ("done", "halted", "interrupted", "lost"):
             if self.bar:
                 self.bar.stop()
 
-    def _advance(self):
+    def _describe(self) -> None:
+        if self.bar:
+            running = " ".join(f"{n}:{s}" for n, s in sorted(self.phase.items())[:4])
+            more = f" +{len(self.phase) - 4}" if len(self.phase) > 4 else ""
+            self.bar.update(self.task, description=f"re-provisioning {running}{more}")
+
+    def _advance(self, node: str):
+        self.phase.pop(node, None)
         if self.bar:
             self.bar.advance(self.task)
+            self._describe()
 
     def _say(self, text: str) -> None:
         if self.enabled:
@@ -110,12 +128,28 @@ def _load_saved_plan(path: Path) -> dict:
     return doc
 
 
+def rollout_exit(result) -> int:
+    """The exit code of a rollout's result (or of its status alone): 8 halted, 130 interrupted,
+    10 finished but left unreadable nodes alone, else 0."""
+    status = getattr(result, "status", result)
+    code = {"halted": RolloutHalted.exit_code, "interrupted": EXIT_INTERRUPTED}.get(status, 0)
+    return code or (IncompleteRead.exit_code if getattr(result, "unread", None) else 0)
+
+
+def run_interruptible(start):
+    """Run `start(on_engine)` with SIGINT/SIGTERM handled as rollout/signals.py says."""
+    with SignalStop(lambda text: err_console.print(f"[yellow]{text}[/yellow]")) as stop:
+        return start(stop.attach)
+
+
 @cli.command()
 @click.argument("target", default="production", metavar="[ENVIRONMENT | PLAN_FILE]")
 @YES
+@click.option("--wait", is_flag=True, help="If another process is rolling ENVIRONMENT out, wait for it to end "
+              "instead of exiting 9.")
 @json_option
 @click.pass_obj
-def apply(ctx: Context, target: str, yes: bool):
+def apply(ctx: Context, target: str, yes: bool, wait: bool):
     """Roll ENVIRONMENT's release out: canary, then waves, with limits and auto-halt.
 
     \b
@@ -125,7 +159,10 @@ def apply(ctx: Context, target: str, yes: bool):
     With PLAN_FILE (from `plan ENV -o FILE`): applies exactly that plan, and refuses if the
     release or any node's firmware (read again now) changed since.
     A protected environment asks for confirmation on a terminal; elsewhere it needs --yes.
-    Exit code 8 when the rollout halted, 10 when it finished but left unreadable nodes alone.
+    One process at a time per environment, node and BMC (leases in the store).
+    Exit codes: 8 the rollout halted, or ENVIRONMENT is halted (sticky: `rollout resume` or
+    `rollout abort` first); 9 another process holds ENVIRONMENT (`--wait` waits); 10 it finished
+    but left unreadable nodes alone; 130 interrupted by SIGINT/SIGTERM (resumable: run apply again).
 
     \b
     Examples:
@@ -142,28 +179,34 @@ def apply(ctx: Context, target: str, yes: bool):
     rel = pipeline.release_of(ctx, environment)
     confirm_protected(ctx, environment, f"apply release {rel.short} to {environment}"
                       + (f" (plan {target})" if saved else ""), yes)
-    if saved is not None:
-        result = pipeline.apply_saved(ctx, saved, progress=RolloutProgress(True))
-    else:
-        result = pipeline.apply(ctx, environment, progress=RolloutProgress(True))
+    while True:
+        if wait:
+            pipeline.wait_for_environment(ctx, environment, lambda t: err_console.print(t))
+        try:
+            if saved is not None:
+                result = run_interruptible(lambda attach: pipeline.apply_saved(
+                    ctx, saved, progress=RolloutProgress(True), on_engine=attach))
+            else:
+                result = run_interruptible(lambda attach: pipeline.apply(
+                    ctx, environment, progress=RolloutProgress(True), on_engine=attach))
+            break
+        except LeaseLost:
+            raise
+        except RolloutBusy:  # taken between the wait and the lease: wait again
+            if not wait:
+                raise
     data = result.as_dict()
 
     def render(d):
         console.print(f"rollout {d['rollout']} {d['status']} in {d['seconds']}s: {len(d['done'])} done, "
                       f"{len(d['failed'])} failed, {len(d['held'])} held")
-        if d["status"] == "halted":
-            console.print(f"[red bold]HALTED[/red bold]: {d['reason']}")
+        if d["status"] in ("halted", "interrupted"):
+            console.print(f"[red bold]{d['status'].upper()}[/red bold]: {d['reason']}")
             for node, step in sorted(d["interrupted"].items()):
                 console.print(f"  {node}: stopped before {step}")
         say_unread(d["unread"], "left alone: nothing was done to them")
 
-    return data, render, _rollout_exit(result)
-
-
-def _rollout_exit(result) -> int:
-    if result.status == "halted":
-        return RolloutHalted.exit_code
-    return IncompleteRead.exit_code if result.unread else 0
+    return data, render, rollout_exit(result)
 
 
 @cli.command("gate")
@@ -295,10 +338,20 @@ def block_cmd(ctx: Context, component: str, version: str, reason: str, model: st
 @json_option
 @click.pass_obj
 def unblock_cmd(ctx: Context, component: str, version: str, reason: str):
-    """Lift a block (audited). Example: provisioner unblock bios 1.20.0 --reason "vendor fix confirmed" """
-    n = ctx.store.unblock(component, version, ctx.settings.actor, reason)
-    return {"component": component, "version": version, "lifted": n}, \
-        lambda d: console.print(f"lifted {n} block(s) on {component} {version}" if n else "no such block")
+    """Lift a block (audited); held nodes that run nothing blocked any more are released (ready).
+
+    \b
+    Example:
+      provisioner unblock bios 1.20.0 --reason "vendor fix confirmed"
+    """
+    data = pipeline.unblock(ctx, component, version, reason)
+
+    def render(d):
+        console.print(f"lifted {d['lifted']} block(s) on {component} {version}" if d["lifted"] else "no such block")
+        if d["released"]:
+            console.print(f"  released (nothing they run is blocked): {', '.join(d['released'])}")
+
+    return data, render
 
 
 @cli.command()
@@ -318,7 +371,8 @@ def rollback(ctx: Context, environment: str, to: str | None, yes: bool):
     """
     pipeline.known_environment(ctx, environment)
     confirm_protected(ctx, environment, f"roll {environment} back" + (f" to {to}" if to else ""), yes)
-    result = pipeline.rollback(ctx, environment, to, progress=RolloutProgress(True))
+    result = run_interruptible(lambda attach: pipeline.rollback(ctx, environment, to, progress=RolloutProgress(True),
+                                                                on_engine=attach))
     data = result.as_dict()
 
     def render(d):
@@ -328,7 +382,7 @@ def rollback(ctx: Context, environment: str, to: str | None, yes: bool):
             console.print(f"[red bold]HALTED[/red bold]: {d['reason']}")
         say_unread(d["unread"], "left alone: nothing was done to them")
 
-    return data, render, _rollout_exit(result)
+    return data, render, rollout_exit(result)
 
 
 @cli.command()

@@ -15,6 +15,7 @@ from provisioner.netboot.gate import Blocked, NetbootDecision, decide
 from provisioner.netboot.render import Renderer, context_for
 from provisioner.observability import metrics
 from provisioner.releases.artifacts import ArtifactStore
+from provisioner.states import IllegalTransition, NodeState, next_node_state
 from provisioner.store.repo import Store, now
 
 log = logging.getLogger("provisioner.netboot")
@@ -163,13 +164,16 @@ class BootService:
             if event == "flashed":
                 fw = {str(k): str(v) for k, v in (payload.get("firmware") or {}).items()}
                 row.observed, row.observed_at = {**(row.observed or {}), **fw}, now()
-                if row.state == "flashing":
-                    row.state, row.state_reason = "flashed", "flasher reported new versions"
+                if row.state == NodeState.FLASHING:
+                    row.state, row.state_reason = next_node_state(row.state, "flashed"), "flasher reported new versions"
             elif event == "installed":
                 row.installed_release = payload.get("release") or tok.release_id
                 row.state_reason = "installer reported success"
             elif event == "failed":
-                row.state = "failed"
+                try:  # provisioner/states.py: every writer asks it; needs-hands stays needs-hands
+                    row.state = next_node_state(row.state, "fail")
+                except IllegalTransition:
+                    log.warning("netboot.callback node=%s state=%s kept on failure report", node_name, row.state)
                 row.state_reason = f"{tok.action} failed: {payload.get('error', 'no reason given')}"
 
         tok = self.store.check_token(node_name, token, close_with=FINAL_EVENTS.get(event), node_update=update,

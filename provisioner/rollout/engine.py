@@ -14,6 +14,11 @@ A node that never reports back after power-on is presumed boot-looping and fails
 nodes reach the policy's threshold, or a block covers a version the release pins, the rollout
 halts: running nodes finish their current step, nothing new starts. Killed at any point, a new
 run resumes from the record; a step re-checks the BMC before acting, so no node is flashed twice.
+
+One process at a time works on an environment, a node and a BMC: the engine holds their leases
+(rollout/lease.py) and every write it makes is fenced by the environment's lease. `interrupt()`
+(the first SIGINT/SIGTERM) lets running steps end, starts nothing new, and records the rollout
+`interrupted`; `apply` resumes it.
 """
 
 from __future__ import annotations
@@ -28,21 +33,21 @@ from dataclasses import dataclass, field
 
 from provisioner.drivers import BmcEndpoint, open_driver
 from provisioner.drivers.base import BmcDriver
-from provisioner.errors import DriverError
+from provisioner.errors import DriverError, LeaseLost, RolloutBusy
 from provisioner.netboot.gate import Blocked
 from provisioner.observability import metrics
 from provisioner.plan import blocked_pins, boot_modes, pins_by_model
+from provisioner.rollout.lease import Leases, bmc_key, node_key
 from provisioner.rollout.record import RolloutRecord
 from provisioner.rollout.recovery import NeedsHands, recover_out_of_band
+from provisioner.states import STEPS, IllegalTransition, NodeRolloutStatus
 from provisioner.store.repo import Store, now
 
 log = logging.getLogger("provisioner.rollout")
 
-STEPS = {
-    "reflash": ("prepare", "oob_flash", "inband_flash", "boot_check", "verify"),
-    "reimage": ("prepare", "install", "verify"),
-    "reprovision": ("prepare", "oob_flash", "inband_flash", "install", "verify"),
-}
+__all__ = ["STEPS", "RolloutEngine", "RolloutResult"]
+# the node state a step's boot sends the node to, as a lifecycle event
+BOOT_EVENTS = {"flashing": "flash", "installing": "install", "verifying": "boot_check"}
 
 
 class NodeFailed(Exception):
@@ -63,12 +68,13 @@ class RolloutResult:
     halted: dict[str, str] = field(default_factory=dict)  # node -> step it stopped before
     reason: str = ""
     seconds: float = 0.0
+    kind: str = "apply"
     unread: dict[str, str] = field(default_factory=dict)  # node -> why its BMC could not be read: left alone
 
     def as_dict(self) -> dict:
-        return {"rollout": self.rollout_id, "status": self.status, "done": self.done, "failed": self.failed,
-                "held": self.held, "interrupted": self.halted, "reason": self.reason, "seconds": round(self.seconds, 2),
-                "unread": self.unread}
+        return {"rollout": self.rollout_id, "kind": self.kind, "status": self.status, "done": self.done,
+                "failed": self.failed, "held": self.held, "interrupted": self.halted, "reason": self.reason,
+                "seconds": round(self.seconds, 2), "unread": self.unread}
 
 
 class CallbackWatch:
@@ -118,9 +124,11 @@ class RolloutEngine:
     def __init__(self, store: Store, artifacts, endpoints: dict[str, BmcEndpoint], policy: dict,
                  release_id: str, release_doc: dict, *, actor: str,
                  progress: Callable[[dict], None] | None = None,
-                 driver_factory: Callable[[BmcEndpoint], BmcDriver] = open_driver, poll: float = 0.1):
+                 driver_factory: Callable[[BmcEndpoint], BmcDriver] = open_driver, poll: float = 0.1,
+                 leases: Leases | None = None, environment: str | None = None):
         self.store, self.artifacts, self.endpoints = store, artifacts, endpoints
-        self.record = RolloutRecord(store)
+        self.leases = leases
+        self.record = RolloutRecord(store, leases, environment)
         self.policy, self.timeouts = policy, policy["timeouts"]
         self.release_id, self.doc = release_id, release_doc
         self.pins = pins_by_model(release_doc)
@@ -128,23 +136,36 @@ class RolloutEngine:
         self.driver_factory, self.poll = driver_factory, poll
         self._halt = threading.Event()
         self._halt_reason = ""
+        self._interrupted = threading.Event()  # first SIGINT/SIGTERM: nothing new starts
+        self._lost: str = ""
         self._blocks_at, self._blocks = 0.0, []
         self._lock = threading.Lock()
         self._last_read: dict[str, dict] = {}
         self._finished: dict[str, set[str]] = {}
         self.callbacks = CallbackWatch(self.record, poll)
 
+    def interrupt(self) -> None:
+        """Start nothing new; running steps reach their end; the rollout is then recorded interrupted."""
+        self._interrupted.set()
+        self._trip("interrupted by a signal: running steps end, nothing new starts")
+
     # -- the whole rollout ----------------------------------------------------------------------
     def run(self, rid: int) -> RolloutResult:
         started = time.monotonic()
         rows = self.record.nodes(rid)
         self._finished = self.record.finished_steps(rid)  # read once: only this run adds to it
-        result = RolloutResult(rid, "running", held=[r.node for r in rows if r.status == "held"])
+        result = RolloutResult(rid, "running", held=[r.node for r in rows if r.status == "held"],
+                               kind=self.record.rollout(rid).kind)
         result.done = [r.node for r in rows if r.status == "done"]
         result.failed = {r.node: r.error for r in rows if r.status == "failed"}
         for r in rows:
             if r.status == "held":
-                self.store.update_node(r.node, state="held", state_reason=r.plan["reason"])
+                try:
+                    self.record.node_write(r.node, state=("hold", r.plan["reason"]))
+                except IllegalTransition:  # in maintenance or needs-hands: it keeps that state
+                    pass
+        self.progress({"event": "total", "nodes": len([r for r in rows if r.status != "held"]),
+                       "done": len(result.done) + len(result.failed)})
         waves = sorted({r.wave for r in rows if r.status in ("pending", "running")})
         for wave in waves:
             if self._should_halt(result):
@@ -152,13 +173,18 @@ class RolloutEngine:
             todo = [r for r in rows if r.wave == wave and r.status in ("pending", "running")]
             self.progress({"event": "wave", "wave": wave, "nodes": [r.node for r in todo]})
             self._run_wave(rid, todo, result)
-        if self._should_halt(result) or result.halted:
-            result.status, result.reason = "halted", self._halt_reason or self._failure_reason(result)
+        if self._lost:
+            self.progress({"event": "lost", "reason": self._lost})
+            raise LeaseLost(self._lost)
+        if self._interrupted.is_set():
+            event, result.reason = "interrupt", self._halt_reason
+        elif self._should_halt(result) or result.halted:
+            event, result.reason = "halt", self._halt_reason or self._failure_reason(result)
         else:
-            result.status = "done"
+            event = "finish"
             result.reason = f"{len(result.done)} node(s) at release {self.release_id[:12]}" + (
                 f", {len(result.held)} held" if result.held else "")
-        self.record.finish(rid, result.status, result.reason, self.actor)
+        result.status = self.record.finish(rid, event, result.reason, self.actor)
         result.seconds = time.monotonic() - started
         self.progress({"event": result.status, "reason": result.reason})
         return result
@@ -216,10 +242,45 @@ class RolloutEngine:
                     f.result()
 
     # -- one node -------------------------------------------------------------------------------
+    def _node_keys(self, node: str) -> tuple[str, ...]:
+        ep = self.endpoints[node]
+        return (node_key(node), bmc_key(ep.address, ep.port)) if self.leases is not None else ()
+
     def _run_node(self, rid: int, row, result: RolloutResult) -> None:
+        # another process working on this node or its BMC (e.g. a crashed holder's node lease, not
+        # yet expired): wait for it, within twice the lease time, before calling the rollout halted
+        deadline = time.monotonic() + (2 * self.leases.seconds if self.leases is not None else 0)
+        while True:
+            try:
+                return self._run_node_leased(rid, row, result)
+            except LeaseLost as e:  # another process took the environment over: stop, write nothing
+                self._lost = str(e)
+                self._trip(str(e))
+                return
+            except RolloutBusy as e:
+                if time.monotonic() < deadline and not self._halt.is_set():
+                    time.sleep(min(1.0, self.leases.seconds / 3))
+                    continue
+                with self._lock:
+                    result.halted[row.node] = row.step or "prepare"
+                self.progress({"event": "node_halted", "node": row.node, "step": f"start ({e})"})
+                self._trip(f"{row.node}: {e}")
+                return
+            except IllegalTransition as e:  # its state changed under the rollout (e.g. needs-hands)
+                msg = f"{row.step or 'start'}: {e}"
+                self.record.transition(rid, row.node, status=str(NodeRolloutStatus.FAILED), error=msg,
+                                       finished_at=now(), release=self._node_keys(row.node))
+                with self._lock:
+                    result.failed[row.node] = msg
+                self.progress({"event": "node_failed", "node": row.node, "error": msg})
+                self._should_halt(result)
+                return
+
+    def _run_node_leased(self, rid: int, row, result: RolloutResult) -> None:
         node, steps = row.node, STEPS[row.action]
         done_steps = self._finished.get(node, set())
-        starting = {"status": "running", "started_at": row.started_at or now()}
+        keys = self._node_keys(node)
+        starting = {"status": str(NodeRolloutStatus.RUNNING), "started_at": row.started_at or now(), "take": keys}
         self.progress({"event": "node_start", "node": node, "action": row.action, "wave": row.wave})
         driver = self.driver_factory(self.endpoints[node])
         current = row.step or steps[0]
@@ -231,7 +292,8 @@ class RolloutEngine:
                 # read the blocks afresh: one issued while this node ran its last step stops it here,
                 # before it flashes the version (the wave loop only looks between nodes)
                 if self._halt.is_set() or (self._blocked_pins(max_age=0.0) and self._should_halt(result)):
-                    self.record.transition(rid, node, ended=ended, status="pending")
+                    self.record.transition(rid, node, ended=ended, status=str(NodeRolloutStatus.PENDING),
+                                           release=keys if not starting else ())
                     ended = None
                     with self._lock:
                         result.halted[node] = step
@@ -244,17 +306,18 @@ class RolloutEngine:
                 self.progress({"event": "node_step", "node": node, "step": step})
                 details = self._with_retries(lambda s=step: getattr(self, f"_step_{s}")(driver, row), node, step)
                 ended = (step, "skip" if details.get("skipped") else "end", details, now())
-            self.record.transition(rid, node, ended=ended, status="done", finished_at=now(), step="")
+            self.record.transition(rid, node, ended=ended, status=str(NodeRolloutStatus.DONE), finished_at=now(),
+                                   step="", release=keys)
             ended = None
             with self._lock:
                 result.done.append(node)
             self.progress({"event": "node_done", "node": node})
         except (NodeFailed, DriverError, NeedsHands) as e:
             msg = str(e)
-            self.record.transition(rid, node, ended=(current, "error", {"error": msg}), status="failed", error=msg,
-                                   finished_at=now())
-            self.store.update_node(node, state=getattr(e, "node_state", "failed"), state_reason=msg)
-            self.store.node_event(node, "rollout", "failed", {"rollout": rid, "error": msg})
+            self.record.transition(rid, node, ended=(current, "error", {"error": msg}),
+                                   status=str(NodeRolloutStatus.FAILED), error=msg, finished_at=now(),
+                                   node_state=(getattr(e, "node_event", "fail"), msg, {}), release=keys)
+            self.record.node_write(node, event=("rollout", "failed", {"rollout": rid, "error": msg}))
             with self._lock:
                 result.failed[node] = msg
             self.progress({"event": "node_failed", "node": node, "error": msg})
@@ -276,10 +339,15 @@ class RolloutEngine:
     def _pins(self, row) -> dict[str, dict]:
         return {c["name"]: c for c in self.pins[row.plan["model"]]}
 
+    def _check_lease(self) -> None:
+        """Before acting on a BMC: a holder frozen past its lease (another may have taken over) stops."""
+        if self.leases is not None:
+            self.leases.check()
+
     def _read(self, driver: BmcDriver, node: str) -> dict[str, str]:
         fw = driver.firmware_inventory()  # always a fresh read; the store is written only on change
         if self._last_read.get(node) != fw:
-            self.store.update_node(node, observed=fw, observed_at=now())
+            self.record.node_write(node, observed=fw, observed_at=now())
             self._last_read[node] = fw
         return fw
 
@@ -304,16 +372,19 @@ class RolloutEngine:
             if c["method"] != "hpm" or not driver.supports_oob_flash(c["name"]):
                 continue
             image = self.artifacts.read(c["image"]["sha256"])  # verified against its digest on read
-            self.store.node_event(row.node, "rollout", "oob_flash", {"component": c["name"], "version": c["version"]})
+            self.record.node_write(row.node, event=("rollout", "oob_flash",
+                                                    {"component": c["name"], "version": c["version"]}))
+            self._check_lease()
             driver.flash(c["name"], image, c["image"]["sha256"], c["version"])  # verifies by a fresh read
             self._last_read.pop(row.node, None)
             flashed.append(f"{c['name']} {c['version']}")
         return {"flashed": flashed} if flashed else {"skipped": True}
 
     def _boot_and_wait(self, driver, row, state: str, wanted: set[str], timeout: float, what: str) -> dict:
-        self.store.update_node(row.node, state=state, state_reason=f"rollout: {what}")
+        self.record.node_write(row.node, state=(BOOT_EVENTS[state], f"rollout: {what}"))
         inbox = self.callbacks.subscribe(row.node)
         try:
+            self._check_lease()
             driver.set_one_time_boot("pxe", mode=row.plan.get("boot_mode") or boot_modes(self.doc)[row.node])
             driver.power_cycle()  # the contract: a server that is off is powered on (one status read less)
             deadline = time.monotonic() + timeout
@@ -360,7 +431,7 @@ class RolloutEngine:
         if left:
             raise NodeFailed("verify: BMC reports " + ", ".join(
                 f"{c['name']} {self.store.node(row.node).observed.get(c['name'])} (pinned {c['version']})" for c in left))
-        self.store.update_node(row.node, state="active", release_id=self.release_id, healthy_since=now(),
-                               state_reason=f"verified at release {self.release_id[:12]}")
-        self.store.node_event(row.node, "rollout", "verified", {"release": self.release_id})
+        self.record.node_write(row.node, state=("verified", f"verified at release {self.release_id[:12]}"),
+                               release_id=self.release_id, healthy_since=now(),
+                               event=("rollout", "verified", {"release": self.release_id}))
         return {"verified": True}

@@ -2,31 +2,59 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from sqlalchemy import func, insert, select, update
 
 from provisioner.plan import Plan
+from provisioner.rollout.lease import Leases, environment_key
+from provisioner.states import UNFINISHED, NodeRolloutStatus, next_rollout_status
 from provisioner.store import audit
-from provisioner.store.models import NodeEventRow, RolloutNodeRow, RolloutRow, RolloutStepRow
+from provisioner.store.models import NodeEventRow, NodeRow, RolloutNodeRow, RolloutRow, RolloutStepRow
 from provisioner.store.repo import Store, aware, now
+
+_ADD_EVENT = insert(NodeEventRow.__table__)
+_ADD_STEP = insert(RolloutStepRow.__table__)
+_NODES = NodeRow.__table__
 
 
 class RolloutRecord:
-    def __init__(self, store: Store):
-        self.store, self.db = store, store.db
+    """Reads and writes of the rollout tables. Given `leases`, every write first checks (fences)
+    the environment's lease in its own transaction: a holder that lost it writes nothing."""
 
-    def open_rollout(self, environment: str, release_id: str) -> RolloutRow | None:
-        """The unfinished rollout of this environment, if any (the one a new `apply` resumes)."""
+    def __init__(self, store: Store, leases: Leases | None = None, environment: str | None = None):
+        self.store, self.db = store, store.db
+        self.leases, self.key = leases, environment_key(environment) if environment else None
+
+    @contextmanager
+    def write(self):
+        with self.db.write() as c:
+            if self.leases is not None:
+                self.leases.fence(c, self.key)
+            yield c
+
+    def open_rollout(self, environment: str) -> RolloutRow | None:
+        """The unfinished (running, interrupted or halted) rollout of this environment, if any."""
         with self.db.session() as s:
             return s.scalars(select(RolloutRow).where(RolloutRow.environment == environment,
-                                                      RolloutRow.status == "running")
+                                                      RolloutRow.status.in_([str(u) for u in UNFINISHED]))
                              .order_by(RolloutRow.id.desc())).first()
 
-    def create(self, plan: Plan, kind: str, by: str, reason: str, canary: int, wave_size: int) -> int:
+    def create(self, plan: Plan, kind: str, by: str, reason: str, canary: int, wave_size: int,
+               point: tuple[str, str] | None = None) -> int:
+        """Record a new rollout of `plan`, in one transaction with taking the environment's lease,
+        superseding its unfinished rollouts, and (a rollback's `point`: reason, previous release)
+        pointing the environment at the plan's release."""
         todo = [n for n in plan.nodes if n.action not in ("nothing",)]
         with self.db.session() as s:
+            if self.leases is not None:
+                self.leases.take(s.connection(), self.key, f"{kind} of {plan.release_id[:12]} to {plan.environment}")
+            if point is not None:
+                self.store.point_environment(plan.environment, plan.release_id, by, point[0], "env.rollback", session=s)
             for old in s.scalars(select(RolloutRow).where(RolloutRow.environment == plan.environment,
-                                                          RolloutRow.status.in_(("running", "halted")))):
-                old.status, old.finished_at = "superseded", now()
+                                                          RolloutRow.status.in_([str(u) for u in UNFINISHED]))):
+                old.status, old.finished_at = next_rollout_status(old.status, "supersede"), now()
+                audit.append(s, by, "rollout.superseded", old.environment, {"rollout": old.id, "by_kind": kind})
             r = RolloutRow(environment=plan.environment, release_id=plan.release_id, kind=kind, status="running",
                            reason=reason, by=by, created_at=now())
             s.add(r)
@@ -42,7 +70,48 @@ class RolloutRecord:
             audit.append(s, by, f"rollout.{kind}", plan.environment,
                          {"rollout": r.id, "release": plan.release_id, "nodes": len(actionable),
                           "held": len(todo) - len(actionable), "reason": reason})
+            s.flush()
+            if self.leases is not None:
+                self.leases.take(s.connection(), self.key, f"rollout {r.id} ({kind}) of {plan.environment}")
             return r.id
+
+    def resume(self, rid: int, by: str, reason: str = "", retry_failed: bool = False) -> RolloutRow:
+        """Take the environment's lease and mark rollout `rid` running again, in one transaction.
+        `retry_failed` (an operator's `rollout resume`) puts its failed nodes back to pending."""
+        with self.db.session() as s:
+            if self.leases is not None:  # the first statement: a write, so SQLite takes its lock now
+                self.leases.take(s.connection(), self.key, f"rollout {rid} of {self.key.partition(':')[2]}")
+            r = s.get(RolloutRow, rid)
+            before = r.status
+            r.status, r.finished_at = next_rollout_status(r.status, "resume"), None
+            if retry_failed:
+                s.execute(update(RolloutNodeRow).where(RolloutNodeRow.rollout_id == rid,
+                                                       RolloutNodeRow.status == NodeRolloutStatus.FAILED)
+                          .values(status=str(NodeRolloutStatus.PENDING), error="", step=""))
+            if before != "running" or reason:
+                audit.append(s, by, "rollout.resume", r.environment, {"rollout": rid, "was": before, "reason": reason})
+            s.flush()
+            s.expunge(r)
+            return r
+
+    def abort(self, rid: int, by: str, reason: str) -> RolloutRow:
+        """An operator gives a halted or interrupted rollout up: nodes not started are skipped."""
+        with self.db.session() as s:
+            if self.leases is not None:
+                self.leases.take(s.connection(), self.key, f"abort of rollout {rid}")
+            r = s.get(RolloutRow, rid)
+            if r is None:
+                raise LookupError(f"no rollout {rid}")
+            r.status, r.finished_at = next_rollout_status(r.status, "abort"), now()
+            s.execute(update(RolloutNodeRow).where(RolloutNodeRow.rollout_id == rid,
+                                                   RolloutNodeRow.status == NodeRolloutStatus.PENDING)
+                      .values(status=str(NodeRolloutStatus.SKIPPED)))
+            audit.append(s, by, "rollout.abort", r.environment, {"rollout": rid, "reason": reason})
+            if self.leases is not None:
+                self.leases.release(s.connection(), self.key)
+            s.flush()
+            s.expunge(r)
+            return r
 
     def rollout(self, rid: int) -> RolloutRow:
         with self.db.session() as s:
@@ -54,7 +123,7 @@ class RolloutRecord:
                                   .order_by(RolloutNodeRow.position)))
 
     def set_node(self, rid: int, node: str, **fields) -> None:
-        with self.db.write() as c:
+        with self.write() as c:
             self._set_node(c, rid, node, fields)
 
     def step(self, rid: int, node: str, step: str, phase: str, details: dict | None = None) -> None:
@@ -62,11 +131,13 @@ class RolloutRecord:
                         begin=step if phase == "begin" else None)
 
     def transition(self, rid: int, node: str, *, ended: tuple | None = None, begin: str | None = None,
+                   node_state: tuple | None = None, take: tuple[str, ...] = (), release: tuple[str, ...] = (),
                    **node_fields) -> None:
         """In one transaction: the row for the step that just ended, (step, phase, details) or
         (step, phase, details, when it ended), the row for the step about to begin, and any change
         to the node's rollout row. Each is committed before the engine goes on, so the log still
-        holds every step before and after it happens."""
+        holds every step before and after it happens. `node_state` (event, reason, fields) moves the
+        node along its lifecycle in the same transaction; `release` lets go of leases at the end."""
         at, rows = now(), []
         if ended is not None:
             step, phase, details, *when = ended
@@ -75,11 +146,30 @@ class RolloutRecord:
         if begin is not None:
             rows.append({"rollout_id": rid, "node": node, "step": begin, "phase": "begin", "details": {}, "at": at})
             node_fields["step"] = begin
-        with self.db.write() as c:
+        with self.write() as c:
+            for key in take:  # the node's and its BMC's leases, with the node's first step
+                self.leases.take(c, key, f"rollout {rid}: {node}")
             if rows:
-                c.execute(insert(RolloutStepRow), rows)
+                c.execute(_ADD_STEP, rows)
             if node_fields:
                 self._set_node(c, rid, node, node_fields)
+            if node_state is not None:
+                event, reason, fields = node_state
+                self.store.transition_node(node, event, reason, conn=c, **fields)
+            if release and self.leases is not None:
+                self.leases.release(c, *release)
+
+    def node_write(self, node: str, *, state: tuple | None = None, event: tuple | None = None, **fields) -> None:
+        """A fenced write of the node: its lifecycle edge `state` (event, reason), other fields,
+        and a node event (source, event, details), in one transaction."""
+        with self.write() as c:
+            if state is not None:
+                self.store.transition_node(node, state[0], state[1], conn=c, **fields)
+            elif fields:
+                c.execute(update(_NODES).where(_NODES.c.name == node).values(**fields, updated_at=now()))
+            if event is not None:
+                c.execute(_ADD_EVENT, {"node": node, "at": now(), "source": event[0], "event": event[1],
+                                       "details": event[2] or {}})
 
     @staticmethod
     def _set_node(c, rid: int, node: str, fields: dict) -> None:
@@ -87,14 +177,22 @@ class RolloutRecord:
                      .values(**fields)).rowcount != 1:
             raise LookupError(f"rollout {rid} has no node {node!r}")
 
-    def finish(self, rid: int, status: str, reason: str, by: str) -> None:
+    def finish(self, rid: int, event: str, reason: str, by: str) -> str:
+        """End (or interrupt) the rollout along `event` (finish, halt, interrupt) and let go of this
+        holder's leases, in one fenced transaction. Returns the new status."""
         with self.db.session() as s:
+            if self.leases is not None:
+                self.leases.fence(s.connection(), self.key)
             r = s.get(RolloutRow, rid)
-            r.status, r.finished_at = status, now()
+            r.status = next_rollout_status(r.status, event)
+            r.finished_at = now()
             if reason:
                 r.reason = reason
-            audit.append(s, by, f"rollout.{status}", r.environment, {"rollout": rid, "release": r.release_id,
-                                                                     "reason": reason})
+            audit.append(s, by, f"rollout.{r.status}", r.environment, {"rollout": rid, "release": r.release_id,
+                                                                       "reason": reason})
+            if self.leases is not None:
+                self.leases.release(s.connection(), *list(self.leases.held))
+            return r.status
 
     def steps(self, rid: int) -> list[dict]:
         with self.db.session() as s:

@@ -21,17 +21,18 @@ from __future__ import annotations
 import logging
 
 from provisioner.drivers.base import BmcDriver
+from provisioner.states import NodeState
 
 log = logging.getLogger("provisioner.rollout.recovery")
 
 LOOPING = "presumed boot-looping"   # what the engine says of a node that never reported after power-on
-NEEDS_HANDS = "needs-hands"  # states: the node state once the lead merges provisioner/states.py
+NEEDS_HANDS = NodeState.NEEDS_HANDS
 
 
 class NeedsHands(Exception):
     """The node cannot netboot and its BMC cannot flash what must change: a person has to."""
 
-    node_state = NEEDS_HANDS  # states:
+    node_event = "needs_hands"  # the lifecycle edge (provisioner/states.py) the engine moves the node along
 
 
 def presumed_boot_looping(store, node: str) -> str | None:
@@ -42,7 +43,7 @@ def presumed_boot_looping(store, node: str) -> str | None:
     or any sign it netbooted since (a boot-service decision, a callback), says it can.
     """
     row = store.node(node)
-    if row is not None and row.state in ("failed", NEEDS_HANDS) and LOOPING in (row.state_reason or ""):  # states:
+    if row is not None and row.state in ("failed", NEEDS_HANDS) and LOOPING in (row.state_reason or ""):
         return row.state_reason
     for e in reversed(store.node_events(node, limit=100)):
         if e["source"] in ("netboot", "callback") or (e["source"], e["event"]) == ("rollout", "verified"):
@@ -91,8 +92,7 @@ def _needs_hands(store, node: str, model: str, stuck: list[dict], bmc: str, why:
     path = (f"its BMC does not offer {', '.join(cannot)} over {stuck[0]['recovery']}" if cannot
             else f"the {model} manifest names no recovery path for {', '.join(c['name'] for c in stuck)}")
     msg = (f"needs hands: {node} cannot netboot ({why}) and {path}; flash {what} through the BMC at {bmc} "
-           f"or at the console, then `provisioner apply` again")
-    store.update_node(node, state=NEEDS_HANDS, state_reason=msg)  # states:
+           f"or at the console, then `provisioner node clear {node} --reason ...` and apply again")
     store.node_event(node, "rollout", "needs_hands", {"components": [c["name"] for c in stuck], "bmc": bmc,
                                                       "because": why})
     log.error("recovery.needs_hands node=%s components=%s bmc=%s", node, ",".join(c["name"] for c in stuck), bmc)

@@ -48,7 +48,7 @@ class NodeRow(Base):
     model: Mapped[str] = mapped_column(String(64))
     environment: Mapped[str] = mapped_column(String(64), index=True)
     macs: Mapped[list] = mapped_column(JSON)
-    state: Mapped[str] = mapped_column(String(32), default="unknown")
+    state: Mapped[str] = mapped_column(String(32), default="new")  # provisioner/states.py NodeState
     state_reason: Mapped[str] = mapped_column(Text, default="")
     release_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # release it last verified at
     observed: Mapped[dict] = mapped_column(JSON, default=dict)  # component -> version, last BMC read
@@ -211,3 +211,21 @@ class ApiTokenRow(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class LeaseRow(Base):
+    """Mutual exclusion through the store (migration 0005): who works on an environment, node or BMC.
+
+    A row per key ("environment:staging", "node:s1n01", "bmc:127.0.11.1:6230") is kept after its
+    holder lets go, so `token` only grows: a fencing token. Taken and checked with plain conditional
+    INSERT/UPDATE statements, the same on SQLite and PostgreSQL.
+    """
+
+    __tablename__ = "leases"
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))  # host:pid:uuid of the process
+    purpose: Mapped[str] = mapped_column(Text)  # e.g. "rollout 12 (apply)"
+    token: Mapped[int] = mapped_column(Integer)  # +1 each time the lease changes hands
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

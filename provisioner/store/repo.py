@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from functools import cached_property
 
@@ -13,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from provisioner.errors import PolicyViolation, ReleaseError
 from provisioner.releases.build import Release, load_release
 from provisioner.spec.models import Spec
+from provisioner.states import IllegalTransition, NodeState, node_sources
 from provisioner.store import audit
 from provisioner.store.accounts import Accounts
 from provisioner.store.db import Database
@@ -58,6 +60,25 @@ _BOOT_NODE = (select(_nodes, EnvironmentRow.release_id.label("env_release_id"))
 _ACTIVE_BLOCKS = select(_blocks).where(_blocks.c.unblocked_at.is_(None)).order_by(_blocks.c.at)
 CALLBACK_ORDER_LOCK = 0x70726F76  # pg_advisory_xact_lock key: callback events commit in seq order
 _NODE_COLUMNS = frozenset(NodeRow.__table__.columns.keys()) - {"name", "updated_at"}
+
+
+_TRANSITIONS: dict[tuple, tuple] = {}
+
+
+def _transition_statement(event: str, fields: tuple[str, ...]):
+    """(UPDATE moving a node along `event`, setting `fields` too; the state it leads to), built once."""
+    key = (event, fields)
+    if key not in _TRANSITIONS:
+        for k in fields:
+            if k not in _NODE_COLUMNS:
+                raise AttributeError(f"nodes have no field {k!r}")
+        sources, target = node_sources(event)
+        stmt = (update(_nodes).where(_nodes.c.name == bindparam("t_name"),
+                                     _nodes.c.state.in_(sorted(str(s) for s in sources)))
+                .values(state=str(target), state_reason=bindparam("t_reason"), updated_at=bindparam("t_at"),
+                        **{k: bindparam(f"v_{k}", type_=_nodes.c[k].type) for k in fields}))
+        _TRANSITIONS[key] = (stmt, target)
+    return _TRANSITIONS[key]
 
 
 def _block(r) -> dict:
@@ -127,9 +148,11 @@ class Store:
             row = s.get(EnvironmentRow, env)
             return row.release_id if row else None
 
-    def point_environment(self, env: str, release_id: str, by: str, reason: str, action: str = "env.point") -> str | None:
-        """Point `env` at `release_id`; return the release it pointed to before."""
-        with self.db.session() as s:
+    def point_environment(self, env: str, release_id: str, by: str, reason: str, action: str = "env.point",
+                          session=None) -> str | None:
+        """Point `env` at `release_id`; return the release it pointed to before. In `session`'s
+        transaction if given (a rollback re-points its environment as it records its rollout)."""
+        with self.db.session() if session is None else nullcontext(session) as s:
             row = s.get(EnvironmentRow, env, with_for_update=True)
             previous = row.release_id if row else None
             if row is None:
@@ -188,6 +211,24 @@ class Store:
         with self.db.write() as c:  # one UPDATE: rollouts call this several times per node
             if c.execute(update(NodeRow).where(NodeRow.name == name).values(**fields, updated_at=now())).rowcount != 1:
                 raise ReleaseError(f"unknown node {name!r}")
+
+    def transition_node(self, name: str, event: str, reason: str, *, conn=None, **fields) -> NodeState:
+        """Move `name` along the lifecycle edge `event` (provisioner/states.py), with `fields`, in one
+        conditional UPDATE (in `conn`'s transaction if given); IllegalTransition if the node is in a
+        state the edge does not leave from (checked by the database, so two writers cannot both win)."""
+        stmt, target = _transition_statement(event, tuple(sorted(fields)))
+        params = {"t_name": name, "t_reason": reason, "t_at": now(), **{f"v_{k}": v for k, v in fields.items()}}
+        if conn is not None:
+            n = conn.execute(stmt, params).rowcount
+        else:
+            with self.db.write() as c:
+                n = c.execute(stmt, params).rowcount
+        if n != 1:
+            row = self.node(name)
+            if row is None:
+                raise ReleaseError(f"unknown node {name!r}")
+            raise IllegalTransition(f"node {name} is {row.state}: it cannot take {event!r} (to {target})")
+        return target
 
     # -- approvals ------------------------------------------------------------------------
     def approve(self, release_id: str, approver: str, comment: str = "") -> bool:
