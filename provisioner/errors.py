@@ -1,23 +1,31 @@
 """The one exception tree of provisioner.
 
-ProvisionerError
-  + SpecError              a spec file is wrong: file, line, field, what is wrong, what to write (exit 2)
+ProvisionerError                                                                     (HTTP 500)
+  + SpecError              a spec file is wrong: file, line, field, what is wrong, what to write (exit 2, HTTP 422)
   + PolicyViolation        a blocked or unapproved version was asked for (exit 3, HTTP 409)
-  + ReleaseError           a release is unknown, or a stored release/artifact would be changed (exit 4)
-    - ArtifactMismatch     an artifact's bytes do not hash to its name
-  + StoreError             the store is unreachable or its schema is not migrated (exit 5)
-  + AuditError             the audit chain is broken (exit 6)
-  + DriverError            a BMC operation failed; `.retryable` says whether to try again (exit 7)
-    - BmcUnreachable       retryable: no answer from the BMC
-    - BmcBusy              retryable: the BMC is running another operation
-    - BmcTimeout           retryable: the operation did not finish in time
+    - TokenRefused         a callback token is unknown, closed or another node's (HTTP 403)
+    - ReportRefused        a node's report does not fit the boot its token was issued for (HTTP 409)
+  + ReleaseError           a release is unknown, or a stored release/artifact would be changed (exit 4, HTTP 404)
+    - ArtifactMissing      an artifact the release names is not in the store (HTTP 404)
+    - ArtifactMismatch     an artifact's bytes do not hash to its name (HTTP 410)
+  + StoreError             the store is unreachable or its schema is not migrated (exit 5, HTTP 503)
+  + AuditError             the audit chain is broken (exit 6, HTTP 500)
+  + DriverError            a BMC operation failed; `.retryable` says whether to try again (exit 7, HTTP 502)
+    - BmcUnreachable       retryable: no answer from the BMC (HTTP 504)
+    - BmcBusy              retryable: the BMC is running another operation (HTTP 503)
+    - BmcTimeout           retryable: the operation did not finish in time (HTTP 504)
     - BmcAuthError         fatal: credentials refused
-    - Unsupported          fatal: the BMC or component cannot do this
+    - Unsupported          fatal: the BMC or component cannot do this (HTTP 501)
     - ImageRejected        fatal: the image's digest differs from the release, or the BMC refused it
   + NetbootError           a boot file cannot be produced (template render error, unknown profile)
-  + RolloutHalted          a rollout stopped by its failure threshold or by a block (exit 8)
+  + BadRequest             a request from the network is malformed: not a MAC, a body that is not
+                           the report it claims to be (HTTP 400)
+    - BodyTooLarge         a request body past its limit (HTTP 413)
+    - RateLimited          a MAC asked for its boot script too often (HTTP 429)
+  + RolloutHalted          a rollout stopped by its failure threshold or by a block (exit 8, HTTP 409)
 
 User errors print one line and exit with `exit_code`; anything else is a bug and gets a traceback.
+The HTTP apps answer any of these with `http_status` and a problem+json body (RFC 9457).
 """
 
 from __future__ import annotations
@@ -25,12 +33,14 @@ from __future__ import annotations
 
 class ProvisionerError(Exception):
     exit_code = 1
+    http_status = 500  # RFC 9110 §15: the status an HTTP route answers this error with
 
 
 class SpecError(ProvisionerError):
     """One or more problems in a spec directory; each is one line: `file:line: field: what; expected`."""
 
     exit_code = 2
+    http_status = 422
 
     def __init__(self, problems: list[SpecProblem] | SpecProblem):
         if isinstance(problems, SpecProblem):
@@ -57,18 +67,33 @@ class SpecProblem:
 
 class PolicyViolation(ProvisionerError):
     exit_code = 3
+    http_status = 409
+
+
+class TokenRefused(PolicyViolation):
+    http_status = 403
+
+
+class ReportRefused(PolicyViolation):
+    http_status = 409
 
 
 class ReleaseError(ProvisionerError):
     exit_code = 4
+    http_status = 404
+
+
+class ArtifactMissing(ReleaseError):
+    http_status = 404
 
 
 class ArtifactMismatch(ReleaseError):
-    pass
+    http_status = 410  # RFC 9110 §15.5.11: the name stays, its bytes are gone for good
 
 
 class StoreError(ProvisionerError):
     exit_code = 5
+    http_status = 503
 
 
 class AuditError(ProvisionerError):
@@ -77,19 +102,23 @@ class AuditError(ProvisionerError):
 
 class DriverError(ProvisionerError):
     exit_code = 7
+    http_status = 502
     retryable = False
 
 
 class BmcUnreachable(DriverError):
     retryable = True
+    http_status = 504
 
 
 class BmcBusy(DriverError):
     retryable = True
+    http_status = 503
 
 
 class BmcTimeout(DriverError):
     retryable = True
+    http_status = 504
 
 
 class BmcAuthError(DriverError):
@@ -97,7 +126,7 @@ class BmcAuthError(DriverError):
 
 
 class Unsupported(DriverError):
-    pass
+    http_status = 501
 
 
 class ImageRejected(DriverError):
@@ -108,5 +137,18 @@ class NetbootError(ProvisionerError):
     pass
 
 
+class BadRequest(ProvisionerError):
+    http_status = 400
+
+
+class BodyTooLarge(BadRequest):
+    http_status = 413
+
+
+class RateLimited(BadRequest):
+    http_status = 429
+
+
 class RolloutHalted(ProvisionerError):
     exit_code = 8
+    http_status = 409

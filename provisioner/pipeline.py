@@ -93,6 +93,10 @@ def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", prog
     """Roll the environment's release out (or resume the unfinished rollout of it)."""
     rel = release_of(ctx, env)
     refuse_blocked(ctx, rel, "apply")
+    broken = ctx.artifacts.check_release(rel.document)  # before any BMC is read or power-cycled
+    if broken:
+        raise ReleaseError(f"cannot apply release {rel.short}: {len(broken)} of its artifacts are not intact in "
+                           f"the store ({broken[0]}); run `provisioner release build` from its spec again")
     record = RolloutRecord(ctx.store)
     pol = rel.document["policy"]["rollout"]
     open_ = record.open_rollout(env, rel.id)

@@ -56,8 +56,9 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
       provisioner serve --http-workers 4                     # a bigger boot server: 4 HTTP processes
     """
     from provisioner.netboot.dhcp import populate_boot_files
-    from provisioner.netboot.http_pool import HttpPool
-    from provisioner.netboot.services import BootServices, parse_bind
+    from provisioner.serve.binds import parse_bind
+    from provisioner.serve.http_pool import HttpPool
+    from provisioner.serve.services import BootServices
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")

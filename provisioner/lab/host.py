@@ -192,7 +192,8 @@ class NetbootHost:
         try:
             if mode == "flash":
                 versions = self._flash(node, args["provisioner.flasher"])
-                self._callback(callback, token, {"event": "flashed", "firmware": versions})
+                self._callback(callback, token, {"event": "flashed", "firmware": versions,
+                                                 "release": args["provisioner.release"]})
             elif mode == "install":
                 release = self._install(node, args)
                 self._callback(callback, token, {"event": "installed", "release": release})

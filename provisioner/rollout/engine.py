@@ -304,6 +304,9 @@ class RolloutEngine:
 
     def _boot_and_wait(self, driver, row, state: str, wanted: set[str], timeout: float, what: str) -> dict:
         self.store.update_node(row.node, state=state, state_reason=f"rollout: {what}")
+        # the one boot whose reports count: fetching the script again hands out its token, nothing new
+        self.store.boots.expect(row.node, {"flashing": "flash", "installing": "install"}.get(state, "local"),
+                                self.release_id)
         inbox = self.callbacks.subscribe(row.node)
         try:
             driver.set_one_time_boot("pxe")
@@ -320,6 +323,7 @@ class RolloutEngine:
                     raise NodeFailed(f"{what}: node reported failure: {details.get('error', '?')}")
         finally:
             self.callbacks.unsubscribe(row.node)
+            self.store.boots.end(row.node)  # late reports of this boot change nothing
         raise NodeFailed(f"{what}: no report within {timeout:.0f}s after power-on; presumed boot-looping")
 
     def _step_inband_flash(self, driver, row) -> dict:

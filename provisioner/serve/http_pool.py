@@ -7,7 +7,7 @@ is a one-line error; port 0 becomes a real port), then hands the socket to a gun
 child process (`fd://N`) whose workers each open the store and render on their own core.
 In-process embedding (the lab, the tests' sites, `--http-workers 0`) uses `HttpServer` (cheroot).
 
-    python -m provisioner.netboot.http_pool --fd N --spec DIR --data DIR --http-base URL [--workers 2]
+    python -m provisioner.serve.http_pool --fd N --spec DIR --data DIR --http-base URL [--workers 2]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-log = logging.getLogger("provisioner.netboot")
+log = logging.getLogger("provisioner.serve")
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -55,7 +55,7 @@ class HttpPool:
             raise
         self.port = sock.getsockname()[1]
         self.http_base = self.http_base or f"http://{self.host}:{self.port}"
-        cmd = [sys.executable, "-m", "provisioner.netboot.http_pool", "--fd", str(sock.fileno()),
+        cmd = [sys.executable, "-m", "provisioner.serve.http_pool", "--fd", str(sock.fileno()),
                "--spec", str(self.spec_dir), "--data", str(self.data_dir), "--http-base", self.http_base,
                "--workers", str(self.workers), "--threads", str(self.threads)]
         if self.db_url:
@@ -106,7 +106,7 @@ class HttpPool:
 def main(argv: list[str] | None = None) -> int:
     from gunicorn.app.base import BaseApplication
 
-    ap = argparse.ArgumentParser(prog="provisioner.netboot.http_pool", description=__doc__,
+    ap = argparse.ArgumentParser(prog="provisioner.serve.http_pool", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fd", type=int, required=True, help="listening socket inherited from the parent")
     ap.add_argument("--spec", type=Path, required=True)
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 "threads": args.threads, "keepalive": 30, "graceful_timeout": 2, "timeout": 60,
                 "worker_connections": 4096, "accesslog": None, "errorlog": "-",
                 "loglevel": "info" if args.verbose else "warning", "proc_name": "provisioner-http",
+                # gunicorn's own defaults, said out loud: the README's security model lists them
+                "limit_request_line": 4094, "limit_request_fields": 100, "limit_request_field_size": 8190,
             }.items():
                 self.cfg.set(key, value)
 
