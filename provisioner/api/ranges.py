@@ -29,9 +29,9 @@ def byte_range(header: str | None, size: int, if_range: str | None = None, etag:
             return UNSATISFIABLE  # §14.1.3: a suffix of zero selects nothing
         return max(0, size - n), size - 1  # §14.1.2: a suffix longer than the file is the whole file
     first = int(m["first"])
-    last = int(m["last"]) if m["last"] is not None else size - 1
-    if last < first:
+    last = int(m["last"]) if m["last"] is not None else None
+    if last is not None and last < first:
         return None  # §14.1.1: invalid, so the header is ignored
     if first >= size:
-        return UNSATISFIABLE
-    return first, min(last, size - 1)
+        return UNSATISFIABLE  # §14.1.1: the first position is past the end
+    return first, size - 1 if last is None else min(last, size - 1)
