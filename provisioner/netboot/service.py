@@ -187,7 +187,11 @@ class BootService:
         for kind, rx in TFTP_PATHS:
             m = rx.match(path.lower())
             if m:
-                return self.boot_config(m["mac"], kind).encode()
+                try:
+                    return self.boot_config(m["mac"], kind).encode()
+                except RateLimited as e:  # TFTP has no 429: the client hears "not found" and retries later
+                    log.info("tftp.refused file=%s reason=%s", path, e)
+                    return None
         return None
 
     # -- callbacks ----------------------------------------------------------------------------
