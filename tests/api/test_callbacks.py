@@ -27,6 +27,10 @@ def test_a_local_boot_token_cannot_report_installed(server):
     assert b"for a local boot, which reports booted/failed, not installed" in body
     assert server.ctx.store.node("r1n04").installed_release == server.rel.id
     assert events(server, "r1n04")[-1] == ("netboot", "suspicious")
+    # nor with the real release id (it made `plan` skip a reimage the node was due)
+    server.ctx.store.update_node("r1n04", installed_release=None)
+    assert server.post("/api/v1/callback/r1n04/installed", {"release": server.rel.id}, token)[0] == 409
+    assert server.ctx.store.node("r1n04").installed_release is None
 
 
 def test_a_report_naming_another_release_than_its_boot_is_refused_and_marked_suspicious(server):
