@@ -33,6 +33,8 @@ _boots, _events, _meta = BootTokenRow.__table__, NodeEventRow.__table__, MetaRow
 _LIVE = select(_boots).where(_boots.c.node == bindparam("n"), _boots.c.closed_at.is_(None))
 _CLOSE_LIVE = (update(_boots).where(_boots.c.node == bindparam("n"), _boots.c.closed_at.is_(None))
                .values(closed_at=bindparam("at"), closed_by=bindparam("why")))
+_CLOSE_ONE = (update(_boots).where(_boots.c.token_sha256 == bindparam("h"), _boots.c.closed_at.is_(None))
+              .values(closed_at=bindparam("at"), closed_by=bindparam("why")))
 _BIND_IMAGES = (update(_boots).where(_boots.c.token_sha256 == bindparam("h"), _boots.c.images.is_(None))
                 .values(images=bindparam("imgs")))
 _ADD_BOOT, _ADD_EVENT = insert(_boots), insert(_events)
@@ -95,11 +97,18 @@ class BootLedger:
 
     # -- opening boots --------------------------------------------------------------------------
     def _open(self, conn, node: str, action: str, release_id: str | None, opened_by: str,
-              images: list[str] | None, event: dict | None) -> str:
+              images: list[str] | None, event: dict | None, replacing=...) -> str:
+        """Open a boot. `replacing` is the live boot this one supersedes as its opener last saw
+        it (None: none); by default every live boot of the node. A write comes first, so SQLite
+        never has to upgrade a stale read; if another writer got there first, the unique index
+        refuses the insert (IntegrityError) and the caller looks again."""
         at = self.now()
         boot_id = secrets.token_hex(16)
         token = self.token(boot_id)
-        conn.execute(_CLOSE_LIVE, {"n": node, "at": at, "why": "superseded"})
+        if replacing is ...:
+            conn.execute(_CLOSE_LIVE, {"n": node, "at": at, "why": "superseded"})
+        elif replacing is not None:
+            conn.execute(_CLOSE_ONE, {"h": replacing, "at": at, "why": "superseded"})
         conn.execute(_ADD_BOOT, {"token_sha256": self._hash(token), "node": node, "release_id": release_id,
                                  "action": action, "issued_at": at, "boot_id": boot_id, "opened_by": opened_by,
                                  "images": images, "reports": 0})
@@ -125,7 +134,7 @@ class BootLedger:
         """The token for the boot script the gate just decided on. The live boot's token when the
         decision fits it (binding its images on the first fetch of a boot the rollout opened); a
         new boot only when the node has none, or its gate-opened boot was for something else."""
-        for _ in range(2):
+        for _ in range(3):
             with self.db.read() as c:
                 live = c.execute(_LIVE, {"n": node}).first()
             if live is not None:
@@ -144,7 +153,8 @@ class BootLedger:
                     return self.token(live.boot_id)
             try:
                 with self.db.write() as c:
-                    return self._open(c, node, action, release_id, "gate", images, event)
+                    return self._open(c, node, action, release_id, "gate", images, event,
+                                      replacing=live.token_sha256 if live is not None else None)
             except IntegrityError:  # another process opened the node's boot meanwhile: use that one
                 continue
         raise TokenRefused(f"{node}: could not open a boot (concurrent writers)")

@@ -151,3 +151,16 @@ def test_a_one_megabyte_header_or_too_many_headers_are_a_431(server):
     assert server.get("/healthz", headers={"X-Big": "a" * 1024 * 1024})[0] == 431
     assert server.get("/healthz", headers={f"X-H{i}": "1" for i in range(150)})[0] == 431
     assert server.get("/healthz")[0] == 200  # and the server still serves
+
+
+def test_twenty_concurrent_first_fetches_of_a_script_share_one_boot(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    server.ctx.store.update_node("r2n07", state="installing", observed=pinned(server.rel, "r650"))
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: server.get("/boot/52-54-00-0a-02-07.ipxe"), range(20)))
+    assert {s for s, _, _ in answers} == {200}
+    tokens = {b.decode().split("provisioner.token=")[1].split()[0] for _, _, b in answers}
+    assert len(tokens) == 1
+    status, _, body = server.get(f"/api/v1/callback/r2n07/started?token={tokens.pop()}")
+    assert status == 200, body
