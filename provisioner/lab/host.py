@@ -202,7 +202,7 @@ class NetbootHost:
         except BootFailed as e:
             self._note(node, f"{mode}_failed", error=str(e))
             try:
-                self._callback(callback, token, {"event": "failed", "error": str(e)})
+                self._callback(callback, token, {"event": "failed", "error": str(e)[:1000]})  # reports: ≤ 1 KiB
             except BootFailed:
                 pass
 
