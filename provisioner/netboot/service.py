@@ -109,10 +109,14 @@ class BootService:
 
     def decide(self, mac: str):
         """(decision, node dict from the release or None, release document or None)."""
+        return self._decide(mac)[:3]
+
+    def _decide(self, mac: str):
+        """decide(), and the node's live boot row as read with the same view (or None)."""
         name = self._node_name(mac)
         row, release_id, blocks = self.store.boot_view(name) if name else (None, None, [])
         if row is None:
-            return decide(None, "unknown", None, None, [], {}), None, None
+            return decide(None, "unknown", None, None, [], {}), None, None, None
         doc = self.release_doc(release_id)
         node = self._release_nodes[release_id].get(row["name"]) if doc else None
         node = node or {"name": row["name"], "model": row["model"], "environment": row["environment"],
@@ -120,7 +124,7 @@ class BootService:
         blocked = [Blocked(b["component"], b["version"], b["reason"], b["model"]) for b in blocks]
         d = decide(node, row["state"], release_id, doc, blocked, dict(row["observed"] or {}),
                    row["installed_release"])
-        return d, node, doc
+        return d, node, doc, row.get("live_boot")
 
     # -- boot configs -------------------------------------------------------------------------
     def boot_config(self, mac: str, kind: str) -> str:
@@ -131,7 +135,7 @@ class BootService:
             raise RateLimited(f"{norm} asked for its boot script too often; at most "
                               f"{self.limits.script_per_second:g}/s after a burst of {self.limits.script_burst}")
         started = time.perf_counter()
-        decision, node, doc = self.decide(norm)
+        decision, node, doc, live = self._decide(norm)
         token = None
         if node:
             event = {"source": "netboot", "event": decision.action,
@@ -139,7 +143,7 @@ class BootService:
                                  "components": [c.name for c in decision.components]}}
             if decision.release_id:  # every boot of a known node reports back, even a local one
                 token = self.store.boots.for_decision(node["name"], decision.action, decision.release_id,
-                                                      boot_images(decision, doc), event)
+                                                      boot_images(decision, doc), event, live)
             else:
                 self.store.node_event(node["name"], **event)
             self._maybe_prune()

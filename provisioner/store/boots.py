@@ -129,14 +129,21 @@ class BootLedger:
         with self.db.write() as c:
             c.execute(_CLOSE_LIVE, {"n": node, "at": self.now(), "why": why})
 
+    @staticmethod
+    def live_row(conn, node: str):
+        """The node's live boot row (or None), read on the caller's connection."""
+        return conn.execute(_LIVE, {"n": node}).first()
+
     def for_decision(self, node: str, action: str, release_id: str | None, images: list[str],
-                     event: dict) -> str:
+                     event: dict, live=...) -> str:
         """The token for the boot script the gate just decided on. The live boot's token when the
         decision fits it (binding its images on the first fetch of a boot the rollout opened); a
-        new boot only when the node has none, or its gate-opened boot was for something else."""
+        new boot only when the node has none, or its gate-opened boot was for something else.
+        `live` is the node's live boot row as the caller read it with the gate's view, if it did."""
         for _ in range(3):
-            with self.db.read() as c:
-                live = c.execute(_LIVE, {"n": node}).first()
+            if live is ...:
+                with self.db.read() as c:
+                    live = self.live_row(c, node)
             if live is not None:
                 fits = live.action == action and live.release_id == release_id
                 if fits and live.images is None:
@@ -156,7 +163,7 @@ class BootLedger:
                     return self._open(c, node, action, release_id, "gate", images, event,
                                       replacing=live.token_sha256 if live is not None else None)
             except IntegrityError:  # another process opened the node's boot meanwhile: use that one
-                continue
+                live = ...
         raise TokenRefused(f"{node}: could not open a boot (concurrent writers)")
 
     # -- reports --------------------------------------------------------------------------------

@@ -239,13 +239,15 @@ class Store:
     # -- boots and node events --------------------------------------------------------------
     def boot_view(self, name: str) -> tuple[dict | None, str | None, list[dict]]:
         """What the netboot gate needs of the store, read without waiting for a writer's turn:
-        (the node's row as a dict or None, the release its environment points at, active blocks)."""
+        (the node's row as a dict or None, the release its environment points at, active blocks).
+        The row's `live_boot` is the node's live boot (see `boots`), read in the same transaction."""
         with self.db.read() as conn:
             row = conn.execute(_BOOT_NODE, {"name": name}).mappings().first()
             if row is None:
                 return None, None, []
             active = [_block(r) for r in conn.execute(_ACTIVE_BLOCKS)]
             row = dict(row)
+            row["live_boot"] = self.boots.live_row(conn, name)
             return row, row.pop("env_release_id"), active
 
     def node_event(self, node: str, source: str, event: str, details: dict | None = None) -> None:
