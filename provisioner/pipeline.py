@@ -169,6 +169,10 @@ def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", prog
     known_environment(ctx, env)
     rel = ctx.store.get_release(point[1]) if point else release_of(ctx, env)
     refuse_blocked(ctx, rel, "apply")
+    broken = ctx.artifacts.check_release(rel.document)  # before any BMC is read or power-cycled
+    if broken:
+        raise ReleaseError(f"cannot apply release {rel.short}: {len(broken)} of its artifacts are not intact in "
+                           f"the store ({broken[0]}); run `provisioner release build` from its spec again")
     leases = leases or Leases(ctx.store)
     busy = leases.peek(environment_key(env))  # fail fast, before reading every BMC
     if busy:

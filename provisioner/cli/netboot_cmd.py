@@ -9,6 +9,7 @@ import signal
 import tempfile
 import threading
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -18,11 +19,11 @@ from provisioner.cli.output import console, json_option
 from provisioner.context import Context
 
 
-def boot_service(ctx: Context, http_base: str):
+def boot_service(ctx: Context, http_base: str, retention=None):
     from provisioner.netboot.service import BootService
 
     ctx.store.sync_nodes(ctx.spec)
-    return BootService(ctx.store, ctx.artifacts, http_base)
+    return BootService(ctx.store, ctx.artifacts, http_base, retention=retention)
 
 
 @cli.command()
@@ -37,6 +38,10 @@ def boot_service(ctx: Context, http_base: str):
               help="HTTP worker processes (gunicorn); 0 serves HTTP from this process (cheroot).")
 @click.option("--http-threads", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Threads per HTTP worker.")
+@click.option("--keep-boots", type=click.IntRange(0, 3650), default=7, show_default=True,
+              help="Days a closed boot (and its token) is kept.")
+@click.option("--keep-events", type=click.IntRange(0, 3650), default=90, show_default=True,
+              help="Days a node event is kept.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision and transfer.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), envvar="PROVISIONER_LOG_FORMAT", default="text",
               show_default=True, help="json: one object per line with stable keys (ts, level, logger, event, ...).")
@@ -44,7 +49,8 @@ def boot_service(ctx: Context, http_base: str):
               help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics [default: off].")
 @click.pass_obj
 def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None, public_url: str | None,
-          http_workers: int, http_threads: int, verbose: bool, log_format: str, metrics_bind: str | None):
+          http_workers: int, http_threads: int, keep_boots: int, keep_events: int, verbose: bool,
+          log_format: str, metrics_bind: str | None):
     """Run the site's boot services until interrupted (SIGINT/SIGTERM stop them cleanly).
 
     \b
@@ -63,9 +69,11 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
     """
     from provisioner.cli import logging_asked
     from provisioner.netboot.dhcp import populate_boot_files
-    from provisioner.netboot.http_pool import HttpPool
-    from provisioner.netboot.services import BootServices, parse_bind
     from provisioner.observability import logs, metrics
+    from provisioner.serve.binds import parse_bind
+    from provisioner.serve.http_pool import HttpPool
+    from provisioner.serve.services import BootServices
+    from provisioner.store.boots import Retention
 
     if verbose or not logging_asked():  # a server logs its warnings unless --log said otherwise
         logs.configure(log_format, logging.INFO if verbose else logging.WARNING)
@@ -85,12 +93,13 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
     if tftp:
         populate_boot_files(boot_files)
     base = public_url or f"http://{http_bind if http else '127.0.0.1:8080'}"
-    svc = boot_service(ctx, base)
+    retention = Retention(closed_boots=timedelta(days=keep_boots), node_events=timedelta(days=keep_events))
+    svc = boot_service(ctx, base, retention)
     pool = None
     if http and http_workers:
         pool = HttpPool(*parse_bind(http, 8080), spec_dir=ctx.settings.spec_dir, data_dir=ctx.settings.data_dir,
                         db_url=ctx.settings.db_url, http_base=public_url, workers=http_workers,
-                        threads=http_threads, verbose=verbose)
+                        threads=http_threads, verbose=verbose, retention=retention)
     try:
         services = BootServices(svc, tftp_bind=tftp, http_bind=http, boot_files=boot_files,
                                 http_server=pool).start()

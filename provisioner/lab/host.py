@@ -209,7 +209,8 @@ class NetbootHost:
         try:
             if mode == "flash":
                 versions = self._flash(node, args["provisioner.flasher"])
-                self._callback(callback, token, {"event": "flashed", "firmware": versions})
+                self._callback(callback, token, {"event": "flashed", "firmware": versions,
+                                                 "release": args["provisioner.release"]})
             elif mode == "install":
                 release = self._install(node, args)
                 self._callback(callback, token, {"event": "installed", "release": release})
@@ -218,7 +219,7 @@ class NetbootHost:
         except BootFailed as e:
             self._note(node, f"{mode}_failed", error=str(e))
             try:
-                self._callback(callback, token, {"event": "failed", "error": str(e)})
+                self._callback(callback, token, {"event": "failed", "error": str(e)[:1000]})  # reports: ≤ 1 KiB
             except BootFailed:
                 pass
 

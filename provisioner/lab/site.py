@@ -165,7 +165,7 @@ class Lab:
         if self._serve:
             from provisioner.netboot.dhcp import populate_boot_files
             from provisioner.netboot.service import BootService
-            from provisioner.netboot.services import BootServices
+            from provisioner.serve.services import BootServices
 
             boot_files = self.ctx.settings.data_dir / "boot-files"
             populate_boot_files(boot_files)

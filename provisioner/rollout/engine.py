@@ -382,6 +382,9 @@ class RolloutEngine:
 
     def _boot_and_wait(self, driver, row, state: str, wanted: set[str], timeout: float, what: str) -> dict:
         self.record.node_write(row.node, state=(BOOT_EVENTS[state], f"rollout: {what}"))
+        # the one boot whose reports count: fetching the script again hands out its token, nothing new
+        self.store.boots.expect(row.node, {"flashing": "flash", "installing": "install"}.get(state, "local"),
+                                self.release_id)
         inbox = self.callbacks.subscribe(row.node)
         try:
             self._check_lease()
@@ -399,6 +402,7 @@ class RolloutEngine:
                     raise NodeFailed(f"{what}: node reported failure: {details.get('error', '?')}")
         finally:
             self.callbacks.unsubscribe(row.node)
+            self.store.boots.end(row.node)  # late reports of this boot change nothing
         raise NodeFailed(f"{what}: no report within {timeout:.0f}s after power-on; presumed boot-looping")
 
     def _step_inband_flash(self, driver, row) -> dict:

@@ -111,24 +111,33 @@ class MetaRow(Base):
 
 
 class BootTokenRow(Base):
-    """A per-node, per-boot callback token (only its sha256 is stored). One live token per node."""
+    """One expected boot of a node and its callback token (only the token's sha256 is stored).
+
+    At most one live (unclosed) boot per node, enforced by a unique partial index (migration 0006).
+    The token is bound to what the boot is for: action, release, and the image digests the boot
+    script names (bound when the node first fetches it)."""
 
     __tablename__ = "boot_tokens"
-    __table_args__ = (Index("ix_boot_tokens_live", "node", sqlite_where=text("closed_at IS NULL"),
-                            postgresql_where=text("closed_at IS NULL")),)  # migration 0004
+    __table_args__ = (Index("ix_boot_tokens_live", "node", unique=True, sqlite_where=text("closed_at IS NULL"),
+                            postgresql_where=text("closed_at IS NULL")),)  # migrations 0004, 0006
     token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     node: Mapped[str] = mapped_column(String(64), index=True)
     release_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     action: Mapped[str] = mapped_column(String(16))
     issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    closed_by: Mapped[str | None] = mapped_column(String(32), nullable=True)  # final event or "superseded"
+    closed_by: Mapped[str | None] = mapped_column(String(32), nullable=True)  # final event, "superseded", "ended"
+    boot_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the token is HMAC(key, boot_id)
+    opened_by: Mapped[str | None] = mapped_column(String(16), nullable=True)  # rollout | gate
+    images: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # sorted sha256 digests, once fetched
+    reports: Mapped[int | None] = mapped_column(Integer, nullable=True, default=0)
 
 
 class NodeEventRow(Base):
     """What a node reported (callbacks) and what the pipeline did to it, in order."""
 
     __tablename__ = "node_events"
+    __table_args__ = (Index("ix_node_events_at", "at"),)  # migration 0006: pruning by age
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     node: Mapped[str] = mapped_column(String(64), index=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

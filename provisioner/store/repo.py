@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from functools import cached_property
 
-from sqlalchemy import bindparam, event, insert, select, text, update
+from sqlalchemy import bindparam, event, select, update
 from sqlalchemy.exc import IntegrityError
 
-from provisioner.errors import PolicyViolation, ReleaseError
+from provisioner.errors import ReleaseError
 from provisioner.releases.build import Release, load_release
 from provisioner.spec.models import Spec
 from provisioner.states import IllegalTransition, NodeState, node_sources
 from provisioner.store import audit
 from provisioner.store.accounts import Accounts
+from provisioner.store.boots import BootLedger
 from provisioner.store.db import Database
 from provisioner.store.models import (
     AccountRow,
     ApprovalRow,
     AuditRow,
     BlockedVersionRow,
-    BootTokenRow,
     EnvironmentHistoryRow,
     EnvironmentRow,
     NodeEventRow,
@@ -48,17 +46,11 @@ def aware(dt: datetime | None) -> datetime | None:
 
 
 # Prepared statements of the boot path (built once; each boot request only binds values).
-_tokens, _nodes, _blocks = BootTokenRow.__table__, NodeRow.__table__, BlockedVersionRow.__table__
-_ADD_EVENT = insert(NodeEventRow.__table__)
-_ADD_TOKEN = insert(_tokens)
-_SUPERSEDE = (update(_tokens)
-              .where(_tokens.c.node == bindparam("n"), _tokens.c.closed_at.is_(None), _tokens.c.issued_at < bindparam("t"))
-              .values(closed_at=bindparam("closed"), closed_by="superseded"))
+_nodes, _blocks = NodeRow.__table__, BlockedVersionRow.__table__
 _BOOT_NODE = (select(_nodes, EnvironmentRow.release_id.label("env_release_id"))
               .outerjoin(EnvironmentRow.__table__, EnvironmentRow.name == _nodes.c.environment)
               .where(_nodes.c.name == bindparam("name")))
 _ACTIVE_BLOCKS = select(_blocks).where(_blocks.c.unblocked_at.is_(None)).order_by(_blocks.c.at)
-CALLBACK_ORDER_LOCK = 0x70726F76  # pg_advisory_xact_lock key: callback events commit in seq order
 _NODE_COLUMNS = frozenset(NodeRow.__table__.columns.keys()) - {"name", "updated_at"}
 
 
@@ -89,6 +81,7 @@ def _block(r) -> dict:
 class Store:
     def __init__(self, db: Database):
         self.db = db
+        self.boots = BootLedger(db, now)  # expected boots, their tokens and reports
 
     @cached_property
     def accounts(self) -> Accounts:
@@ -345,69 +338,19 @@ class Store:
         with self.db.session() as s:
             return audit.verify(s)
 
-    # -- boot tokens and node events --------------------------------------------------------
-    def issue_token(self, node: str, release_id: str | None, action: str, event: dict | None = None) -> str:
-        """A fresh token for this boot of `node`; every earlier token of the node stops working.
-
-        `event` (source, event, details) is recorded in the same transaction: one write per boot.
-        Prepared Core statements, not the ORM: this runs once per boot request of a boot storm.
-        """
-        token = secrets.token_urlsafe(24)
-        issued = now()  # the newest request wins, whatever order concurrent transactions commit in
-        with self.db.write() as conn:
-            if event:
-                conn.execute(_ADD_EVENT, {"node": node, "at": issued, **event})
-            conn.execute(_SUPERSEDE, {"n": node, "t": issued, "closed": issued})
-            conn.execute(_ADD_TOKEN, {"token_sha256": hashlib.sha256(token.encode()).hexdigest(), "node": node,
-                                      "release_id": release_id, "action": action, "issued_at": issued})
-        return token
-
+    # -- boots and node events --------------------------------------------------------------
     def boot_view(self, name: str) -> tuple[dict | None, str | None, list[dict]]:
         """What the netboot gate needs of the store, read without waiting for a writer's turn:
-        (the node's row as a dict or None, the release its environment points at, active blocks)."""
+        (the node's row as a dict or None, the release its environment points at, active blocks).
+        The row's `live_boot` is the node's live boot (see `boots`), read in the same transaction."""
         with self.db.read() as conn:
             row = conn.execute(_BOOT_NODE, {"name": name}).mappings().first()
             if row is None:
                 return None, None, []
             active = [_block(r) for r in conn.execute(_ACTIVE_BLOCKS)]
             row = dict(row)
+            row["live_boot"] = self.boots.live_row(conn, name)
             return row, row.pop("env_release_id"), active
-
-    def check_token(self, node: str, token: str, close_with: str | None = None, event: dict | None = None,
-                    node_update=None) -> BootTokenRow:
-        """The live token row for `node`; PolicyViolation if the token is unknown, closed or another node's.
-
-        In the same transaction: `node_update(node_row, token_row)` changes the node, then `event`
-        is recorded, so a report is one write and whoever waits for the event sees the node changed.
-        """
-        with self.db.session() as s:
-            row = s.get(BootTokenRow, hashlib.sha256(token.encode()).hexdigest(), with_for_update=True)
-            if row is None or row.node != node:
-                raise PolicyViolation(f"callback token is not valid for node {node}")
-            if row.closed_at is not None:
-                raise PolicyViolation(f"callback token of {node} was already used ({row.closed_by})")
-            newer = s.scalar(select(BootTokenRow.token_sha256).where(
-                BootTokenRow.node == node, BootTokenRow.issued_at > row.issued_at).limit(1))
-            if newer is not None:  # a later boot's token exists (its transaction may have committed first)
-                row.closed_at, row.closed_by = now(), "superseded"
-                s.commit()
-                raise PolicyViolation(f"callback token of {node} was already used (superseded)")
-            if close_with:
-                row.closed_at, row.closed_by = now(), close_with
-            if node_update is not None:
-                node_row = s.get(NodeRow, node)
-                node_update(node_row, row)
-                node_row.updated_at = now()
-            if event:
-                if s.get_bind().dialect.name == "postgresql":
-                    # A waiting rollout reads callbacks by rising seq. PostgreSQL hands out seq values
-                    # before commit, so two reports could become visible out of seq order and the
-                    # reader would step over the later-committed one: take turns until commit.
-                    s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CALLBACK_ORDER_LOCK})
-                s.add(NodeEventRow(node=node, at=now(), **event))
-            s.flush()
-            s.expunge(row)
-            return row
 
     def node_event(self, node: str, source: str, event: str, details: dict | None = None) -> None:
         with self.db.session() as s:

@@ -11,7 +11,7 @@ import pytest
 from helpers import built_site, pinned
 
 from provisioner.netboot.service import BootService
-from provisioner.netboot.services import BootServices
+from provisioner.serve.services import BootServices
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_a_tampered_artifact_is_not_served(site):
     p = ctx.artifacts.path(digest)
     p.chmod(0o644)
     p.write_bytes(b"tampered")
-    assert get(f"{base}/artifacts/sha256/{digest}")[0] == 404
+    assert get(f"{base}/artifacts/sha256/{digest}")[0] == 410
 
 
 def script_token(text: str) -> str:
@@ -76,6 +76,7 @@ def test_the_callback_token_is_per_node_per_boot_and_single_use(site):
     ctx, rel, base = site
     ctx.store.update_node("r1n01", state="installing", observed=pinned(rel, "r650"))
     ctx.store.update_node("r1n02", state="installing", observed=pinned(rel, "r650"))
+    ctx.store.boots.expect("r1n01", "install", rel.id)  # as the rollout does before it power-cycles
     t1 = script_token(get(f"{base}/boot/52-54-00-0a-01-01.ipxe")[1].decode())
     t2 = script_token(get(f"{base}/boot/52-54-00-0a-01-02.ipxe")[1].decode())
 
@@ -93,18 +94,23 @@ def test_the_callback_token_is_per_node_per_boot_and_single_use(site):
     assert status == 403 and b"already used" in body
 
 
-def test_a_new_boot_supersedes_the_previous_token(site):
+def test_fetching_the_script_again_hands_out_the_same_token_and_a_new_boot_a_new_one(site):
     ctx, rel, base = site
     ctx.store.update_node("r1n03", state="installing", observed=pinned(rel, "r650"))
-    old = script_token(get(f"{base}/boot/52-54-00-0a-01-03.ipxe")[1].decode())
+    first = script_token(get(f"{base}/boot/52-54-00-0a-01-03.ipxe")[1].decode())
+    again = script_token(get(f"{base}/boot/52-54-00-0a-01-03.ipxe")[1].decode())
+    assert again == first
+    ctx.store.boots.expect("r1n03", "install", rel.id)  # the rollout power-cycles it: a new boot
     new = script_token(get(f"{base}/boot/52-54-00-0a-01-03.ipxe")[1].decode())
-    assert get(f"{base}/api/v1/callback/r1n03/started?token={old}")[0] == 403
+    assert new != first
+    assert get(f"{base}/api/v1/callback/r1n03/started?token={first}")[0] == 403
     assert get(f"{base}/api/v1/callback/r1n03/started?token={new}")[0] == 200
 
 
 def test_the_flasher_config_lists_each_image_url_and_sha256_and_the_flash_result_is_recorded(site):
     ctx, rel, base = site
     ctx.store.update_node("r1n04", state="flashing", observed={**pinned(rel, "r650"), "bios": "1.14.0"})
+    ctx.store.boots.expect("r1n04", "flash", rel.id)
     script = get(f"{base}/boot/52-54-00-0a-01-04.ipxe")[1].decode()
     token = script_token(script)
     flasher_url = script.split("provisioner.flasher=")[1].split()[0]
@@ -113,11 +119,13 @@ def test_the_flasher_config_lists_each_image_url_and_sha256_and_the_flash_result
     assert status == 200 and [c["name"] for c in cfg["components"]] == ["bios"]
     image = get(cfg["components"][0]["url"])[1]
     assert hashlib.sha256(image).hexdigest() == cfg["components"][0]["sha256"]
-    done = json.dumps({"event": "flashed", "firmware": {"bios": "1.13.2"}}).encode()
+    done = json.dumps({"event": "flashed", "release": rel.id, "firmware": {"bios": "1.13.2"}}).encode()
     assert get(f"{base}/api/v1/callback/r1n04?token={token}", data=done,
                headers={"Content-Type": "application/json"})[0] == 200
     node = ctx.store.node("r1n04")
-    assert node.state == "flashed" and node.observed["bios"] == "1.13.2"
+    # the report is recorded; what the node runs is the rollout's next BMC read to say
+    assert node.state == "flashed" and node.observed["bios"] == "1.14.0"
+    assert ctx.store.node_events("r1n04")[-1]["details"]["firmware"] == {"bios": "1.13.2"}
 
 
 def test_a_node_on_a_blocked_version_gets_the_hold_script_on_http(site):

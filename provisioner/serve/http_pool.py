@@ -7,7 +7,8 @@ is a one-line error; port 0 becomes a real port), then hands the socket to a gun
 child process (`fd://N`) whose workers each open the store and render on their own core.
 In-process embedding (the lab, the tests' sites, `--http-workers 0`) uses `HttpServer` (cheroot).
 
-    python -m provisioner.netboot.http_pool --fd N --spec DIR --data DIR --http-base URL [--workers 2]
+    python -m provisioner.serve.http_pool --fd N --spec DIR --data DIR --http-base URL [--workers 2]
+        [--keep-boots SECONDS] [--keep-events SECONDS]
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from provisioner.observability import logs, metrics
+from provisioner.store.boots import Retention
 
-log = logging.getLogger("provisioner.netboot")
+log = logging.getLogger("provisioner.serve")
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -39,8 +42,10 @@ class HttpPool:
     """The HTTP routes in a gunicorn child process with `workers` worker processes."""
 
     def __init__(self, host: str, port: int, *, spec_dir: Path, data_dir: Path, db_url: str | None,
-                 http_base: str | None, workers: int = 2, threads: int = 8, verbose: bool = False):
+                 http_base: str | None, workers: int = 2, threads: int = 8, verbose: bool = False,
+                 retention: Retention | None = None):
         self.host, self.port = host, port
+        self.retention = retention or Retention()
         self.spec_dir, self.data_dir, self.db_url = Path(spec_dir), Path(data_dir), db_url
         self.http_base, self.workers, self.threads, self.verbose = http_base, workers, threads, verbose
         self.proc: subprocess.Popen | None = None
@@ -57,9 +62,11 @@ class HttpPool:
             raise
         self.port = sock.getsockname()[1]
         self.http_base = self.http_base or f"http://{self.host}:{self.port}"
-        cmd = [sys.executable, "-m", "provisioner.netboot.http_pool", "--fd", str(sock.fileno()),
+        cmd = [sys.executable, "-m", "provisioner.serve.http_pool", "--fd", str(sock.fileno()),
                "--spec", str(self.spec_dir), "--data", str(self.data_dir), "--http-base", self.http_base,
-               "--workers", str(self.workers), "--threads", str(self.threads)]
+               "--workers", str(self.workers), "--threads", str(self.threads),
+               "--keep-boots", str(self.retention.closed_boots.total_seconds()),
+               "--keep-events", str(self.retention.node_events.total_seconds())]
         if self.db_url:
             cmd += ["--db-url", self.db_url]
         if self.verbose:
@@ -108,7 +115,7 @@ class HttpPool:
 def main(argv: list[str] | None = None) -> int:
     from gunicorn.app.base import BaseApplication
 
-    ap = argparse.ArgumentParser(prog="provisioner.netboot.http_pool", description=__doc__,
+    ap = argparse.ArgumentParser(prog="provisioner.serve.http_pool", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fd", type=int, required=True, help="listening socket inherited from the parent")
     ap.add_argument("--spec", type=Path, required=True)
@@ -117,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-base", required=True, help="base URL nodes use to reach this server")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--keep-boots", type=float, default=Retention().closed_boots.total_seconds(), help="seconds")
+    ap.add_argument("--keep-events", type=float, default=Retention().node_events.total_seconds(), help="seconds")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     logs.configure(level=logging.INFO if args.verbose else logging.WARNING)  # the format serve chose
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 "threads": args.threads, "keepalive": 30, "graceful_timeout": 2, "timeout": 60,
                 "worker_connections": 4096, "accesslog": None, "errorlog": "-",
                 "loglevel": "info" if args.verbose else "warning", "proc_name": "provisioner-http",
+                # gunicorn's own defaults, said out loud: the README's security model lists them
+                "limit_request_line": 4094, "limit_request_fields": 100, "limit_request_field_size": 8190,
             }.items():
                 self.cfg.set(key, value)
 
@@ -138,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             from provisioner.netboot.service import BootService
 
             ctx = Context(Settings(spec_dir=args.spec, data_dir=args.data, db_url=args.db_url))
-            return create_app(BootService(ctx.store, ctx.artifacts, args.http_base))
+            retention = Retention(closed_boots=timedelta(seconds=args.keep_boots),
+                                  node_events=timedelta(seconds=args.keep_events))
+            return create_app(BootService(ctx.store, ctx.artifacts, args.http_base, retention=retention))
 
     Pool().run()
     return 0

@@ -7,19 +7,37 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from cheroot import server as cheroot_server
 from cheroot import wsgi
 
 from provisioner.api.app import create_app
+from provisioner.netboot.limits import Limits
 from provisioner.netboot.service import BootService
+from provisioner.serve.binds import parse_bind
 
-log = logging.getLogger("provisioner.netboot")
+log = logging.getLogger("provisioner.serve")
 
 
-def parse_bind(text: str, default_port: int) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host:
-        return text, default_port
-    return host.strip("[]"), int(port)
+class _BoundedRequest(cheroot_server.HTTPRequest):
+    """Cheroot's request with gunicorn's header limits: too many or too large header fields are
+    431 (RFC 6585 §5), where cheroot alone accepts any number and answers a large total with 413."""
+
+    max_fields = 100
+
+    def read_request_headers(self):
+        if not super().read_request_headers():
+            return False
+        if len(self.inheaders) > self.max_fields:
+            self.simple_response("431 Request Header Fields Too Large",
+                                 f"more than {self.max_fields} header fields")
+            return False
+        return True
+
+    def simple_response(self, status, msg=""):
+        if str(status).startswith("413") and "headers" in msg:
+            status = "431 Request Header Fields Too Large"
+            self.close_connection = True  # the rest of what it sent is not worth reading
+        return super().simple_response(status, msg)
 
 
 @dataclass
@@ -35,11 +53,17 @@ class HttpServer:
     host: str
     port: int
     threads: int = 16
+    limits: Limits = Limits()
 
     def start(self) -> HttpServer:
         server = wsgi.Server((self.host, self.port), self.app, numthreads=self.threads, server_name="provisioner",
                              request_queue_size=2048, timeout=30, shutdown_timeout=2)
+        server.max_request_header_size = self.limits.header_bytes  # request line + headers; 0 = no limit
+        server.max_request_body_size = self.limits.body_bytes
         server.keep_alive_conn_limit = None  # every booting node may keep its connection (iPXE does)
+        request_class = type("Request", (_BoundedRequest,), {"max_fields": self.limits.header_fields})
+        server.ConnectionClass = type("Connection", (cheroot_server.HTTPConnection,),
+                                      {"RequestHandlerClass": request_class})
         server.error_log = _cheroot_log
         server.prepare()  # binds now: a busy port is an error here, not in the thread
         self._server = server
@@ -70,7 +94,7 @@ class BootServices:
             self.http = http_server
         elif http_bind:
             host, port = parse_bind(http_bind, 8080)
-            self.http = HttpServer(create_app(service), host, port, http_threads)
+            self.http = HttpServer(create_app(service), host, port, http_threads, service.limits)
         if tftp_bind:
             from provisioner.netboot.tftp import TftpServer
 
