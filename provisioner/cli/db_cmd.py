@@ -45,6 +45,7 @@ def db_status(ctx: Context):
 
 
 @db.command("upgrade")
+@json_option
 @click.pass_obj
 def db_upgrade(ctx: Context):
     """Migrate the store's schema to the newest revision (idempotent).
@@ -56,15 +57,20 @@ def db_upgrade(ctx: Context):
     url = ctx.settings.url
     before, head = schema_state(url)
     Database(url, upgrade=True).close()
-    shown = mask_url(url)
-    if before == head:
-        console.print(f"{shown}: schema already at {head}")
-    else:
-        console.print(f"{shown}: schema {before or '(none)'} -> {head}")
+    data = {"store": mask_url(url), "before": before, "revision": head}
+
+    def render(d):
+        if d["before"] == d["revision"]:
+            console.print(f"{d['store']}: schema already at {d['revision']}")
+        else:
+            console.print(f"{d['store']}: schema {d['before'] or '(none)'} -> {d['revision']}")
+
+    return data, render
 
 
 @db.command("copy")
 @click.option("--to", "to_url", required=True, metavar="URL", help="The empty database to copy into.")
+@json_option
 @click.pass_obj
 def db_copy(ctx: Context, to_url: str):
     """Copy the whole store (releases, environments, nodes, audit chain, rollouts) into an empty
@@ -83,6 +89,8 @@ def db_copy(ctx: Context, to_url: str):
     finally:
         source.close()
         target.close()
-    console.print(f"copied {sum(counts.values())} rows to {mask_url(to_url)}: {counts.get('releases', 0)} releases, "
-                  f"{counts.get('audit_log', 0)} audit entries (chain verified), {counts.get('nodes', 0)} nodes; "
-                  f"use it with --db or PROVISIONER_DB")
+    data = {"to": mask_url(to_url), "rows": counts, "chain_verified": True}
+    return data, lambda d: console.print(
+        f"copied {sum(d['rows'].values())} rows to {d['to']}: {d['rows'].get('releases', 0)} releases, "
+        f"{d['rows'].get('audit_log', 0)} audit entries (chain verified), {d['rows'].get('nodes', 0)} nodes; "
+        "use it with --db or PROVISIONER_DB")

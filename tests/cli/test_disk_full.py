@@ -66,8 +66,6 @@ def test_release_build_on_a_full_disk_is_one_line_and_exit_5(small_disk, tmp_pat
     assert r.code == 0, r.err  # once there is room, the same command finishes the job
 
 
-@pytest.mark.xfail(strict=True, reason="SQLite's 'database or disk is full' is translated by the store "
-                                       "(postgres helper's StoreError mapping); lift this mark at merge")
 def test_block_on_a_full_disk_is_one_line_and_exit_5(small_disk, tmp_path, capsys):
     spec = copy_spec(tmp_path / "spec")
     data = small_disk / "data"

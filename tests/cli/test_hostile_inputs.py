@@ -146,7 +146,7 @@ CORPUS = [
     Hostile("log-level-bogus", ("--log", "loud", "validate"), 2, "'--log'"),
     # -- unknown things (exit 4) --------------------------------------------------------------------
     Hostile("release-show-unknown", ("release", "show", "nosuch"), 4, "no release 'nosuch'"),
-    Hostile("rollback-to-unknown", ("rollback", "production", "--to", "nosuch"), 4, "no release 'nosuch'"),
+    Hostile("rollback-to-unknown", ("rollback", "production", "--to", "nosuch", "--yes"), 4, "no release 'nosuch'"),
     # -- secrets --------------------------------------------------------------------------------------
     Hostile("lab-status-with-password-env", ("lab", "status", "--json"), 0, "",
             env={"PROVISIONER_LAB_BMC_PASSWORD": BMC_SECRET}, never=(BMC_SECRET,), stderr_lines=0),

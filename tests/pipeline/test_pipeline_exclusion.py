@@ -30,7 +30,7 @@ CHANGES = {"r1": ["bmc"], "r2": ["nic"]}  # one component changes per model from
 def popen_apply(site, *args, env=None):
     e = {**os.environ, "PROVISIONER_SPEC": str(site.spec), "PROVISIONER_DATA": str(site.data), **(env or {})}
     e.pop("PROVISIONER_DB", None)
-    return subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", "apply", "production", *args],
+    return subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", "apply", "production", "--yes", *args],
                             env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -94,7 +94,7 @@ def test_a_frozen_holder_is_taken_over_after_its_lease_expires_and_writes_nothin
         os.kill(first.pid, signal.SIGSTOP)  # frozen mid-step (a paused VM, a stuck NFS mount)
         frozen_at = time.monotonic()
 
-        refused = site.cli("apply", "production")
+        refused = site.cli("apply", "production", "--yes")
         assert refused.returncode == 9, refused.stderr
         assert f":{first.pid}:" in refused.stderr and "rollout watch" in refused.stderr
 
@@ -123,7 +123,7 @@ def test_a_frozen_holder_is_taken_over_after_its_lease_expires_and_writes_nothin
 def run_apply(site, env: dict):
     from helpers import run_cli
 
-    return run_cli("--as", "alice", "apply", "production", "--json", spec=site.spec, data=site.data, env=env,
+    return run_cli("--as", "alice", "apply", "production", "--yes", "--json", spec=site.spec, data=site.data, env=env,
                    timeout=300)
 
 
@@ -139,7 +139,7 @@ def test_apply_wait_waits_for_the_holder_of_another_host_and_then_runs(make_site
         other.take(c, "environment:production", "rollout 7 (apply) of production")
     other.start_heartbeat()
     try:
-        refused = site.cli("apply", "production")
+        refused = site.cli("apply", "production", "--yes")
         assert refused.returncode == 9, refused.stderr
         assert refused.stderr.startswith("error: environment production is busy: rollout 7 (apply) of production, "
                                          "held by ops2.example:4242:feedc0de since ")

@@ -229,7 +229,7 @@ def test_rollback_to_a_release_never_active_there_that_has_not_passed_the_gate_i
     bump_bios(site.spec, spec2)
     r2 = site.build(spec2)
     assert site.cli("promote", r2[:12], "--to", "production").returncode == 3
-    r = site.cli("rollback", "production", "--to", r2[:12])
+    r = site.cli("rollback", "production", "--to", r2[:12], "--yes")
     assert r.returncode == 3, r.stdout + r.stderr
     assert r.stderr.startswith(f"error: cannot roll production back to {r2[:12]}: it was never active in "
                                f"production and has not passed the staging gate (active on 0 of")

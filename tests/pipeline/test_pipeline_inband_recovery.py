@@ -96,7 +96,7 @@ def test_without_a_recovery_path_the_node_needs_hands_with_the_component_image_a
     instruction = (f"needs hands: {canary} cannot netboot (boot check: no report within 4s after power-on; presumed "
                    f"boot-looping) and the r650 manifest names no recovery path for bios; flash bios 1.13.2 from "
                    f"artifacts/firmware/r650/bios-1.13.2.bin (sha256 {bios.image.sha256}) through the BMC at {bmc} "
-                   "or at the console, then `provisioner apply` again")
+                   f"or at the console, then `provisioner node clear {canary} --reason ...` and apply again")
     result = read_json(back.stdout)
     assert (result["status"], result["failed"], result["done"]) == ("halted", {canary: instruction}, [])
     assert f"✗ {canary}: needs hands: {canary} cannot netboot" in back.stderr  # the progress, for people

@@ -113,6 +113,7 @@ def test_plan_never_calls_a_failed_node_nothing_and_holds_one_that_needs_hands()
 
     from provisioner.plan import Observed, make_plan
     from provisioner.releases.build import freeze
+    from provisioner.releases.view import ReleaseView
     from provisioner.spec.loader import load_spec
 
     rel = freeze(load_spec(REPO))
@@ -120,7 +121,7 @@ def test_plan_never_calls_a_failed_node_nothing_and_holds_one_that_needs_hands()
 
     def planned(state, reason=""):
         o = Observed("s1n01", "s1", "r650", "staging", dict(pins), rel.id, None, state, reason)
-        [n] = make_plan(rel.id, rel.document, "staging", [o], []).nodes
+        [n] = make_plan(ReleaseView.of(rel), "staging", [o], []).nodes
         return n.action, n.reason
 
     assert planned("active") == ("nothing", "at the pins, image of this release")

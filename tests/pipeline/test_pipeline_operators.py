@@ -127,7 +127,7 @@ class TwoOperators(RuleBasedStateMachine):
         for node in NODES:
             uploading = None
             for e in self.site.bmc_log(node):
-                if e["event"] in ("activated", "rejected", "flash_aborted"):
+                if e["event"] in ("activated", "staged", "rejected", "flash_aborted"):  # staged: Redfish OnReset
                     uploading = None
                 elif e["event"] in ("upload_started", "power", "boot_override"):
                     assert uploading is None, (node, uploading, e, self.outcomes)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from pipeline_site import read_json
@@ -46,8 +47,14 @@ KILL_POINTS = {
 }
 
 
+_sqlite_engines: dict = {}
+
+
 def read_record(db):
-    """The rollout record as the apply process left it, read behind its back (SQLite or PostgreSQL)."""
+    """The rollout record as the apply process left it, read behind its back (SQLite or PostgreSQL):
+    `db` is an engine, or the path of a SQLite file."""
+    if isinstance(db, str | Path):
+        db = _sqlite_engines.setdefault(str(db), create_engine(f"sqlite:///{db}"))
     try:
         with db.connect() as c:
             steps = c.exec_driver_sql("SELECT node, step, phase FROM rollout_steps ORDER BY seq").fetchall()

@@ -22,7 +22,7 @@ def test_rollout_watch_follows_a_running_rollout_to_its_end_and_show_lists_every
     pipeline.promote(site.ctx, r1, "production", force_gate=True)
     e = {**os.environ, "PROVISIONER_SPEC": str(site.spec), "PROVISIONER_DATA": str(site.data)}
     e.pop("PROVISIONER_DB", None)
-    apply = subprocess.Popen([sys.executable, "-m", "provisioner", "apply", "production"], env=e,
+    apply = subprocess.Popen([sys.executable, "-m", "provisioner", "apply", "production", "--yes"], env=e,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not read_record(site.data / "provisioner.db")[0]:  # the rollout's first step began

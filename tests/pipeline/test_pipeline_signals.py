@@ -49,7 +49,7 @@ def production(make_site):
 
 def test_the_first_sigint_lets_the_running_step_end_starts_nothing_new_and_apply_resumes(production):
     site = production
-    proc = start(site, "apply", "production", "--json")
+    proc = start(site, "apply", "production", "--yes", "--json")
     wait_for(proc, site.data / "provisioner.db", canary_install_began)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -65,7 +65,7 @@ def test_the_first_sigint_lets_the_running_step_end_starts_nothing_new_and_apply
     assert {n for n, _, _ in steps} == {"r1n01"}  # wave 1 never started
     assert site.boots()["r1n02"] == 0 and site.boots()["r2n01"] == 0
 
-    again = site.cli("apply", "production", "--json")
+    again = site.cli("apply", "production", "--yes", "--json")
     assert again.returncode == 0, again.stderr
     assert "resuming rollout 1 from its record" in again.stderr
     assert sorted(read_json(again.stdout)["done"]) == sorted(NODES)
@@ -75,7 +75,7 @@ def test_the_first_sigint_lets_the_running_step_end_starts_nothing_new_and_apply
 
 def test_a_second_sigterm_stops_at_once_recorded_interrupted(production):
     site = production
-    proc = start(site, "apply", "production")
+    proc = start(site, "apply", "production", "--yes")
     wait_for(proc, site.data / "provisioner.db", canary_install_began)
     site.lab.set_boot_loop("bmc", "7.10.30")  # the canary never reports: only a second signal ends the wait
     proc.send_signal(signal.SIGTERM)
@@ -89,7 +89,7 @@ def test_a_second_sigterm_stops_at_once_recorded_interrupted(production):
     assert (r.status, r.reason) == ("interrupted", "stopped at once by a second signal; nodes mid-step are "
                                                    "picked up on resume")
     site.lab.set_boot_loop("bmc", "7.10.30", on=False)
-    again = site.cli("apply", "production", "--json")
+    again = site.cli("apply", "production", "--yes", "--json")
     assert again.returncode == 0, again.stderr
     assert read_json(again.stdout)["status"] == "done"
 
@@ -105,7 +105,7 @@ def test_a_rollback_killed_after_it_repointed_the_environment_resumes_as_a_rollb
     pipeline.promote(site.context(spec2), r2, "production", force_gate=True)
     assert pipeline.apply(site.context(spec2), "production").status == "done"
 
-    proc = start(site, "rollback", "production")
+    proc = start(site, "rollback", "production", "--yes")
     deadline = time.monotonic() + 120
     while not [h for h in site.ctx.store.environment_history("production") if h["reason"].startswith("rollback")]:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
@@ -113,7 +113,7 @@ def test_a_rollback_killed_after_it_repointed_the_environment_resumes_as_a_rollb
     os.kill(proc.pid, signal.SIGKILL)  # kill -9 as soon as the environment points back
     proc.wait(10)
 
-    again = site.cli("apply", "production", "--json")
+    again = site.cli("apply", "production", "--yes", "--json")
     assert again.returncode == 0, again.stderr
     out = read_json(again.stdout)
     assert (out["kind"], out["status"]) == ("rollback", "done"), again.stderr

@@ -68,8 +68,8 @@ def test_rollout_abort_frees_the_environment_and_resume_retries_the_failed_node_
 
     entries = site.ctx.store.audit_entries()
     [entry] = [e for e in entries if e["action"] == "rollout.resume"]
-    assert (entry["actor"], entry["details"]["rollout"], entry["details"]["reason"]) == (
-        "alice", rid, "lab fault cleared, INC-1")
+    assert (entry["actor"].endswith("(local store)"), entry["client"].endswith("as alice (unverified)"),
+            entry["details"]["rollout"], entry["details"]["reason"]) == (True, True, rid, "lab fault cleared, INC-1")
 
     done_again = site.cli("rollout", "abort", str(rid), "--reason", "too late")
     assert done_again.returncode == 3 and f"rollout {rid} is done" in done_again.stderr
