@@ -149,12 +149,14 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--plan-nodes", type=int, default=10000)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--fleet", choices=("mixed", "ipmi"), default="mixed",
+                    help="mixed (the example's Redfish dl360g10s) or every BMC on IPMI (side by side with older commits)")
     args = ap.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; fleet: {args.fleet}")
     work = Path(tempfile.mkdtemp(prefix="provisioner-bench-"))
     spec, spec2, data = work / "spec", work / "spec-r2", work / "data"
     subprocess.run([sys.executable, str(ROOT / "scripts/make_big_spec.py"), str(args.nodes), str(spec),
-                    "--concurrency", str(args.concurrency)], check=True)
+                    "--concurrency", str(args.concurrency), "--fleet", args.fleet], check=True)
     bump_r650_bios(spec, spec2)
     ctx = Context(Settings(spec_dir=spec, data_dir=data, actor="bench"))
     r1 = release(ctx, spec, "bench")

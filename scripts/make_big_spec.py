@@ -22,6 +22,9 @@ def main() -> None:
     ap.add_argument("dest", type=Path)
     ap.add_argument("--per-rack", type=int, default=40)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--fleet", choices=("mixed", "ipmi"), default="mixed",
+                    help="mixed: the dl360g10 BMCs speak Redfish, as in the example spec; ipmi: every BMC IPMI "
+                         "(the fleet of the benchmarks before the Redfish driver, for side-by-side runs)")
     args = ap.parse_args()
     if args.dest.exists():
         shutil.rmtree(args.dest)
@@ -38,13 +41,14 @@ def main() -> None:
             if i == args.nodes:
                 break
             model = "r650" if r % 2 == 0 else "dl360g10"
+            redfish = model == "dl360g10" and args.fleet == "mixed"
             lines += [f"      - name: rack{r:03d}n{n:02d}",
                       f"        macs: [\"52:54:01:{r // 256:02x}:{r % 256:02x}:{n:02x}\"]",
                       f"        model: {model}", "        environment: production",
                       "        boot_profile: ubuntu-2404", f"        firmware: {'uefi' if n % 4 else 'bios'}",
                       # a mixed fleet, like the example: the dl360g10 BMCs speak Redfish
-                      f"        bmc: {{driver: {'ipmi' if model == 'r650' else 'redfish'}, address: 127.20.{r}.{n + 1}, "
-                      f"port: {6230 if model == 'r650' else 8443}, credentials: lab}}"]
+                      f"        bmc: {{driver: {'redfish' if redfish else 'ipmi'}, address: 127.20.{r}.{n + 1}, "
+                      f"port: {8443 if redfish else 6230}, credentials: lab}}"]
             i += 1
     (args.dest / "inventory.yaml").write_text("\n".join(lines) + "\n")
     (args.dest / "policy.yaml").write_text(f"""environments: [staging, production]
