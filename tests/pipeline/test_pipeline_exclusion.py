@@ -49,7 +49,10 @@ def flashes_per_component(site) -> dict[str, Counter]:
     """After `lab down`: per node, how often each component's firmware changed, from the BMCs' logs."""
     down = site.cli("lab", "down")
     assert down.returncode == 0, down.stderr
-    state = json.loads((site.data / "lab" / "bmc-state.json").read_text())["nodes"]
+    state = {}
+    for kind in ("bmc-state.json", "redfish-state.json"):  # IPMI and Redfish BMCs keep their own files
+        if (site.data / "lab" / kind).exists():
+            state.update(json.loads((site.data / "lab" / kind).read_text())["nodes"])
     return {n: Counter(e["component"] for e in s["log"] if e["event"] in FIRMWARE_CHANGES) for n, s in state.items()}
 
 
