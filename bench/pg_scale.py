@@ -36,6 +36,9 @@ from provisioner.context import Context, Settings  # noqa: E402
 from provisioner.releases.build import freeze, import_artifacts  # noqa: E402
 from provisioner.store.db import Database  # noqa: E402
 
+# a 10,000-node inventory is 2.5 MB: past the spec loader's default per-file limit (1 MiB)
+os.environ.setdefault("PROVISIONER_SPEC_MAX_FILE_BYTES", str(64 << 20))
+
 
 def loadavg() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())

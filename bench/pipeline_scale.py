@@ -111,12 +111,13 @@ def bench_plan(n: int) -> tuple[float, float]:
     from provisioner.netboot.gate import Blocked
     from provisioner.plan import Observed, make_plan
     from provisioner.releases.view import ReleaseView
+    from provisioner.spec.files import SpecLimits
     from provisioner.spec.loader import load_spec
 
     with tempfile.TemporaryDirectory() as d:
         subprocess.run([sys.executable, str(ROOT / "scripts/make_big_spec.py"), str(n), f"{d}/spec",
                         "--per-rack", "40"], check=True)
-        spec = load_spec(f"{d}/spec")
+        spec = load_spec(f"{d}/spec", SpecLimits(max_file_bytes=64 << 20))  # 10,000 nodes: a 2.5 MB inventory
         rel = freeze(spec)
         doc = rel.document
         pins = {m: {c["name"]: c["version"] for c in v["components"]} for m, v in doc["manifests"].items()}
