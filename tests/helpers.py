@@ -52,6 +52,23 @@ def copy_spec(dest: Path) -> Path:
     return dest
 
 
+def private_spec(tmp_path: Path) -> Path:
+    """The example spec with its BMCs moved to a 127.N block nobody uses right now."""
+    import socket
+
+    spec = copy_spec(tmp_path / "spec")
+    for n in range(60, 250):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((f"127.{n}.11.1", 6230))
+            except OSError:
+                continue
+        inv = spec / "inventory.yaml"
+        inv.write_text(inv.read_text().replace("address: 127.0.", f"address: 127.{n}."))
+        return spec
+    raise OSError("no free 127.N block")
+
+
 def run_cli(*args: str, spec: Path, data: Path, env: dict | None = None, timeout: float = 120):
     """Run the real `provisioner` command in a subprocess; return CompletedProcess (text)."""
     e = {k: v for k, v in os.environ.items() if k != "PROVISIONER_DB"}  # only a test's own `env` picks the store

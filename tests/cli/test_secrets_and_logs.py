@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -13,25 +12,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import REPO, copy_spec
+from helpers import REPO, copy_spec, private_spec
 from inproc import run_main
 
 SECRET = "Hunter2-from-the-env"
-
-
-def private_spec(tmp_path) -> Path:
-    """The example spec with its BMCs moved to a 127.N block nobody uses right now."""
-    spec = copy_spec(tmp_path / "spec")
-    for n in range(60, 250):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind((f"127.{n}.11.1", 6230))
-            except OSError:
-                continue
-        inv = spec / "inventory.yaml"
-        inv.write_text(inv.read_text().replace("address: 127.0.", f"address: 127.{n}."))
-        return spec
-    raise OSError("no free 127.N block")
 
 
 def test_a_running_lab_never_reports_a_password_that_came_from_the_environment(tmp_path, monkeypatch):

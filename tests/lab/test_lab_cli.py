@@ -3,25 +3,9 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 
-from helpers import copy_spec, need_tool, run_cli
-
-
-def private_spec(tmp_path):
-    """The example spec with its BMCs moved to a 127.N block nobody uses right now."""
-    spec = copy_spec(tmp_path / "spec")
-    for n in range(60, 250):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind((f"127.{n}.11.1", 6230))
-            except OSError:
-                continue
-        inv = spec / "inventory.yaml"
-        inv.write_text(inv.read_text().replace("address: 127.0.", f"address: 127.{n}."))
-        return spec
-    raise OSError("no free 127.N block")
+from helpers import need_tool, private_spec, run_cli
 
 
 class Site:
