@@ -232,10 +232,10 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
         few ms of CPU per read), and its ETag."""
         path = self._paths.get("system")
         if path is None:
-            members = self._root.get_system_collection().members_identities
-            if not members:
+            path = self._first_member(a, "Systems")
+            if path is None:
                 raise Unsupported(f"{self.endpoint.key}: the Redfish service lists no ComputerSystem")
-            path = self._paths["system"] = sorted(members)[0]
+            self._paths["system"] = path
         a.check()
         r = self._root._conn.get(path)
         a.progressed()
@@ -278,12 +278,19 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
             system, _ = self._system(a)
             if system.get("BiosVersion"):
                 found["bios"] = {"Version": system["BiosVersion"]}
-            managers = self._root.get_manager_collection().members_identities
-            if managers:
-                version = self._get(a, sorted(managers)[0]).get("FirmwareVersion")
-                if version:
-                    found["bmc"] = {"Version": version}
+            manager = self._first_member(a, "Managers")
+            version = self._get(a, manager).get("FirmwareVersion") if manager else None
+            if version:
+                found["bmc"] = {"Version": version}
         return found
+
+    def _first_member(self, a, collection: str) -> str | None:
+        """The first member of the service root's `collection` (read as JSON: sushy's typed
+        collection resource parsed every field of it, more CPU than the request)."""
+        path = (self._root.json.get(collection) or {}).get("@odata.id")
+        members = sorted(m["@odata.id"] for m in (self._get(a, path).get("Members") or [])
+                         if isinstance(m, dict) and "@odata.id" in m) if path else []
+        return members[0] if members else None
 
     def _component_of(self, member: dict) -> str | None:
         """Which of our components a FirmwareInventory member is: by the manifest's SoftwareId
