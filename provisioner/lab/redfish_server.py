@@ -13,6 +13,7 @@ would before timing out; `drop(address)` closes the ones already open.
 
 from __future__ import annotations
 
+import io
 import logging
 import select
 import socket
@@ -24,7 +25,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from cheroot import wsgi
-from cheroot.makefile import StreamReader, StreamWriter
 
 log = logging.getLogger("provisioner.lab.redfish")
 
@@ -32,8 +32,77 @@ HANDSHAKE_TIMEOUT_S = 10.0
 HELD_S = 60.0  # how long an unanswered connection is held before it is closed
 
 
+class _CountingSocketIO(socket.SocketIO):
+    """The socket under a reader, counting what came off it (for `_Reader.has_data`)."""
+
+    received = 0
+
+    def readinto(self, b):
+        n = super().readinto(b)
+        if n:
+            self.received += n
+        return n
+
+
+class _Reader(io.BufferedReader):
+    """What cheroot reads a connection through, in C: its own reader subclasses the pure-Python
+    `_pyio` one, whose readline was a third of the simulator's CPU per request (yappi,
+    bench/redfish_fleet.py). cheroot asks `has_data()` (a pipelined request already buffered?),
+    which C's reader cannot say, so the bytes handed out are counted against the bytes received."""
+
+    def __init__(self, sock, mode="rb", bufsize=8192):
+        self._sock_io = _CountingSocketIO(sock, "rb")
+        super().__init__(self._sock_io, bufsize)
+        self.bytes_read = 0
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def readline(self, size=-1):
+        data = super().readline(size)
+        self.bytes_read += len(data)
+        return data
+
+    def readinto(self, b):
+        n = super().readinto(b)
+        self.bytes_read += n or 0
+        return n
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def has_data(self) -> bool:
+        return self._sock_io.received > self.bytes_read
+
+
+class _Writer:
+    """cheroot's writer sends every write at once (its responses are written whole); so does this,
+    without the pure-Python buffer in between."""
+
+    def __init__(self, sock, mode="wb", bufsize=0):
+        self._sock = sock
+        self.bytes_written = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        self._sock.sendall(data)
+        self.bytes_written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def _makefile(sock, mode="r", bufsize=8192):
-    return (StreamReader if "r" in mode else StreamWriter)(sock, mode, bufsize)
+    return _Reader(sock, mode, bufsize) if "r" in mode else _Writer(sock, mode, bufsize)
 
 
 class MultiAddressServer:

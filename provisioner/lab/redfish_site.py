@@ -15,6 +15,7 @@ plus RedfishFaults' task_fails and power_loss_in_update.
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 import socket
@@ -57,7 +58,7 @@ class RedfishSite(SimSite):
         return ensure_ca(self.cert_dir)[0]
 
     def uuid(self, name: str) -> str:
-        return str(uuid.uuid5(_UUID_NS, name))
+        return _uuid(name)
 
     def start(self, timeout: float = 10.0) -> RedfishSite:
         ports = {int(n["bmc_port"]) for n in self.nodes.values()}
@@ -149,6 +150,12 @@ class RedfishSite(SimSite):
                 s.close()
         if getattr(self, "_epoll", None) is not None:
             self._epoll.close()
+
+
+@functools.lru_cache(maxsize=65536)
+def _uuid(name: str) -> str:
+    """A BMC's stable UUID, asked for on every read of its system (uuid5 is a SHA-1 each time)."""
+    return str(uuid.uuid5(_UUID_NS, name))
 
 
 def start_redfish_site(nodes: list[dict], directory: Path, *, on_power_on: Callable[[str, str], None] | None = None,
