@@ -88,6 +88,8 @@ def main() -> int:
               f"{fleet_run.cpu_per_bmc_ms(m, args.size)} | {args.size / m['wall']:.0f} | {m['errors']} |")
     if "ipmi" in rows:
         print(f"\nRedfish / IPMI wall time: {rows['redfish']['wall'] / rows['ipmi']['wall']:.2f}x")
+    for proto, m in rows.items():
+        print(f"{proto}: client CPU in the kernel {m['client_sys']:.2f} s")
     return 1 if any(m["errors"] for m in rows.values()) else 0
 
 

@@ -16,7 +16,8 @@ manifest's `redfish.software_ids`; see README "Redfish"):
 Firmware (DSP0268 UpdateService): SimpleUpdate with ImageURI, else MultipartHttpPushUri; progress
 from the task monitor until the task ends or flash_timeout passes; a task that ends asking for a
 reset (ApplyTime OnReset) is followed by a power cycle; then a fresh FirmwareInventory read must
-show the release's version. Nothing is cached but the resource paths, which a BMC never moves.
+show the release's version. Nothing is cached but the resource paths, which a BMC never moves,
+and which components it can flash (from the last inventory read; versions are always read anew).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
         self._root: sushy.Sushy | None = None
         self._conn = None
         self._paths: dict[str, str] = {}   # resource paths found once: system, update service, ...
+        self._flashable: set[str] | None = None  # components the last inventory read showed updateable
         self._lock = threading.Lock()
 
     # -- the contract ----------------------------------------------------------------------------------
@@ -110,11 +112,12 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
         return self._run("firmware_inventory", lambda a: {c: m["Version"] for c, m in self._inventory(a).items()})
 
     def supports_oob_flash(self, component: str) -> bool:
+        """From what the last inventory read said the BMC can flash (a member's Updateable and the
+        UpdateService's actions do not change while we hold a session); read now if none was."""
         def check(a):
-            member = self._inventory(a).get(component)
-            service = self._get(a, self._update_service_path(a))
-            return bool(member and member.get("Updateable", True) and member.get("@odata.id")
-                        and (simple_update_target(service) or service.get("MultipartHttpPushUri")))
+            if self._flashable is None:
+                self._inventory(a)
+            return component in self._flashable
         return self._run("supports_oob_flash", check)
 
     def flash(self, component: str, image: bytes, expected_sha256: str, version: str,
@@ -261,6 +264,11 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
 
     def _inventory(self, a) -> dict[str, dict]:
         """{component: FirmwareInventory member} read now; Manager/BIOS versions where the BMC has none."""
+        return self._inventory_and_service(a)[0]
+
+    def _inventory_and_service(self, a) -> tuple[dict[str, dict], dict]:
+        """`_inventory`, and the UpdateService document read on the way; notes which components the
+        BMC can flash out of band (for supports_oob_flash)."""
         service = self._get(a, self._update_service_path(a))
         inv_path = (service.get("FirmwareInventory") or {}).get("@odata.id")
         members: list[dict] = []
@@ -282,7 +290,10 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
             version = self._get(a, manager).get("FirmwareVersion") if manager else None
             if version:
                 found["bmc"] = {"Version": version}
-        return found
+        can_flash = bool(simple_update_target(service) or service.get("MultipartHttpPushUri"))
+        self._flashable = {c for c, m in found.items()
+                           if can_flash and m.get("Updateable", True) and m.get("@odata.id")}
+        return found, service
 
     def _first_member(self, a, collection: str) -> str | None:
         """The first member of the service root's `collection` (read as JSON: sushy's typed

@@ -125,6 +125,7 @@ class MultiAddressServer:
         self._open: dict[str, weakref.WeakSet] = {}   # address -> open TLS sockets (for drop)
         self._held: list[tuple[float, socket.socket]] = []
         self.handshakes: dict[str, int] = {}  # address -> TLS connections completed (pooling shows here)
+        self.requests: dict[tuple[str, str, str], int] = {}  # (address, method, path) -> requests served
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -187,6 +188,9 @@ class MultiAddressServer:
     # -- internals ----------------------------------------------------------------------------------
 
     def _environ(self, environ, start_response):
+        key = (environ["provisioner.bmc_address"], environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))
+        with self._lock:
+            self.requests[key] = self.requests.get(key, 0) + 1
         return self.app(environ, start_response)
 
     def _accept_loop(self) -> None:
