@@ -128,7 +128,7 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
                  len(image))
         try:
             bounded.run(self.endpoint.key, f"flash {component}",
-                        lambda a: self._attempt(a, "flash", self._flash, job, image, progress),
+                        lambda a: self._attempt(a, "flash", self._flash, job, image, progress), driver=self.name,
                         timeout=self.flash_timeout, retries=self.retries, backoff=self.backoff, abandon=self._abandon,
                         retry_safe=False, stall_timeout=self.timeout, lock_timeout=self.timeout)
         except DriverError as e:
@@ -141,8 +141,6 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
         return job
 
     def health(self) -> dict:
-        started = time.monotonic()
-
         def read(a):
             system, _ = self._system(a)
             boot = system.get("Boot") or {}
@@ -150,13 +148,7 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
             return {"power": _power(system),
                     "boot_device": device if boot.get("BootSourceOverrideEnabled", "Disabled") != "Disabled" else "default",
                     "boot_mode": {v: k for k, v in BOOT_MODE_NAMES.items()}.get(boot.get("BootSourceOverrideMode"))}
-        try:
-            out = self._run("health", read)
-        except DriverError as e:
-            return {"ok": False, "driver": self.name, "bmc": self.endpoint.key,
-                    "error": f"{type(e).__name__}: {e}", "retryable": e.retryable}
-        return {"ok": True, "driver": self.name, "bmc": self.endpoint.key,
-                "latency_ms": round((time.monotonic() - started) * 1000, 1), **out}
+        return self._health_report(lambda: self._run("health", read))
 
     def close(self) -> None:
         with self._lock:
@@ -175,8 +167,9 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
     # -- running ---------------------------------------------------------------------------------------
 
     def _run(self, what: str, fn, *, retry_safe: bool = True):
-        return bounded.run(self.endpoint.key, what, lambda a: self._attempt(a, what, fn), timeout=self.timeout,
-                           retries=self.retries, backoff=self.backoff, abandon=self._abandon, retry_safe=retry_safe)
+        return bounded.run(self.endpoint.key, what, lambda a: self._attempt(a, what, fn), driver=self.name,
+                           timeout=self.timeout, retries=self.retries, backoff=self.backoff, abandon=self._abandon,
+                           retry_safe=retry_safe)
 
     def _attempt(self, a: bounded.Attempt, what: str, fn, *args):
         try:
