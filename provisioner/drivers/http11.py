@@ -14,6 +14,7 @@ from __future__ import annotations
 MAX_LINE = 65536        # longest status line or header field line we read
 MAX_HEADERS = 100       # header fields per response, as http.client allows
 NO_BODY = (204, 304)    # RFC 9112 §6.3 (1): these never carry content
+_FRAMING = frozenset(("connection", "transfer-encoding", "content-length"))  # the fields that frame a body
 
 
 class ProtocolError(Exception):
@@ -58,9 +59,11 @@ def read_response(rfile, method: str) -> Response:
         if 100 <= status < 200 and status != 101:
             continue  # RFC 9110 §15.2: interim responses precede the final one
         break
-    fields = {}
+    fields: dict[str, list[str]] = {}
     for k, v in headers:
-        fields.setdefault(k.lower(), []).append(v)
+        k = k.lower()
+        if k in _FRAMING:
+            fields.setdefault(k, []).append(v)
     connection = ",".join(fields.get("connection", ())).lower()
     will_close = "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
     if method == "HEAD" or status in NO_BODY or 100 <= status < 200:

@@ -14,6 +14,7 @@ system store; certificates are always verified and hostnames (IP SANs) checked.
 from __future__ import annotations
 
 import base64
+import datetime
 import json as jsonlib
 import secrets
 import socket
@@ -151,11 +152,17 @@ class _Connection:
         self.sock.close()
 
 
+_NO_TIME = datetime.timedelta(0)
+
+
 def _response(answer: http11.Response, url: str) -> requests.Response:
-    r = requests.Response()
-    r.status_code, r.reason, r.url, r._content = answer.status, answer.reason, url, answer.body
-    r.headers = requests.structures.CaseInsensitiveDict(answer.headers)
-    r.encoding = "utf-8"
+    """The answer as the requests.Response sushy reads (status_code, reason, headers, json(), content).
+    Filled in directly: Response() also builds a cookie jar per response, which nothing here reads."""
+    r = requests.Response.__new__(requests.Response)
+    r.__dict__.update(status_code=answer.status, reason=answer.reason, url=url, _content=answer.body,
+                      _content_consumed=True, _next=None, raw=None, encoding="utf-8", history=[],
+                      headers=requests.structures.CaseInsensitiveDict(answer.headers), elapsed=_NO_TIME,
+                      request=None, connection=None)
     return r
 
 
