@@ -3,7 +3,7 @@ IPMI BMCs, in the same run.
 
 Per BMC: log in (session), set a one-time PXE boot (UEFI), power-cycle (read power, then restart or
 power on, then read it back), read the firmware inventory, log out (bench/fleet_run.py). The Redfish BMCs run in another
-process (provisioner.lab.bmc --redfish: HTTPS on one loopback address each, one cheroot server);
+process (provisioner.lab.bmc --redfish: HTTPS on one loopback address each, provisioner.lab.redfish_conn);
 the client is RedfishDriver on a thread pool, trusting the lab CA. The IPMI half is
 bench/bmc_fleet.py's. Goals: 1,000 Redfish BMCs in under 10 s on 2 cores, and within 3x of IPMI.
 
@@ -47,7 +47,6 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=8, help="Redfish client threads")
     p.add_argument("--ipmi-threads", type=int, default=50, help="IPMI client threads (bench/bmc_fleet.py's)")
     p.add_argument("--runs", type=int, default=1, help="runs per protocol; the median is reported")
-    p.add_argument("--sim-threads", type=int, default=8, help="HTTP worker threads of the Redfish simulator")
     p.add_argument("--no-ipmi", action="store_true", help="skip the IPMI half")
     args = p.parse_args()
     rows = {}
@@ -55,7 +54,7 @@ def main() -> int:
         base, port = free_block(args.size, port=8443)
         nodes = generate_nodes(args.size, base=base, port=port, prefix="rf")
         sim = SiteProcess(nodes, state_path=Path(tmp) / "redfish-state.json",
-                          extra_args=("--redfish", tmp, "--threads", str(args.sim_threads))).start(timeout=180)
+                          extra_args=("--redfish", tmp)).start(timeout=180)
         ca = str(Path(tmp) / "redfish-ca.pem")
         try:
             eps = [BmcEndpoint(n["bmc_address"], n["bmc_port"], n["username"], n["password"], "redfish")

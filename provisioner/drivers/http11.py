@@ -6,7 +6,8 @@ header through its own method call. A BMC's answers are small JSON documents on 
 connection; this module reads exactly what RFC 9112 allows there (a status line, header fields, a
 body framed by Transfer-Encoding chunked, Content-Length, or the connection's close) and refuses
 anything else as a protocol error. It does no I/O of its own: `read_response` takes a binary file
-(the socket's `makefile("rb")`, or a BytesIO in tests).
+(the socket's `makefile("rb")`, or a BytesIO in tests). The lab's Redfish BMCs read requests
+with the same pieces (provisioner.lab.redfish_conn).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def read_response(rfile, method: str) -> Response:
         if not line:
             raise ClosedBeforeAnswer("the server closed the connection before answering")
         version, status, reason = _status_line(line)
-        headers = _header_fields(rfile)
+        headers = read_header_fields(rfile)
         if 100 <= status < 200 and status != 101:
             continue  # RFC 9110 §15.2: interim responses precede the final one
         break
@@ -72,12 +73,12 @@ def read_response(rfile, method: str) -> Response:
     if coding:
         if coding.rsplit(",", 1)[-1] != "chunked":  # RFC 9112 §6.3 (4): read until close
             return Response(status, reason, headers, _read_to_close(rfile), True)
-        return Response(status, reason, headers, _read_chunked(rfile), will_close)
+        return Response(status, reason, headers, read_chunked(rfile), will_close)
     lengths = set(fields.get("content-length", ()))
     if lengths:
         if len(lengths) != 1 or not next(iter(lengths)).strip().isdigit():  # RFC 9112 §6.3 (5)
             raise ProtocolError(f"invalid Content-Length {sorted(lengths)}")
-        return Response(status, reason, headers, _read_exact(rfile, int(next(iter(lengths)))), will_close)
+        return Response(status, reason, headers, read_exact(rfile, int(next(iter(lengths)))), will_close)
     return Response(status, reason, headers, _read_to_close(rfile), True)  # RFC 9112 §6.3 (8)
 
 
@@ -90,7 +91,7 @@ def _status_line(line: bytes) -> tuple[str, int, str]:
     return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""
 
 
-def _header_fields(rfile) -> list[tuple[str, str]]:
+def read_header_fields(rfile) -> list[tuple[str, str]]:
     headers = []
     while True:
         line = rfile.readline(MAX_LINE + 1)
@@ -114,16 +115,17 @@ def _header_fields(rfile) -> list[tuple[str, str]]:
             raise ProtocolError(f"more than {MAX_HEADERS} header fields")
 
 
-def _read_exact(rfile, n: int) -> bytes:
+def read_exact(rfile, n: int) -> bytes:
     data = rfile.read(n) if n else b""
     if len(data) != n:
         raise ProtocolError(f"the connection closed after {len(data)} of {n} bytes of the body")
     return data
 
 
-def _read_chunked(rfile) -> bytes:
-    """RFC 9112 §7.1: chunks until the zero-size one, then the trailer section (discarded)."""
-    out = []
+def read_chunked(rfile, limit: int | None = None) -> bytes:
+    """RFC 9112 §7.1: chunks until the zero-size one, then the trailer section (discarded);
+    ProtocolError past `limit` bytes."""
+    out, total = [], 0
     while True:
         line = rfile.readline(MAX_LINE + 1)
         size_text = line.split(b";", 1)[0].strip()
@@ -131,9 +133,12 @@ def _read_chunked(rfile) -> bytes:
             raise ProtocolError(f"invalid chunk size {line[:40]!r}")
         size = int(size_text, 16)
         if size == 0:
-            _header_fields(rfile)  # the trailer section
+            read_header_fields(rfile)  # the trailer section
             return b"".join(out)
-        out.append(_read_exact(rfile, size))
+        total += size
+        if limit is not None and total > limit:
+            raise ProtocolError(f"a chunked body over {limit} bytes")
+        out.append(read_exact(rfile, size))
         if rfile.readline(3) not in (b"\r\n", b"\n"):
             raise ProtocolError("a chunk does not end with CRLF")
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from provisioner.lab.bmc import SimSite, _raise_fd_limit
 from provisioner.lab.redfish_app import create_app
 from provisioner.lab.redfish_bmc import RedfishBmc, RedfishFaults
+from provisioner.lab.redfish_docs import MAX_IMAGE_BYTES
 from provisioner.lab.redfish_server import MultiAddressServer
 from provisioner.lab.redfish_tls import ensure_ca, issue_server_cert
 
@@ -41,11 +42,10 @@ _UUID_NS = uuid.UUID("0d7a3c1e-8f43-4b59-9b1a-6a2f4e1c7d25")
 class RedfishSite(SimSite):
     """Many RedfishBmcs behind one HTTPS server; timers and the state file as in SimSite."""
 
-    def __init__(self, nodes: list[dict], *, cert_dir: str | Path, threads: int = 16, **options):
+    def __init__(self, nodes: list[dict], *, cert_dir: str | Path, **options):
         options.pop("max_block", None)
         super().__init__(nodes, **options)
         self.cert_dir = Path(cert_dir)
-        self.threads = threads
         self.by_address: dict[str, RedfishBmc] = {}
         self.server: MultiAddressServer | None = None
 
@@ -73,7 +73,7 @@ class RedfishSite(SimSite):
             self.by_address[node["bmc_address"]] = bmc
         cert, key = issue_server_cert(self.cert_dir, list(self.by_address), name="redfish-bmcs")
         self.server = MultiAddressServer(create_app(self), list(self.by_address), ports.pop(), certfile=str(cert),
-                                         keyfile=str(key), admit=self._admit, threads=self.threads)
+                                         keyfile=str(key), admit=self._admit, max_body=MAX_IMAGE_BYTES)
         # SimSite's timer loop (call_later) runs on an epoll with only its wake socket here
         self._epoll = select.epoll()
         self._wake_r, self._wake_w = socket.socketpair()
