@@ -64,14 +64,18 @@ class KeptAliveSession:
     def __init__(self, host: str, port: int, context: ssl.SSLContext, timeout: float):
         self.host, self.port, self.context, self.timeout = host, port, context, timeout
         self.authority = f"{host}:{port}"
+        self.origin = f"https://{host}:{port}/"
         self.headers: dict[str, str] = {}    # sushy keeps X-Auth-Token here
         self.auth: tuple[str, str] | None = None  # sushy's Basic credentials
         self._conn: _Connection | None = None
         self._lock = threading.Lock()
 
     def request(self, method: str, url: str, *, json=None, headers=None, timeout=None, files=None, **_ignored):
-        parts = urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if url.startswith(self.origin):  # sushy joins every path onto the BMC's URL: no need to parse it
+            target = url[len(self.origin) - 1:]
+        else:
+            parts = urlsplit(url)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         send = {k: v for k, v in {**self.headers, **(headers or {})}.items() if v is not None}
         body = None
         if files is not None:
