@@ -1,9 +1,10 @@
 """Benchmark: one client process drives a fleet of simulated BMCs over real IPMI on loopback.
 
 Per BMC: log in, set a one-time PXE boot, power-cycle (read power, then cycle or power on), read the
-firmware inventory, log out. The simulated BMCs run in other process(es) (provisioner.lab.bmc);
-the client is IpmiDriver on a thread pool. Reported: wall time, the client's CPU time (getrusage),
-the simulators' CPU time (/proc), errors. Goal: 1,000 BMCs in under 5 s on 2 cores.
+firmware inventory, log out (bench/fleet_run.py, shared with redfish_fleet.py). The simulated BMCs
+run in other process(es) (provisioner.lab.bmc); the client is IpmiDriver on a thread pool.
+Reported: wall time, the client's CPU time (getrusage), the simulators' CPU time (/proc), errors.
+Goal: 1,000 BMCs in under 5 s on 2 cores.
 
     .venv/bin/python bench/bmc_fleet.py [--sizes 100,500,1000] [--threads 50] [--shards 1] [--runs 3]
 """
@@ -13,47 +14,27 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
-import statistics
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from procstat import cpu_model, cpu_seconds  # noqa: E402  (bench/, the script's own folder)
+import fleet_run  # noqa: E402  (bench/, the script's own folder: the loop shared with redfish_fleet.py)
+from procstat import cpu_model  # noqa: E402
 
 from provisioner.drivers.base import BmcEndpoint  # noqa: E402
 from provisioner.drivers.ipmi import IpmiDriver  # noqa: E402
-from provisioner.errors import DriverError  # noqa: E402
 from provisioner.lab.bmc_process import SiteProcess, generate_nodes  # noqa: E402
 from provisioner.lab.loopback import free_block  # noqa: E402
 
 
-def provision(ep: BmcEndpoint) -> str | None:
-    d = IpmiDriver(ep, timeout=30)
-    try:
-        d.set_one_time_boot("pxe", mode="uefi")
-        d.power_cycle()
-        inventory = d.firmware_inventory()
-        return None if len(inventory) == 4 else f"{ep.key}: inventory {inventory}"
-    except DriverError as e:
-        return f"{type(e).__name__}: {e}"
-    finally:
-        d.close()
+def driver(ep: BmcEndpoint) -> IpmiDriver:
+    return IpmiDriver(ep, timeout=30)
 
 
 def run(endpoints: list[BmcEndpoint], threads: int, sims: list[SiteProcess]) -> dict:
-    sim0 = sum(cpu_seconds(s.proc.pid) for s in sims)
-    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        errors = [e for e in pool.map(provision, endpoints) if e]
-    wall = time.perf_counter() - t0
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    return {"wall": wall, "client_cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
-            "sim_cpu": sum(cpu_seconds(s.proc.pid) for s in sims) - sim0, "errors": errors}
+    return fleet_run.run(endpoints, threads, [s.proc.pid for s in sims], driver)
 
 
 def main() -> int:
@@ -79,14 +60,8 @@ def main() -> int:
             run(endpoints[:10], args.threads, sims)  # warm-up: imports, thread pool, first sockets
             rows = []
             for size in sizes:
-                results = [run(endpoints[:size], args.threads, sims) for _ in range(args.runs)]
-                med = {k: statistics.median(r[k] for r in results) for k in ("wall", "client_cpu", "sim_cpu")}
-                errors = sum(len(r["errors"]) for r in results)
-                walls = sorted(r["wall"] for r in results)
-                rows.append((size, med, errors, walls))
-                for r in results:
-                    for e in r["errors"][:3]:
-                        print(f"  error at {size}: {e}", file=sys.stderr)
+                rows.append((size, fleet_run.median([run(endpoints[:size], args.threads, sims)
+                                                     for _ in range(args.runs)], f" at {size}")))
         finally:
             for s in sims:
                 s.stop()
@@ -95,12 +70,12 @@ def main() -> int:
           f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
     print(f"Client: one process, {args.threads} threads, IpmiDriver; simulator: {args.shards} process(es); "
           f"per BMC: login, one-time PXE, power cycle, inventory, logout ({args.runs} runs, median)\n")
-    print("| BMCs | wall (s) | range (s) | client CPU (s) | simulator CPU (s) | BMCs/s | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for size, med, errors, walls in rows:
-        print(f"| {size} | {med['wall']:.2f} | {walls[0]:.2f}-{walls[-1]:.2f} | {med['client_cpu']:.2f} | "
-              f"{med['sim_cpu']:.2f} | {size / med['wall']:.0f} | {errors} |")
-    return 1 if any(errors for _, _, errors, _ in rows) else 0
+    print("| BMCs | wall (s) | range (s) | client CPU (s) | simulator CPU (s) | CPU per BMC (ms) | BMCs/s | errors |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for size, m in rows:
+        print(f"| {size} | {m['wall']:.2f} | {m['range'][0]:.2f}-{m['range'][1]:.2f} | {m['client_cpu']:.2f} | "
+              f"{m['sim_cpu']:.2f} | {fleet_run.cpu_per_bmc_ms(m, size)} | {size / m['wall']:.0f} | {m['errors']} |")
+    return 1 if any(m["errors"] for _, m in rows) else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The BMC driver contract: what every driver (fake, ipmi, later redfish) can do to one server.
+"""The BMC driver contract: what every driver (fake, ipmi, redfish) can do to one server.
 
 Errors (provisioner.errors), and whether to try again:
 
@@ -173,6 +173,20 @@ class BmcDriver(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Log out and release the session; the driver can still be used (it logs in again)."""
+
+    def _health_report(self, read: Callable[[], dict]) -> dict:
+        """What health() answers around `read` (the driver's own quick reads, under its deadline):
+        ok with the read's fields and its latency, or ok=False with the error; never DriverError."""
+        from provisioner.errors import DriverError
+
+        started = time.monotonic()
+        try:
+            out = read()
+        except DriverError as e:
+            return {"ok": False, "driver": self.name, "bmc": self.endpoint.key,
+                    "error": f"{type(e).__name__}: {e}", "retryable": e.retryable}
+        return {"ok": True, "driver": self.name, "bmc": self.endpoint.key,
+                "latency_ms": round((time.monotonic() - started) * 1000, 1), **out}
 
     def _checked_mode(self, mode: str) -> str:
         """`mode` if it is a boot mode this contract knows, else Unsupported (before any request)."""

@@ -105,9 +105,9 @@ class Attempt:
             raise BmcTimeout("operation abandoned by its caller")
 
 
-def run(key: str, what: str, fn: Callable[[Attempt], T], **kw) -> T:
-    """`_run`, counted in the metrics by operation and outcome (the IPMI driver is this module's one user)."""
-    with metrics.bmc_operation("ipmi", what):
+def run(key: str, what: str, fn: Callable[[Attempt], T], *, driver: str = "ipmi", **kw) -> T:
+    """`_run`, counted in the metrics by driver, operation and outcome."""
+    with metrics.bmc_operation(driver, what):
         return _run(key, what, fn, **kw)
 
 

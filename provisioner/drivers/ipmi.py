@@ -137,14 +137,7 @@ class IpmiDriver(BmcDriver):
         return job
 
     def health(self) -> dict:
-        started = time.monotonic()
-        try:
-            out = self._run("health", self._health)
-        except DriverError as e:
-            return {"ok": False, "driver": self.name, "bmc": self.endpoint.key,
-                    "error": f"{type(e).__name__}: {e}", "retryable": e.retryable}
-        return {"ok": True, "driver": self.name, "bmc": self.endpoint.key,
-                "latency_ms": round((time.monotonic() - started) * 1000, 1), **out}
+        return self._health_report(lambda: self._run("health", self._health))
 
     def close(self) -> None:
         with self._conn_lock:

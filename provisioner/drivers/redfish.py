@@ -16,7 +16,8 @@ manifest's `redfish.software_ids`; see README "Redfish"):
 Firmware (DSP0268 UpdateService): SimpleUpdate with ImageURI, else MultipartHttpPushUri; progress
 from the task monitor until the task ends or flash_timeout passes; a task that ends asking for a
 reset (ApplyTime OnReset) is followed by a power cycle; then a fresh FirmwareInventory read must
-show the release's version. Nothing is cached but the resource paths, which a BMC never moves.
+show the release's version. Nothing is cached but the resource paths, which a BMC never moves,
+and which components it can flash (from the last inventory read; versions are always read anew).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
         self._root: sushy.Sushy | None = None
         self._conn = None
         self._paths: dict[str, str] = {}   # resource paths found once: system, update service, ...
+        self._flashable: set[str] | None = None  # components the last inventory read showed updateable
         self._lock = threading.Lock()
 
     # -- the contract ----------------------------------------------------------------------------------
@@ -110,11 +112,12 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
         return self._run("firmware_inventory", lambda a: {c: m["Version"] for c, m in self._inventory(a).items()})
 
     def supports_oob_flash(self, component: str) -> bool:
+        """From what the last inventory read said the BMC can flash (a member's Updateable and the
+        UpdateService's actions do not change while we hold a session); read now if none was."""
         def check(a):
-            member = self._inventory(a).get(component)
-            service = self._get(a, self._update_service_path(a))
-            return bool(member and member.get("Updateable", True) and member.get("@odata.id")
-                        and (simple_update_target(service) or service.get("MultipartHttpPushUri")))
+            if self._flashable is None:
+                self._inventory(a)
+            return component in self._flashable
         return self._run("supports_oob_flash", check)
 
     def flash(self, component: str, image: bytes, expected_sha256: str, version: str,
@@ -125,7 +128,7 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
                  len(image))
         try:
             bounded.run(self.endpoint.key, f"flash {component}",
-                        lambda a: self._attempt(a, "flash", self._flash, job, image, progress),
+                        lambda a: self._attempt(a, "flash", self._flash, job, image, progress), driver=self.name,
                         timeout=self.flash_timeout, retries=self.retries, backoff=self.backoff, abandon=self._abandon,
                         retry_safe=False, stall_timeout=self.timeout, lock_timeout=self.timeout)
         except DriverError as e:
@@ -138,8 +141,6 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
         return job
 
     def health(self) -> dict:
-        started = time.monotonic()
-
         def read(a):
             system, _ = self._system(a)
             boot = system.get("Boot") or {}
@@ -147,13 +148,7 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
             return {"power": _power(system),
                     "boot_device": device if boot.get("BootSourceOverrideEnabled", "Disabled") != "Disabled" else "default",
                     "boot_mode": {v: k for k, v in BOOT_MODE_NAMES.items()}.get(boot.get("BootSourceOverrideMode"))}
-        try:
-            out = self._run("health", read)
-        except DriverError as e:
-            return {"ok": False, "driver": self.name, "bmc": self.endpoint.key,
-                    "error": f"{type(e).__name__}: {e}", "retryable": e.retryable}
-        return {"ok": True, "driver": self.name, "bmc": self.endpoint.key,
-                "latency_ms": round((time.monotonic() - started) * 1000, 1), **out}
+        return self._health_report(lambda: self._run("health", read))
 
     def close(self) -> None:
         with self._lock:
@@ -172,8 +167,9 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
     # -- running ---------------------------------------------------------------------------------------
 
     def _run(self, what: str, fn, *, retry_safe: bool = True):
-        return bounded.run(self.endpoint.key, what, lambda a: self._attempt(a, what, fn), timeout=self.timeout,
-                           retries=self.retries, backoff=self.backoff, abandon=self._abandon, retry_safe=retry_safe)
+        return bounded.run(self.endpoint.key, what, lambda a: self._attempt(a, what, fn), driver=self.name,
+                           timeout=self.timeout, retries=self.retries, backoff=self.backoff, abandon=self._abandon,
+                           retry_safe=retry_safe)
 
     def _attempt(self, a: bounded.Attempt, what: str, fn, *args):
         try:
@@ -232,10 +228,10 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
         few ms of CPU per read), and its ETag."""
         path = self._paths.get("system")
         if path is None:
-            members = self._root.get_system_collection().members_identities
-            if not members:
+            path = self._first_member(a, "Systems")
+            if path is None:
                 raise Unsupported(f"{self.endpoint.key}: the Redfish service lists no ComputerSystem")
-            path = self._paths["system"] = sorted(members)[0]
+            self._paths["system"] = path
         a.check()
         r = self._root._conn.get(path)
         a.progressed()
@@ -261,6 +257,11 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
 
     def _inventory(self, a) -> dict[str, dict]:
         """{component: FirmwareInventory member} read now; Manager/BIOS versions where the BMC has none."""
+        return self._inventory_and_service(a)[0]
+
+    def _inventory_and_service(self, a) -> tuple[dict[str, dict], dict]:
+        """`_inventory`, and the UpdateService document read on the way; notes which components the
+        BMC can flash out of band (for supports_oob_flash)."""
         service = self._get(a, self._update_service_path(a))
         inv_path = (service.get("FirmwareInventory") or {}).get("@odata.id")
         members: list[dict] = []
@@ -278,12 +279,22 @@ class RedfishDriver(UpdateServiceFlash, BmcDriver):
             system, _ = self._system(a)
             if system.get("BiosVersion"):
                 found["bios"] = {"Version": system["BiosVersion"]}
-            managers = self._root.get_manager_collection().members_identities
-            if managers:
-                version = self._get(a, sorted(managers)[0]).get("FirmwareVersion")
-                if version:
-                    found["bmc"] = {"Version": version}
-        return found
+            manager = self._first_member(a, "Managers")
+            version = self._get(a, manager).get("FirmwareVersion") if manager else None
+            if version:
+                found["bmc"] = {"Version": version}
+        can_flash = bool(simple_update_target(service) or service.get("MultipartHttpPushUri"))
+        self._flashable = {c for c, m in found.items()
+                           if can_flash and m.get("Updateable", True) and m.get("@odata.id")}
+        return found, service
+
+    def _first_member(self, a, collection: str) -> str | None:
+        """The first member of the service root's `collection` (read as JSON: sushy's typed
+        collection resource parsed every field of it, more CPU than the request)."""
+        path = (self._root.json.get(collection) or {}).get("@odata.id")
+        members = sorted(m["@odata.id"] for m in (self._get(a, path).get("Members") or [])
+                         if isinstance(m, dict) and "@odata.id" in m) if path else []
+        return members[0] if members else None
 
     def _component_of(self, member: dict) -> str | None:
         """Which of our components a FirmwareInventory member is: by the manifest's SoftwareId

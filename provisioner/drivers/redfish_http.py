@@ -4,18 +4,20 @@ with one TLS context, and the one place where sushy, requests and ssl failures b
 Why not sushy's defaults: its connector asks the BMC to close the connection after every request,
 and requests builds a fresh TLS context for every new connection, loading the whole CA store each
 time (16.7 ms of CPU per connection, measured: research/redfish-feasibility.md); requests' own
-per-request machinery cost another ~1.5 ms of CPU per request here. So sushy keeps its resources,
+per-request machinery cost another ~1.5 ms of CPU per request here, and http.client's header
+parsing most of what was left (see provisioner.drivers.http11). So sushy keeps its resources,
 authentication, retries and error classes, and its connector's HTTP session is KeptAliveSession:
-http.client on one connection per BMC, whose TLS context was built once, from the credentials'
-`ca_bundle` or the system store; certificates are always verified and hostnames (IP SANs) checked.
+one connection per BMC, whose TLS context was built once, from the credentials' `ca_bundle` or the
+system store; certificates are always verified and hostnames (IP SANs) checked.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
+import datetime
 import json as jsonlib
 import secrets
+import socket
 import ssl
 import threading
 from urllib.parse import urlsplit
@@ -25,6 +27,7 @@ import requests.structures
 import sushy
 from sushy import exceptions as sushy_exc
 
+from provisioner.drivers import http11
 from provisioner.errors import BmcAuthError, BmcBusy, BmcTimeout, BmcUnreachable, DriverError, Unsupported
 
 _contexts: dict[tuple[str | None, float], ssl.SSLContext] = {}
@@ -55,19 +58,24 @@ def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
 
 class KeptAliveSession:
     """What sushy's Connector needs of a requests.Session (request, headers, auth, close), over one
-    kept-alive http.client connection to one BMC. Failures are raised as requests' exceptions, so
-    sushy's connector handles them as it does its own."""
+    kept-alive TLS connection to one BMC, framed by provisioner.drivers.http11. Failures are raised
+    as requests' exceptions, so sushy's connector handles them as it does its own."""
 
     def __init__(self, host: str, port: int, context: ssl.SSLContext, timeout: float):
         self.host, self.port, self.context, self.timeout = host, port, context, timeout
+        self.authority = f"{host}:{port}"
+        self.origin = f"https://{host}:{port}/"
         self.headers: dict[str, str] = {}    # sushy keeps X-Auth-Token here
         self.auth: tuple[str, str] | None = None  # sushy's Basic credentials
-        self._conn: http.client.HTTPSConnection | None = None
+        self._conn: _Connection | None = None
         self._lock = threading.Lock()
 
     def request(self, method: str, url: str, *, json=None, headers=None, timeout=None, files=None, **_ignored):
-        parts = urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if url.startswith(self.origin):  # sushy joins every path onto the BMC's URL: no need to parse it
+            target = url[len(self.origin) - 1:]
+        else:
+            parts = urlsplit(url)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         send = {k: v for k, v in {**self.headers, **(headers or {})}.items() if v is not None}
         body = None
         if files is not None:
@@ -77,6 +85,7 @@ class KeptAliveSession:
             send["Content-Type"] = "application/json"
         if self.auth:
             send["Authorization"] = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
+        message = http11.encode_request(method, target, self.authority, send, body)
         read_timeout = (timeout[1] if isinstance(timeout, tuple) else timeout) or self.timeout
         for attempt in (1, 2):
             with self._lock:
@@ -84,35 +93,32 @@ class KeptAliveSession:
             reused = conn is not None
             try:
                 if conn is None:
-                    conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
-                                                       timeout=min(self.timeout, 5.0))
-                    conn.connect()
-                conn.sock.settimeout(read_timeout)
-                conn.request(method, target, body=body, headers=send)
-                answer = conn.getresponse()
-                content = answer.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
-                conn.close()
+                    conn = _Connection(self.host, self.port, self.context, min(self.timeout, 5.0))
+                answer = conn.exchange(message, method, read_timeout)
+            except (http11.ClosedBeforeAnswer, ConnectionResetError, BrokenPipeError) as e:
+                if conn is not None:
+                    conn.close()
                 if reused and attempt == 1:
                     continue  # the BMC closed the idle connection meanwhile: once more, on a new one
                 raise requests.exceptions.ConnectionError(f"{method} {url}: {e}") from e
             except ssl.SSLCertVerificationError as e:
-                conn.close()
                 raise requests.exceptions.SSLError(f"{url}: {e}") from e
             except TimeoutError as e:
-                connected = conn.sock is not None  # before close(), which drops it
-                conn.close()
+                connected = conn is not None  # the TLS connection was up: the answer is what timed out
+                if conn is not None:
+                    conn.close()
                 kind = requests.exceptions.ReadTimeout if connected else requests.exceptions.ConnectTimeout
                 raise kind(f"{method} {url}: {e}") from e
-            except (OSError, http.client.HTTPException) as e:
-                conn.close()
+            except (OSError, http11.ProtocolError) as e:
+                if conn is not None:
+                    conn.close()
                 raise requests.exceptions.ConnectionError(f"{method} {url}: {e}") from e
             if answer.will_close:
                 conn.close()
             else:
                 with self._lock:
                     self._conn = conn
-            return _response(answer, content, url)
+            return _response(answer, url)
         raise AssertionError("unreachable")
 
     def post(self, url: str, **kwargs):
@@ -125,11 +131,42 @@ class KeptAliveSession:
             conn.close()
 
 
-def _response(answer: http.client.HTTPResponse, content: bytes, url: str) -> requests.Response:
-    r = requests.Response()
-    r.status_code, r.reason, r.url, r._content = answer.status, answer.reason, url, content
-    r.headers = requests.structures.CaseInsensitiveDict(answer.getheaders())
-    r.encoding = "utf-8"
+class _Connection:
+    """One TLS connection to a BMC: the certificate verified against `context`, and the IP address
+    or name checked against its SANs (RFC 6125; ssl does it from server_hostname)."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, connect_timeout: float):
+        raw = socket.create_connection((host, port), timeout=connect_timeout)
+        try:
+            # the request goes out in one write, but a body sent late would otherwise wait for an ACK
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = context.wrap_socket(raw, server_hostname=host)
+        except BaseException:
+            raw.close()
+            raise
+        self.rfile = self.sock.makefile("rb")
+
+    def exchange(self, message: bytes, method: str, read_timeout: float) -> http11.Response:
+        self.sock.settimeout(read_timeout)
+        self.sock.sendall(message)
+        return http11.read_response(self.rfile, method)
+
+    def close(self) -> None:
+        self.rfile.close()
+        self.sock.close()
+
+
+_NO_TIME = datetime.timedelta(0)
+
+
+def _response(answer: http11.Response, url: str) -> requests.Response:
+    """The answer as the requests.Response sushy reads (status_code, reason, headers, json(), content).
+    Filled in directly: Response() also builds a cookie jar per response, which nothing here reads."""
+    r = requests.Response.__new__(requests.Response)
+    r.__dict__.update(status_code=answer.status, reason=answer.reason, url=url, _content=answer.body,
+                      _content_consumed=True, _next=None, raw=None, encoding="utf-8", history=[],
+                      headers=requests.structures.CaseInsensitiveDict(answer.headers), elapsed=_NO_TIME,
+                      request=None, connection=None)
     return r
 
 

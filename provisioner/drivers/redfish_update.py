@@ -30,12 +30,12 @@ class UpdateServiceFlash:
 
     def _flash(self, a, job: FlashJob, image: bytes, progress) -> None:
         key, component = self.endpoint.key, job.component
-        member = self._inventory(a).get(component)
+        found, service = self._inventory_and_service(a)
+        member = found.get(component)
         if member is None or not member.get("@odata.id") or member.get("Updateable") is False:
             raise Unsupported(f"{key}: the BMC cannot flash {component!r} out of band (not an updateable "
                               f"FirmwareInventory member{'; map it in the manifest: redfish.software_ids' if not self.software_ids else ''})")
         job.previous_version = member["Version"]
-        service = self._get(a, self._update_service_path(a))
         simple, push = simple_update_target(service), service.get("MultipartHttpPushUri")
         if not simple and not push:
             raise Unsupported(f"{key}: the UpdateService offers neither SimpleUpdate nor MultipartHttpPushUri")

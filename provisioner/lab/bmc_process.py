@@ -207,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--activation-s", type=float, default=0.1, help="HPM.1 activation time")
     p.add_argument("--redfish", metavar="CERT_DIR", default=None,
                    help="serve Redfish over HTTPS instead of IPMI, with the lab CA kept in CERT_DIR")
-    p.add_argument("--threads", type=int, default=16, help="Redfish: HTTP worker threads")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         from provisioner.lab.redfish_site import RedfishSite
 
         site = RedfishSite(nodes, state_path=args.state, cert_dir=args.redfish, activation_s=args.activation_s,
-                           on_power_on=on_power_on, threads=args.threads)
+                           on_power_on=on_power_on)
     else:
         site = SimSite(nodes, state_path=args.state, activation_s=args.activation_s, on_power_on=on_power_on)
     try:

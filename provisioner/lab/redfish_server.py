@@ -1,10 +1,10 @@
-"""HTTPS on many loopback addresses at once, served by one WSGI app under one cheroot server.
+"""HTTPS on many loopback addresses at once, served by one WSGI app.
 
 A simulated rack has a BMC per address (127.N.12.1, .2, ...), all on one port, like the IPMI lab.
-cheroot listens on one socket; here one acceptor thread watches every BMC's listening socket with
-epoll, completes the TLS handshake on a small pool, and hands each connection to cheroot's worker
-threads (HTTPServer.process_conn), which serve it and keep it alive as for their own socket. The
-WSGI environ says which address the client connected to (`provisioner.bmc_address`).
+One acceptor thread watches every BMC's listening socket with epoll; each accepted connection gets
+a thread (from a pool that grows on demand) that completes the TLS handshake and serves it (provisioner.lab.redfish_conn), keeping it
+alive until the client closes it or stays idle `keepalive_s`. The WSGI environ says which address
+the client connected to (`provisioner.bmc_address`).
 
 A BMC whose `admit(address)` is False (unreachable, or dark after losing power) answers nothing:
 its connections are accepted by the kernel and then held without a byte, as a dead BMC's TCP stack
@@ -21,10 +21,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
-from cheroot import wsgi
-from cheroot.makefile import StreamReader, StreamWriter
+from provisioner.drivers.bounded import DaemonPool
+from provisioner.lab.redfish_conn import serve_connection
 
 log = logging.getLogger("provisioner.lab.redfish")
 
@@ -32,30 +31,25 @@ HANDSHAKE_TIMEOUT_S = 10.0
 HELD_S = 60.0  # how long an unanswered connection is held before it is closed
 
 
-def _makefile(sock, mode="r", bufsize=8192):
-    return (StreamReader if "r" in mode else StreamWriter)(sock, mode, bufsize)
-
-
 class MultiAddressServer:
     """serve `app` over TLS on (address, port) for each address; start() returns once all listen."""
 
     def __init__(self, app, addresses: list[str], port: int, *, certfile: str, keyfile: str,
-                 admit: Callable[[str], bool] = lambda a: True, threads: int = 16,
-                 handshake_workers: int = 4, keepalive_s: float = 30.0):
+                 admit: Callable[[str], bool] = lambda a: True, keepalive_s: float = 30.0,
+                 max_body: int = 64 << 20):
         self.app, self.addresses, self.port = app, list(addresses), port
-        self.admit = admit
+        self.admit, self.keepalive_s, self.max_body = admit, keepalive_s, max_body
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.context.load_cert_chain(certfile, keyfile)
-        # cheroot's own socket serves nothing here (bound to a free port, never announced); its
-        # workers and keep-alive selector serve the connections the acceptor hands over.
-        self.server = wsgi.Server(("127.0.0.1", 0), self._environ, numthreads=threads,
-                                  timeout=keepalive_s, server_name="redfish-sim")
-        self._handshakes = ThreadPoolExecutor(handshake_workers, thread_name_prefix="redfish-tls")
+        # a thread per open connection, reused for the next one (starting a thread per connection
+        # cost a tenth of the simulator's CPU: Thread.start waits for the new thread to run)
+        self._pool = DaemonPool(max_workers=1 << 16, name="redfish-conn", idle_s=HELD_S)
         self._listeners: dict[int, tuple[socket.socket, str]] = {}
         self._open: dict[str, weakref.WeakSet] = {}   # address -> open TLS sockets (for drop)
         self._held: list[tuple[float, socket.socket]] = []
         self.handshakes: dict[str, int] = {}  # address -> TLS connections completed (pooling shows here)
+        self.requests: dict[tuple[str, str, str], int] = {}  # (address, method, path) -> requests served
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -77,12 +71,10 @@ class MultiAddressServer:
                 s.setblocking(False)
                 self._listeners[s.fileno()] = (s, address)
                 self._epoll.register(s.fileno(), select.EPOLLIN)
-            self.server.prepare()
         except BaseException:
             self._close_listeners()
             raise
-        self._threads = [threading.Thread(target=self.server.serve, name="redfish-cheroot", daemon=True),
-                         threading.Thread(target=self._accept_loop, name="redfish-accept", daemon=True)]
+        self._threads = [threading.Thread(target=self._accept_loop, name="redfish-accept", daemon=True)]
         for t in self._threads:
             t.start()
         return self
@@ -95,11 +87,11 @@ class MultiAddressServer:
             self._wake_w.send(b"\0")
         except OSError:
             pass
-        self.server.stop()
         for t in self._threads:
             t.join(timeout=5)
-        self._handshakes.shutdown(wait=False, cancel_futures=True)
         self._close_listeners()
+        for address in list(self._open):
+            self.drop(address)
         with self._lock:
             for _, s in self._held:
                 s.close()
@@ -116,9 +108,6 @@ class MultiAddressServer:
                 pass
 
     # -- internals ----------------------------------------------------------------------------------
-
-    def _environ(self, environ, start_response):
-        return self.app(environ, start_response)
 
     def _accept_loop(self) -> None:
         wake = self._wake_r.fileno()
@@ -142,7 +131,7 @@ class MultiAddressServer:
                         with self._lock:
                             self._held.append((time.monotonic() + HELD_S, s))
                         continue
-                    self._handshakes.submit(self._handshake, s, peer, address)
+                    self._pool.submit(self._serve, s, peer, address)
             self._expire_held()
 
     def _expire_held(self) -> None:
@@ -154,27 +143,27 @@ class MultiAddressServer:
         for s in gone:
             s.close()
 
-    def _handshake(self, s: socket.socket, peer, address: str) -> None:
+    def _serve(self, s: socket.socket, peer, address: str) -> None:
         try:
-            # headers and body go out in separate writes: without this, Nagle holds the body back
-            # until the client's delayed ACK (40 ms per response)
+            # a response goes out in one write, but without this a late segment waits for the
+            # client's delayed ACK (40 ms)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            s.setblocking(True)
             s.settimeout(HANDSHAKE_TIMEOUT_S)
             tls = self.context.wrap_socket(s, server_side=True)
-            tls.settimeout(self.server.timeout)
         except (OSError, ssl.SSLError) as e:
             log.debug("redfish.tls_failed bmc=%s peer=%s error=%s", address, peer, e)
             s.close()
             return
-        conn = self.server.ConnectionClass(self.server, tls, _makefile)
-        conn.remote_addr, conn.remote_port = peer[0], peer[1]
-        # cheroot copies ssl_env into every request's environ
-        conn.ssl_env = {"wsgi.url_scheme": "https", "HTTPS": "on", "provisioner.bmc_address": address}
         with self._lock:
             self._open.setdefault(address, weakref.WeakSet()).add(tls)
             self.handshakes[address] = self.handshakes.get(address, 0) + 1
-        self.server.process_conn(conn)
+        serve_connection(self._counted, tls, peer, address, self.port, self.keepalive_s, self.max_body)
+
+    def _counted(self, environ, start_response):
+        key = (environ["provisioner.bmc_address"], environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))
+        with self._lock:
+            self.requests[key] = self.requests.get(key, 0) + 1
+        return self.app(environ, start_response)
 
     def _close_listeners(self) -> None:
         for s, _ in self._listeners.values():

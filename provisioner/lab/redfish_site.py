@@ -15,6 +15,7 @@ plus RedfishFaults' task_fails and power_loss_in_update.
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 import socket
@@ -28,6 +29,7 @@ from pathlib import Path
 from provisioner.lab.bmc import SimSite, _raise_fd_limit
 from provisioner.lab.redfish_app import create_app
 from provisioner.lab.redfish_bmc import RedfishBmc, RedfishFaults
+from provisioner.lab.redfish_docs import MAX_IMAGE_BYTES
 from provisioner.lab.redfish_server import MultiAddressServer
 from provisioner.lab.redfish_tls import ensure_ca, issue_server_cert
 
@@ -40,11 +42,10 @@ _UUID_NS = uuid.UUID("0d7a3c1e-8f43-4b59-9b1a-6a2f4e1c7d25")
 class RedfishSite(SimSite):
     """Many RedfishBmcs behind one HTTPS server; timers and the state file as in SimSite."""
 
-    def __init__(self, nodes: list[dict], *, cert_dir: str | Path, threads: int = 16, **options):
+    def __init__(self, nodes: list[dict], *, cert_dir: str | Path, **options):
         options.pop("max_block", None)
         super().__init__(nodes, **options)
         self.cert_dir = Path(cert_dir)
-        self.threads = threads
         self.by_address: dict[str, RedfishBmc] = {}
         self.server: MultiAddressServer | None = None
 
@@ -57,7 +58,7 @@ class RedfishSite(SimSite):
         return ensure_ca(self.cert_dir)[0]
 
     def uuid(self, name: str) -> str:
-        return str(uuid.uuid5(_UUID_NS, name))
+        return _uuid(name)
 
     def start(self, timeout: float = 10.0) -> RedfishSite:
         ports = {int(n["bmc_port"]) for n in self.nodes.values()}
@@ -72,7 +73,7 @@ class RedfishSite(SimSite):
             self.by_address[node["bmc_address"]] = bmc
         cert, key = issue_server_cert(self.cert_dir, list(self.by_address), name="redfish-bmcs")
         self.server = MultiAddressServer(create_app(self), list(self.by_address), ports.pop(), certfile=str(cert),
-                                         keyfile=str(key), admit=self._admit, threads=self.threads)
+                                         keyfile=str(key), admit=self._admit, max_body=MAX_IMAGE_BYTES)
         # SimSite's timer loop (call_later) runs on an epoll with only its wake socket here
         self._epoll = select.epoll()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -149,6 +150,12 @@ class RedfishSite(SimSite):
                 s.close()
         if getattr(self, "_epoll", None) is not None:
             self._epoll.close()
+
+
+@functools.lru_cache(maxsize=65536)
+def _uuid(name: str) -> str:
+    """A BMC's stable UUID, asked for on every read of its system (uuid5 is a SHA-1 each time)."""
+    return str(uuid.uuid5(_UUID_NS, name))
 
 
 def start_redfish_site(nodes: list[dict], directory: Path, *, on_power_on: Callable[[str, str], None] | None = None,

@@ -193,3 +193,25 @@ def test_a_component_the_bmc_does_not_list_cannot_be_flashed(redfish_site):
     image = build_sim_payload("nic", "22.40.0", MODEL)
     with pytest.raises(Unsupported):
         driver_for(site).flash("nic", image, sha(image), "22.40.0")
+
+
+def test_asking_what_can_be_flashed_reads_no_inventory_again(redfish_site):
+    """supports_oob_flash answers from the last inventory read (what is updateable does not change
+    within a session); a flash still reads the versions before and, to verify, after."""
+    site = redfish_site()
+    address = site.bmcs["sim0000"].address
+    inventory = ("GET", "/redfish/v1/UpdateService/FirmwareInventory")
+    service = ("GET", "/redfish/v1/UpdateService")
+
+    def reads(what):
+        return site.server.requests.get((address, *what), 0)
+
+    driver = driver_for(site)
+    driver.firmware_inventory()
+    assert [driver.supports_oob_flash(c) for c in (*FIRMWARE, "gpu")] == [True] * len(FIRMWARE) + [False]
+    assert (reads(inventory), reads(service)) == (1, 1)
+    image = build_sim_payload("nic", "22.40.0", MODEL)
+    driver.flash("nic", image, sha(image), "22.40.0")  # pushed: no image_server
+    assert (reads(inventory), reads(service)) == (3, 3)
+    assert driver.firmware_inventory()["nic"] == "22.40.0"
+    driver.close()
