@@ -27,10 +27,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.rule import Rule
 from rich.table import Table
 
-from provisioner import pipeline
 from provisioner.cli import main as cli
 from provisioner.cli.output import console
 from provisioner.context import Context, Settings
+from provisioner.operations import nodes
 
 REPO = Path(__file__).resolve().parent.parent
 BAD_MODEL, BAD_COMPONENT, BAD_VERSION = "dl360g10", "bios", "2.90.0"
@@ -187,7 +187,7 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
     run("drift", "production", "--fix", "--yes", spec=spec, data=data)
 
     say("8. Every node at its pinned versions")
-    rows = pipeline.compliance(ctx)
+    rows = nodes.compliance(ctx)
     t = Table(title="compliance", header_style="bold")
     for col in ("node", "env", "model", "driver", "bmc", "bios", "nic", "raid", "release", "ok"):
         t.add_column(col)

@@ -12,7 +12,6 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from provisioner import pipeline
 from provisioner.cli import cli
 from provisioner.cli.auth_input import authenticated_actor
 from provisioner.cli.output import console, err_console, json_option, table
@@ -26,6 +25,7 @@ from provisioner.errors import (
     RolloutBusy,
     RolloutHalted,
 )
+from provisioner.operations import blocks, common, nodes, releases, rollouts
 from provisioner.plan import PLAN_FORMAT
 from provisioner.rollout.signals import EXIT_INTERRUPTED, SignalStop
 
@@ -173,21 +173,21 @@ def apply(ctx: Context, target: str, yes: bool, wait: bool):
     saved = None
     if target not in ctx.spec.policy.environments and Path(target).is_file():
         saved = _load_saved_plan(Path(target))
-        environment = pipeline.known_environment(ctx, saved["environment"])
+        environment = common.known_environment(ctx, saved["environment"])
     else:
-        environment = pipeline.known_environment(ctx, target)
-    rel = pipeline.release_of(ctx, environment)
+        environment = common.known_environment(ctx, target)
+    rel = common.release_of(ctx, environment)
     confirm_protected(ctx, environment, f"apply release {rel.short} to {environment}"
                       + (f" (plan {target})" if saved else ""), yes)
     while True:
         if wait:
-            pipeline.wait_for_environment(ctx, environment, lambda t: err_console.print(t))
+            rollouts.wait_for_environment(ctx, environment, lambda t: err_console.print(t))
         try:
             if saved is not None:
-                result = run_interruptible(lambda attach: pipeline.apply_saved(
+                result = run_interruptible(lambda attach: rollouts.apply_saved(
                     ctx, saved, progress=RolloutProgress(True), on_engine=attach))
             else:
-                result = run_interruptible(lambda attach: pipeline.apply(
+                result = run_interruptible(lambda attach: rollouts.apply(
                     ctx, environment, progress=RolloutProgress(True), on_engine=attach))
             break
         except LeaseLost:
@@ -220,7 +220,7 @@ def gate_cmd(ctx: Context, release_id: str):
     Example:
       provisioner gate 3f1c
     """
-    v = pipeline.gate(ctx, release_id)
+    v = releases.gate(ctx, release_id)
 
     def render(d):
         f = d["facts"]
@@ -267,10 +267,10 @@ def approve(ctx: Context, release_id: str, comment: str, withdraw: bool, token: 
         ctx.store.audit(ctx.settings.actor, "release.approve.refused", ctx.store.resolve_release_id(release_id),
                         {"reason": str(e)})
         raise
-    changed = pipeline.approve(ctx, release_id, who, comment, withdraw=withdraw)
-    rel = ctx.store.get_release(release_id)
-    data = {"release": rel.id, "approver": who.name, "withdrawn" if withdraw else "recorded": changed,
-            "approvers": [a["approver"] for a in ctx.store.approvals(rel.id)]}
+    result = releases.approve(ctx, release_id, who, comment, withdraw=withdraw)
+    changed = result.changed
+    data = {"release": result.release, "approver": result.approver, "withdrawn" if withdraw else "recorded": changed,
+            "approvers": result.approvers}
 
     def render(d):
         if withdraw:
@@ -295,7 +295,7 @@ def promote(ctx: Context, release_id: str, to: str):
       provisioner promote 3f1c --to staging
       provisioner promote 3f1c --to production
     """
-    previous = pipeline.promote(ctx, release_id, to)
+    previous = releases.promote(ctx, release_id, to)
     rel = ctx.store.get_release(release_id)
     data = {"environment": to, "release": rel.id, "previous": previous}
     return data, lambda d: console.print(f"{to} → {rel.short} (was {(previous or '-')[:12]}); "
@@ -319,7 +319,7 @@ def block_cmd(ctx: Context, component: str, version: str, reason: str, model: st
     Example:
       provisioner block bios 1.20.0 --reason "boot loop, INC-4411" --incident INC-4411
     """
-    data = pipeline.block(ctx, component, version, reason, model=model, incident=incident)
+    data = blocks.block(ctx, component, version, reason, model=model, incident=incident).as_dict()
 
     def render(d):
         console.print(f"blocked {component} {version}" + ("" if d["created"] else " (already blocked)"))
@@ -344,7 +344,7 @@ def unblock_cmd(ctx: Context, component: str, version: str, reason: str):
     Example:
       provisioner unblock bios 1.20.0 --reason "vendor fix confirmed"
     """
-    data = pipeline.unblock(ctx, component, version, reason)
+    data = blocks.unblock(ctx, component, version, reason).as_dict()
 
     def render(d):
         console.print(f"lifted {d['lifted']} block(s) on {component} {version}" if d["lifted"] else "no such block")
@@ -369,9 +369,9 @@ def rollback(ctx: Context, environment: str, to: str | None, yes: bool):
     Example:
       provisioner rollback production --yes
     """
-    pipeline.known_environment(ctx, environment)
+    common.known_environment(ctx, environment)
     confirm_protected(ctx, environment, f"roll {environment} back" + (f" to {to}" if to else ""), yes)
-    result = run_interruptible(lambda attach: pipeline.rollback(ctx, environment, to, progress=RolloutProgress(True),
+    result = run_interruptible(lambda attach: rollouts.rollback(ctx, environment, to, progress=RolloutProgress(True),
                                                                 on_engine=attach))
     data = result.as_dict()
 
@@ -391,13 +391,7 @@ def rollback(ctx: Context, environment: str, to: str | None, yes: bool):
 @click.pass_obj
 def history(ctx: Context, limit: int):
     """Every change in order: releases, promotions, rollouts, blocks, approvals, rollbacks."""
-    from provisioner.rollout.record import RolloutRecord
-
-    entries = ctx.store.audit_entries(limit)
-    rollouts = [{"id": r.id, "environment": r.environment, "release": r.release_id, "kind": r.kind,
-                 "status": r.status, "reason": r.reason, "by": r.by,
-                 "created_at": r.created_at.isoformat()} for r in RolloutRecord(ctx.store).rollouts()]
-    data = {"audit": entries, "rollouts": rollouts}
+    data = nodes.history(ctx, limit)
 
     def render(d):
         table("rollouts", ["id", "env", "kind", "release", "status", "by", "reason"],
