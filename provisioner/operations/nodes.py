@@ -157,6 +157,20 @@ def status(ctx: Context, env: str | None = None, refresh: bool = True) -> tuple[
     return compliance(ctx, [env] if env else None, unread=unread), unread
 
 
+def status_version(ctx: Context) -> int:
+    """A number that changes whenever `status` from the stored reads may: any node row written
+    (each write stamps updated_at), or any audited change (a promotion, a block, a release).
+    One cheap read; what lets a server reuse a status until the store changes."""
+    from sqlalchemy import func, select
+
+    from provisioner.store.models import AuditRow, NodeRow
+
+    with ctx.store.db.read() as c:
+        stamps = tuple(c.execute(select(NodeRow.name, NodeRow.updated_at).order_by(NodeRow.name)))
+        head = c.execute(select(func.max(AuditRow.seq))).scalar()
+    return hash((stamps, head))
+
+
 def history(ctx: Context, limit: int = 40) -> dict:
     """Every change in order: the audit log's last entries and the rollouts."""
     from provisioner.rollout.record import RolloutRecord
