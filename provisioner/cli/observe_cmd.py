@@ -14,6 +14,7 @@ import click
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
 from provisioner.cli.pipeline_cmd import ENV, YES, RolloutProgress, confirm_protected, say_unread
+from provisioner.cli.remote import remote_for
 from provisioner.context import Context
 from provisioner.errors import IncompleteRead, ProvisionerError, RolloutHalted, SpecError
 from provisioner.operations import nodes as node_ops
@@ -147,7 +148,13 @@ def status(ctx: Context, environment: str | None, no_refresh: bool):
       provisioner status production
       provisioner status --no-refresh --json
     """
-    rows, unread = node_ops.status(ctx, environment, refresh=not no_refresh)
+    remote = remote_for(ctx.settings)
+    if remote:
+        answer = remote.call("GET", "/api/v1/status", query={"environment": environment,
+                                                             "refresh": "false" if no_refresh else "true"})
+        rows, unread = answer["nodes"], answer["unreachable"]
+    else:
+        rows, unread = node_ops.status(ctx, environment, refresh=not no_refresh)
 
     def render(d):
         table("nodes", ["node", "env", "state", "release", "compliant", "firmware (observed/pinned)"],

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from provisioner.cli import cli
 from provisioner.cli.auth_input import authenticated_actor
 from provisioner.cli.output import console, err_console, json_option, table
+from provisioner.cli.remote import quote, remote_for
 from provisioner.context import Context
 from provisioner.errors import (
     IncompleteRead,
@@ -220,7 +221,10 @@ def gate_cmd(ctx: Context, release_id: str):
     Example:
       provisioner gate 3f1c
     """
-    v = releases.gate(ctx, release_id)
+    remote = remote_for(ctx.settings)
+    d = remote.call("GET", f"/api/v1/releases/{quote(release_id)}/gate") if remote else None
+    v = None if remote else releases.gate(ctx, release_id)
+    data, ok = (d, d["ok"]) if remote else (v.as_dict(), v.ok)
 
     def render(d):
         f = d["facts"]
@@ -232,7 +236,7 @@ def gate_cmd(ctx: Context, release_id: str):
         for m in d["missing"]:
             console.print(f"  [yellow]missing: {m}[/yellow]")
 
-    return v.as_dict(), render, 0 if v.ok else 1
+    return data, render, 0 if ok else 1
 
 
 @cli.command()
@@ -261,23 +265,32 @@ def approve(ctx: Context, release_id: str, comment: str, withdraw: bool, token: 
       PROVISIONER_TOKEN=prv_... provisioner approve 3f1c
       provisioner --as bob approve 3f1c --withdraw --comment "saw errors in the soak"
     """
+    remote = remote_for(ctx.settings)
+    if remote:  # the API's account is the token's: no password here
+        result = remote.call("DELETE" if withdraw else "POST", f"/api/v1/releases/{quote(release_id)}/approvals",
+                             {"comment": comment})
+        return _approval_output(result, withdraw)
     try:
         who = authenticated_actor(ctx, token, password_stdin)
     except NotAuthenticated as e:  # a refused approval is audited, a failed sign-in included
         ctx.store.audit(ctx.settings.actor, "release.approve.refused", ctx.store.resolve_release_id(release_id),
                         {"reason": str(e)})
         raise
-    result = releases.approve(ctx, release_id, who, comment, withdraw=withdraw)
-    changed = result.changed
-    data = {"release": result.release, "approver": result.approver, "withdrawn" if withdraw else "recorded": changed,
-            "approvers": result.approvers}
+    return _approval_output(releases.approve(ctx, release_id, who, comment, withdraw=withdraw).as_dict(), withdraw)
+
+
+def _approval_output(result: dict, withdraw: bool):
+    changed = result["changed"]
+    data = {"release": result["release"], "approver": result["approver"],
+            "withdrawn" if withdraw else "recorded": changed, "approvers": result["approvers"]}
 
     def render(d):
         if withdraw:
             head = "approval withdrawn" if changed else "no approval of yours to withdraw"
         else:
             head = "approval recorded" if changed else "already approved (counts once)"
-        console.print(f"{head}: {who.name} for {d['release'][:12]}; approvers now: {', '.join(d['approvers']) or '-'}")
+        console.print(f"{head}: {d['approver']} for {d['release'][:12]}; approvers now: "
+                      f"{', '.join(d['approvers']) or '-'}")
 
     return data, render
 
@@ -319,7 +332,12 @@ def block_cmd(ctx: Context, component: str, version: str, reason: str, model: st
     Example:
       provisioner block bios 1.20.0 --reason "boot loop, INC-4411" --incident INC-4411
     """
-    data = blocks.block(ctx, component, version, reason, model=model, incident=incident).as_dict()
+    remote = remote_for(ctx.settings)
+    if remote:
+        data = remote.call("POST", "/api/v1/blocks", {"component": component, "version": version, "reason": reason,
+                                                      "model": model, "incident": incident})
+    else:
+        data = blocks.block(ctx, component, version, reason, model=model, incident=incident).as_dict()
 
     def render(d):
         console.print(f"blocked {component} {version}" + ("" if d["created"] else " (already blocked)"))

@@ -9,6 +9,7 @@ import click
 from provisioner.cli import cli
 from provisioner.cli.output import console, err_console, json_option, table
 from provisioner.cli.pipeline_cmd import RolloutProgress, rollout_exit, run_interruptible
+from provisioner.cli.remote import remote_for
 from provisioner.context import Context
 from provisioner.errors import ReleaseError
 from provisioner.operations import rollouts
@@ -28,7 +29,9 @@ def rollout():
 @click.pass_obj
 def list_cmd(ctx: Context, environment: str | None, limit: int):
     """Rollouts, newest last. Example: provisioner rollout list -e staging"""
-    data = rollouts.rollouts(ctx, environment, limit)
+    remote = remote_for(ctx.settings)
+    data = (remote.call("GET", "/api/v1/rollouts", query={"environment": environment, "limit": limit}) if remote
+            else rollouts.rollouts(ctx, environment, limit))
 
     def render(d):
         table("rollouts", ["id", "env", "kind", "release", "status", "by", "created", "reason"],
@@ -62,7 +65,9 @@ def show(ctx: Context, rollout_id: int):
     Example:
       provisioner rollout show 12 --json | jq '.nodes[] | select(.status == "failed")'
     """
-    return rollout_detail(ctx, rollout_id), _render_detail
+    remote = remote_for(ctx.settings)
+    return (remote.call("GET", f"/api/v1/rollouts/{rollout_id}") if remote else rollout_detail(ctx, rollout_id),
+            _render_detail)
 
 
 @rollout.command()

@@ -212,6 +212,15 @@ def add_account(c: Call):
                                     password=c.text("password", False)).as_dict()
 
 
+def create_own_token(c: Call):
+    """A personal API token for the caller's own account (what `provisioner login` keeps)."""
+    days = c.body.get("days", 90)
+    if not isinstance(days, int | float) or not 0 < days <= 366:
+        raise InputError("days must be a number of days from 1 to 366")
+    secret, record = c.ctx.store.accounts.create_token(c.ctx.actor.name, c.text("name"), c.ctx.actor, days)
+    return {**record, "token": secret}
+
+
 def whoami(c: Call):
     a = c.ctx.actor
     return {**a.account.as_dict(), "auth_method": str(a.method), "client": a.client}
@@ -220,6 +229,8 @@ def whoami(c: Call):
 V = Action.VIEW
 ROUTES: list[Route] = [
     Route("GET", "/api/v1/whoami", V, whoami, "The authenticated account"),
+    Route("POST", "/api/v1/tokens", V, create_own_token, "A personal API token for the caller's account "
+          "(shown once)", 201, body={"name": ("string", True), "days": ("number", False)}),
     Route("GET", "/api/v1/releases", V, list_releases, "Stored releases, oldest first"),
     Route("POST", "/api/v1/releases", Action.BUILD, build_release, "Freeze the server's spec into a release", 201),
     Route("GET", "/api/v1/releases/<ref>", V, show_release, "One release (id or unique prefix)"),
