@@ -64,7 +64,7 @@ def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, th
                f"(OpenAPI: /api/v1/openapi.json); Ctrl-C stops it", err=True)
     stop.wait()
     server.stop()
-    deps.workers.shutdown(wait=False)
+    deps.workers.shutdown(wait=True)  # running rollouts drain, recorded interrupted (resumable)
     return 0
 
 

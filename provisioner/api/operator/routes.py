@@ -104,13 +104,15 @@ def _accepted(rid: int):
 def apply_environment(c: Call, env: str):
     common.known_environment(c.ctx, env)
     ctx = c.ctx
-    return _accepted(c.deps.workers.start(lambda progress: rollouts.apply(ctx, env, progress=progress)))
+    return _accepted(c.deps.workers.start(lambda progress, on_engine: rollouts.apply(
+        ctx, env, progress=progress, on_engine=on_engine)))
 
 
 def rollback_environment(c: Call, env: str):
     to, ctx = c.text("to", False), c.ctx
     common.known_environment(ctx, env)
-    return _accepted(c.deps.workers.start(lambda progress: rollouts.rollback(ctx, env, to, progress=progress)))
+    return _accepted(c.deps.workers.start(lambda progress, on_engine: rollouts.rollback(
+        ctx, env, to, progress=progress, on_engine=on_engine)))
 
 
 def list_rollouts(c: Call):
@@ -130,7 +132,8 @@ def rollout_event_stream(c: Call, rid: int):
 
 def resume_rollout(c: Call, rid: int):
     reason, ctx = c.text("reason"), c.ctx
-    return _accepted(c.deps.workers.start(lambda progress: rollouts.resume(ctx, rid, reason, progress=progress)))
+    return _accepted(c.deps.workers.start(lambda progress, on_engine: rollouts.resume(
+        ctx, rid, reason, progress=progress, on_engine=on_engine)))
 
 
 def abort_rollout(c: Call, rid: int):

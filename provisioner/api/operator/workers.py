@@ -20,8 +20,13 @@ class RolloutWorkers:
     def __init__(self, workers: int = 4):
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="api-rollout")
         self.running: dict[int, Future] = {}
+        self.engines: dict[int, object] = {}
 
-    def start(self, run: Callable[[Callable[[dict], None]], object]) -> int:
+    def attach(self, engine, rid: int) -> None:
+        """on_engine: keep the engine, so that stopping the server interrupts it (resumable)."""
+        self.engines[rid] = engine
+
+    def start(self, run: Callable[[Callable[[dict], None], Callable], object]) -> int:
         known = threading.Event()
         box: dict = {}
 
@@ -32,7 +37,7 @@ class RolloutWorkers:
 
         def job():
             try:
-                return run(progress)
+                return run(progress, self.attach)
             except BaseException as e:  # noqa: BLE001 - handed to the caller, or logged once
                 if "rollout" in box:
                     log.error("api.rollout.error rollout=%s error=%s", box["rollout"], e)
@@ -51,4 +56,11 @@ class RolloutWorkers:
         return future.result().rollout  # finished without a progress event
 
     def shutdown(self, wait: bool = True) -> None:
+        """Stop: every running rollout drains its in-flight steps and is recorded interrupted, as on
+        SIGTERM in the CLI (rollout/signals.py); `apply` (or POST .../rollouts) resumes it."""
+        for rid, future in list(self.running.items()):
+            engine = self.engines.get(rid)
+            if engine is not None and not future.done():
+                log.warning("api.rollout.interrupt rollout=%s (the server stops)", rid)
+                engine.interrupt()
         self.pool.shutdown(wait=wait)
