@@ -97,7 +97,10 @@ def audit_checkpoint(ctx: Context, watch: bool):
 @click.pass_obj
 def audit_log(ctx: Context, limit: int):
     """Show the newest audit entries: who did what, how they were identified, when."""
-    rows = ctx.store.audit_entries(limit)
+    from provisioner.cli.remote import remote_for
+
+    remote = remote_for(ctx.settings)
+    rows = remote.call("GET", "/api/v1/audit", query={"limit": limit}) if remote else ctx.store.audit_entries(limit)
 
     def render(d):
         table("audit log", ["#", "at", "actor", "how", "action", "subject"],

@@ -29,7 +29,8 @@ def login(ctx: Context, server: str, username: str | None, password_stdin: bool,
     \b
     With a password, a personal API token named after this host is issued to your account and
     kept (0600) in $XDG_CONFIG_HOME/provisioner/login.json; `provisioner logout` forgets it.
-    Commands that go through the API: status, gate, approve, block, rollout list, rollout show.
+    Commands that go through the API: status, gate, approve, promote, block, unblock (two people:
+    request, then --confirm), history, audit log, rollout list, rollout show.
     Examples:
       provisioner login --server https://prov.example:8443 --user bob
       provisioner login --server http://127.0.0.1:8443 --token prv_...

@@ -308,10 +308,13 @@ def promote(ctx: Context, release_id: str, to: str):
       provisioner promote 3f1c --to staging
       provisioner promote 3f1c --to production
     """
-    previous = releases.promote(ctx, release_id, to)
-    rel = ctx.store.get_release(release_id)
-    data = {"environment": to, "release": rel.id, "previous": previous}
-    return data, lambda d: console.print(f"{to} → {rel.short} (was {(previous or '-')[:12]}); "
+    remote = remote_for(ctx.settings)
+    if remote:
+        data = remote.call("PUT", f"/api/v1/environments/{quote(to)}/release", {"release": release_id})
+    else:
+        previous = releases.promote(ctx, release_id, to)
+        data = {"environment": to, "release": ctx.store.get_release(release_id).id, "previous": previous}
+    return data, lambda d: console.print(f"{to} → {d['release'][:12]} (was {(d['previous'] or '-')[:12]}); "
                                          f"`provisioner apply {to}` rolls it out")
 
 
@@ -353,16 +356,33 @@ def block_cmd(ctx: Context, component: str, version: str, reason: str, model: st
 @click.argument("component")
 @click.argument("version")
 @click.option("--reason", required=True, help="Why the version is safe again.")
+@click.option("--confirm", is_flag=True, help="Through the operator API: confirm another person's request.")
 @json_option
 @click.pass_obj
-def unblock_cmd(ctx: Context, component: str, version: str, reason: str):
+def unblock_cmd(ctx: Context, component: str, version: str, reason: str, confirm: bool):
     """Lift a block (audited); held nodes that run nothing blocked any more are released (ready).
 
     \b
-    Example:
+    On the server host (direct store access) it is lifted at once. Signed in to the operator
+    API (`provisioner login`) it takes two people: `unblock` requests it, and another approver's
+    `unblock --confirm` lifts it.
+    Examples:
       provisioner unblock bios 1.20.0 --reason "vendor fix confirmed"
+      provisioner unblock bios 1.20.0 --reason "checked the fix" --confirm     # the second person
     """
-    data = blocks.unblock(ctx, component, version, reason).as_dict()
+    remote = remote_for(ctx.settings)
+    if remote:
+        body = {"component": component, "version": version, "reason": reason}
+        if not confirm:
+            req = remote.call("POST", "/api/v1/unblock-requests", body)
+            return req, lambda d: console.print(
+                f"unblock of {component} {version} requested by {d['requested_by']} (audit #{d['audit_seq']}); "
+                f"another approver confirms it: `provisioner unblock {component} {version} --reason ... --confirm`")
+        data = remote.call("POST", "/api/v1/unblock-requests/confirm", body)
+    elif confirm:
+        raise click.UsageError("--confirm is for the operator API (`provisioner login`); locally unblock lifts at once")
+    else:
+        data = blocks.unblock(ctx, component, version, reason).as_dict()
 
     def render(d):
         console.print(f"lifted {d['lifted']} block(s) on {component} {version}" if d["lifted"] else "no such block")
@@ -409,7 +429,8 @@ def rollback(ctx: Context, environment: str, to: str | None, yes: bool):
 @click.pass_obj
 def history(ctx: Context, limit: int):
     """Every change in order: releases, promotions, rollouts, blocks, approvals, rollbacks."""
-    data = nodes.history(ctx, limit)
+    remote = remote_for(ctx.settings)
+    data = remote.call("GET", "/api/v1/history", query={"limit": limit}) if remote else nodes.history(ctx, limit)
 
     def render(d):
         table("rollouts", ["id", "env", "kind", "release", "status", "by", "reason"],

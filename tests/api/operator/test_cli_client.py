@@ -71,3 +71,26 @@ def test_a_refusal_through_the_api_is_the_same_line_and_exit_code(api, tmp_path)
                env={**env, "PROVISIONER_TOKEN": api.tokens["operator1"]})
     assert r.returncode == 0 and r.stdout.startswith("blocked bios 0.0.3-cli"), r.stderr
     assert api.site.ctx.store.audit_entries(1)[0]["actor"] == "operator1"
+
+
+def test_unblocking_from_a_workstation_takes_two_people_and_promote_and_history_answer_as_locally(api, tmp_path):
+    env = {"PROVISIONER_SERVER": f"http://127.0.0.1:{api.port}"}
+
+    def as_(name, *args):
+        return client(api, tmp_path, *args, env={**env, "PROVISIONER_TOKEN": api.tokens[name]})
+
+    assert as_("operator1", "block", "bios", "0.0.4-cli", "--reason", "INC-2").returncode == 0
+    asked = as_("operator1", "unblock", "bios", "0.0.4-cli", "--reason", "vendor fix")
+    assert asked.returncode == 0 and "requested by operator1" in asked.stdout, asked.stderr
+    itself = as_("operator1", "unblock", "bios", "0.0.4-cli", "--reason", "me again", "--confirm")
+    assert itself.returncode == 3 and "may not confirm an unblock" in itself.stderr
+    assert any(b["version"] == "0.0.4-cli" for b in api.site.ctx.store.active_blocks())
+    done = as_("approver1", "unblock", "bios", "0.0.4-cli", "--reason", "checked", "--confirm")
+    assert done.returncode == 0 and done.stdout.startswith("lifted 1 block(s) on bios 0.0.4-cli"), done.stderr
+    assert not any(b["version"] == "0.0.4-cli" for b in api.site.ctx.store.active_blocks())
+
+    promoted = as_("operator1", "promote", api.r1[:12], "--to", "staging")
+    assert promoted.returncode == 0 and promoted.stdout.startswith(f"staging → {api.r1[:12]}"), promoted.stderr
+    assert api.site.ctx.store.audit_entries(1)[0]["actor"] == "operator1"
+    remote, here = as_("viewer1", "history", "--json"), local(api, "history", "--json")
+    assert json.loads(remote.stdout) == json.loads(here.stdout)
