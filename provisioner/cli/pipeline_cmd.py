@@ -363,9 +363,9 @@ def unblock_cmd(ctx: Context, component: str, version: str, reason: str, confirm
     """Lift a block (audited); held nodes that run nothing blocked any more are released (ready).
 
     \b
-    On the server host (direct store access) it is lifted at once. Signed in to the operator
-    API (`provisioner login`) it takes two people: `unblock` requests it, and another approver's
-    `unblock --confirm` lifts it.
+    With direct store access (the server host's root) it is lifted at once. As an account
+    (signed in with `provisioner login`, or PROVISIONER_TOKEN) it takes two people: `unblock`
+    requests it, and another approver's `unblock --confirm` lifts it.
     Examples:
       provisioner unblock bios 1.20.0 --reason "vendor fix confirmed"
       provisioner unblock bios 1.20.0 --reason "checked the fix" --confirm     # the second person
@@ -379,8 +379,16 @@ def unblock_cmd(ctx: Context, component: str, version: str, reason: str, confirm
                 f"unblock of {component} {version} requested by {d['requested_by']} (audit #{d['audit_seq']}); "
                 f"another approver confirms it: `provisioner unblock {component} {version} --reason ... --confirm`")
         data = remote.call("POST", "/api/v1/unblock-requests/confirm", body)
+    elif getattr(ctx.actor, "authenticated", False):  # a token on the server host: two people, as over the API
+        if not confirm:
+            req = blocks.unblock_request(ctx, component, version, reason).as_dict()
+            return req, lambda d: console.print(
+                f"unblock of {component} {version} requested by {d['requested_by']} (audit #{d['audit_seq']}); "
+                f"another approver confirms it: `provisioner unblock {component} {version} --reason ... --confirm`")
+        data = blocks.unblock_confirm(ctx, component, version, reason).as_dict()
     elif confirm:
-        raise click.UsageError("--confirm is for the operator API (`provisioner login`); locally unblock lifts at once")
+        raise click.UsageError("--confirm confirms another person's request: sign in (`provisioner login`) or "
+                               "use PROVISIONER_TOKEN; direct store access lifts a block at once")
     else:
         data = blocks.unblock(ctx, component, version, reason).as_dict()
 

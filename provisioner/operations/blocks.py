@@ -23,6 +23,7 @@ from provisioner.states import IllegalTransition, NodeState
 def block(ctx: Context, component: str, version: str, reason: str, *, model: str | None = None,
           incident: str | None = None) -> BlockResult:
     """Block everywhere at once: store it, and mark every node seen running it for re-provisioning."""
+    authorise(ctx, ctx.actor, Action.BLOCK, f"{component} {version}")
     component, version, reason = _checked_block(ctx, component, version, reason, model)
     created = ctx.store.block(component, version, reason, ctx.settings.actor, incident=incident, model=model)
     marked = []

@@ -45,6 +45,7 @@ def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", prog
     `unread`. `planned`: a (plan, unread BMCs) already checked against the BMCs (`apply FILE`).
     """
     known_environment(ctx, env)
+    authorise(ctx, ctx.actor, Action.APPLY, env)
     rel = ctx.store.get_release(point[1]) if point else release_of(ctx, env)
     refuse_blocked(ctx, rel, "apply")
     broken = ctx.artifacts.check_release(rel.document)  # before any BMC is read or power-cycled
@@ -136,6 +137,7 @@ def apply_saved(ctx: Context, saved: dict, *, progress: Callable | None = None,
 def resume(ctx: Context, rid: int, reason: str, progress: Callable | None = None,
            on_engine: Callable | None = None) -> RolloutResult:
     """`rollout resume ID --reason`: an operator lets a halted rollout go on (failed nodes are retried)."""
+    authorise(ctx, ctx.actor, Action.APPLY, f"rollout {rid}")
     record = RolloutRecord(ctx.store)
     r = record.rollout(rid)
     if r is None:
@@ -169,6 +171,7 @@ def resume(ctx: Context, rid: int, reason: str, progress: Callable | None = None
 
 def abort(ctx: Context, rid: int, reason: str):
     """`rollout abort ID --reason`: give a halted or interrupted rollout up; the environment is free."""
+    authorise(ctx, ctx.actor, Action.APPLY, f"rollout {rid}")
     record = RolloutRecord(ctx.store)
     r = record.rollout(rid)
     if r is None:
