@@ -5,7 +5,9 @@ and port. Every route of the table (routes.py) is authenticated (API token or se
 auth.py) and authorised here, in `authorise_request`, by the matrix (policy/authz.decide) for
 the route's action; the operation then applies the rules that need the case's facts (author,
 gate, requester) through the same matrix. Errors are problem+json (RFC 9457) with the error
-tree's `http_status`. Extra blueprints (the web console) are registered on the same app.
+tree's `http_status`. Extra blueprints (the web console) are registered on the same app; they
+authenticate their own routes with `current_app.config["AUTHENTICATE"]()` (token or session
+cookie, the same as the API's) and find the deps in `current_app.config["OPERATOR_DEPS"]`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ def create_operator_app(deps: OperatorDeps, blueprints: list | tuple = ()) -> Fl
     app.json.sort_keys = False
     sessions = Sessions(deps.session_key or session_key(deps.ctx.settings.data_dir))
     by_endpoint = {r.endpoint: r for r in ROUTES}
+    # for extra blueprints (the web console): the same sign-in and the same deps
+    app.config["OPERATOR_DEPS"] = deps
+    app.config["AUTHENTICATE"] = lambda: authenticate(request, deps.ctx.store.accounts, sessions, deps.tokens)
     doc = openapi.document(ROUTES, _version())
 
     @app.before_request

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from provisioner.api.operator import OperatorDeps, create_operator_app
 from provisioner.context import Context, Settings
@@ -83,8 +83,17 @@ def test_extra_blueprints_share_the_app_and_its_authentication_stays_theirs(spec
     def index():
         return "console"
 
+    @console.get("/me")
+    def me():
+        return current_app.config["AUTHENTICATE"]().name
+
     ctx = Context(Settings(spec_dir=spec_dir, data_dir=tmp_path / "data"))
     app = create_operator_app(OperatorDeps(ctx, secure_cookie=False), blueprints=[console])
     client = app.test_client()
     assert client.get("/console/").data == b"console"
     assert client.get("/api/v1/status").status_code == 401
+    assert client.get("/console/me").status_code == 401  # the API's sign-in, the API's problem
+    ctx.store.accounts.add("dana", "viewer", "test set-up", password="correct horse battery")
+    signed = client.post("/api/v1/session", json={"username": "dana", "password": "correct horse battery"})
+    assert signed.status_code == 201
+    assert client.get("/console/me").data == b"dana"
