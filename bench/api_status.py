@@ -73,6 +73,8 @@ def start_api(spec: Path, data: Path, work: Path, token: str) -> tuple[subproces
                 return server, port, len(body["nodes"])
         except OSError:
             time.sleep(0.1)
+    server.kill()  # never leave it running
+    server.wait()
     raise SystemExit(f"the API did not come up; see {work}/api.log")
 
 
