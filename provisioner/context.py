@@ -45,6 +45,16 @@ class Context:
     def __init__(self, settings: Settings):
         self.settings = settings
 
+    def acting_as(self, actor: Actor) -> Context:
+        """The same opened parts (spec, store, artifacts, site), another actor: one per API request."""
+        from dataclasses import replace
+
+        other = Context(replace(self.settings, actor=actor, token=None))
+        for part in ("spec", "store", "site", "artifacts"):
+            if part in self.__dict__:
+                other.__dict__[part] = self.__dict__[part]
+        return other
+
     @cached_property
     def spec(self) -> Spec:
         return load_spec(self.settings.spec_dir, self.settings.spec_limits)

@@ -13,6 +13,7 @@ it all afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -27,10 +28,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.rule import Rule
 from rich.table import Table
 
-from provisioner import pipeline
 from provisioner.cli import main as cli
 from provisioner.cli.output import console
 from provisioner.context import Context, Settings
+from provisioner.operations import nodes
 
 REPO = Path(__file__).resolve().parent.parent
 BAD_MODEL, BAD_COMPONENT, BAD_VERSION = "dl360g10", "bios", "2.90.0"
@@ -49,11 +50,13 @@ def say(title: str) -> None:
 
 
 def run(*args: str, spec: Path, data: Path, who: str = "alice", ok=(0,), stdin: str | None = None,
-        token: str | None = None) -> int:
-    """One `provisioner` command, in process; `stdin` is what is piped in, `token` PROVISIONER_TOKEN."""
-    prefix = "PROVISIONER_TOKEN=prv_… " if token else ""
+        token: str | None = None, remote: bool = False) -> int:
+    """One `provisioner` command, in process; `stdin` is what is piped in, `token` PROVISIONER_TOKEN;
+    `remote`: a workstation signed in to the operator API (`provisioner login`), not the server host."""
+    server = os.environ.get("PROVISIONER_SERVER") if remote else None
+    prefix = (f"PROVISIONER_SERVER={server} " if server else "") + ("PROVISIONER_TOKEN=prv_… " if token else "")
     piped = "echo *** | " if stdin is not None else ""
-    named = who != "alice" or args[0] == "approve"  # approve authenticates the --as account
+    named = not remote and (who != "alice" or args[0] == "approve")  # approve authenticates the --as account
     console.print(f"[dim]$ {piped}{prefix}provisioner {'--as ' + who + ' ' if named else ''}"
                   f"{' '.join(args)}[/dim]")
     saved = sys.stdin, os.environ.get("PROVISIONER_TOKEN")
@@ -62,7 +65,7 @@ def run(*args: str, spec: Path, data: Path, who: str = "alice", ok=(0,), stdin: 
     if token:
         os.environ["PROVISIONER_TOKEN"] = token
     try:
-        code = cli(["--spec", str(spec), "--data", str(data), "--as", who, *args])
+        code = cli([*(() if remote else ("--spec", str(spec), "--data", str(data), "--as", who)), *args])
     finally:
         sys.stdin = saved[0]
         os.environ.pop("PROVISIONER_TOKEN", None)
@@ -97,6 +100,26 @@ def bump_bios(src: Path, dest: Path, model: str = BAD_MODEL, version: str = BAD_
     new = re.sub(r"sha256: .*", f"sha256: {hashlib.sha256(data).hexdigest()}", new)
     new = re.sub(r"size: .*", f"size: {len(data)}", new)
     manifest.write_text(text.replace(block, new))
+
+
+@contextlib.contextmanager
+def operator_api(ctx: Context):
+    """`provisioner api` on a free loopback port, in this process; the demo's logins kept in its data dir."""
+    from provisioner.api.operator import OperatorDeps, create_operator_app
+    from provisioner.api.operator.server import OperatorServer
+
+    deps = OperatorDeps(ctx, secure_cookie=False)  # plain HTTP on loopback: the demo has no certificate
+    server = OperatorServer(create_operator_app(deps), "127.0.0.1", 0, threads=8).start()
+    saved = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(ctx.settings.data_dir / "config")
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+        deps.workers.shutdown(wait=True)
+        os.environ.pop("XDG_CONFIG_HOME", None)
+        if saved is not None:
+            os.environ["XDG_CONFIG_HOME"] = saved
 
 
 def wait_soak(seconds: float) -> None:
@@ -153,10 +176,19 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
     carol_token, _ = ctx.store.accounts.create_token("carol", "demo", ctx.actor, days=1)  # shown once
     run("approve", r1[:12], "--password-stdin", spec=spec, data=data, who="alice", stdin=PASSWORDS["alice"],
         ok=(3,))  # the author cannot approve, under any spelling of her name; the refusal is audited
-    run("approve", r1[:12], "--comment", "staging clean", "--password-stdin", spec=spec, data=data, who="bob",
-        stdin=PASSWORDS["bob"])
-    run("approve", r1[:12], "--password-stdin", spec=spec, data=data, who="BOB", stdin=PASSWORDS["bob"])  # counts once
-    run("approve", r1[:12], spec=spec, data=data, token=carol_token)  # a personal API token instead of a password
+    # The approvers work from their own machines, through the operator API (`provisioner api`)
+    with operator_api(ctx) as url:
+        console.print(f"[dim]operator API on {url} (provisioner api)[/dim]")
+        run("login", "--server", url, "--user", "bob", "--password-stdin", spec=spec, data=data,
+            stdin=PASSWORDS["bob"], remote=True)
+        run("approve", r1[:12], "--comment", "staging clean", spec=spec, data=data, remote=True)
+        run("approve", r1[:12], spec=spec, data=data, remote=True)  # the same account again: counts once
+        run("logout", spec=spec, data=data, remote=True)
+        os.environ["PROVISIONER_SERVER"] = url  # carol: a personal API token instead of a password
+        try:
+            run("approve", r1[:12], spec=spec, data=data, token=carol_token, remote=True)
+        finally:
+            os.environ.pop("PROVISIONER_SERVER", None)
     wait_soak(ctx.spec.policy.staging_gate.soak_seconds + 0.5)
     run("gate", r1[:12], spec=spec, data=data)
 
@@ -187,7 +219,7 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
     run("drift", "production", "--fix", "--yes", spec=spec, data=data)
 
     say("8. Every node at its pinned versions")
-    rows = pipeline.compliance(ctx)
+    rows = nodes.compliance(ctx)
     t = Table(title="compliance", header_style="bold")
     for col in ("node", "env", "model", "driver", "bmc", "bios", "nic", "raid", "release", "ok"):
         t.add_column(col)

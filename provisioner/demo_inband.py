@@ -16,10 +16,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from provisioner import pipeline
 from provisioner.cli.output import console, table
 from provisioner.context import Context, Settings
 from provisioner.demo import REPO, bump_bios, release_id, run, say, timeline
+from provisioner.operations import nodes
 
 MODEL, COMPONENT, BAD = "r650", "bios", "1.14.0"
 
@@ -78,7 +78,7 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
 
     say("4. Every staging node at its pinned versions")
     run("status", "staging", spec=spec, data=data)
-    rows = pipeline.compliance(ctx, ["staging"])
+    rows = nodes.compliance(ctx, ["staging"])
     compliant = sum(bool(r["compliant"]) for r in rows)
     run("audit", "verify", spec=spec, data=data)
 

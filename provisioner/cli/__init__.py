@@ -109,7 +109,7 @@ def _oserror(e: OSError) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     from provisioner.cli import audit_cmd, release_cmd  # noqa: F401  (registers commands)
 
-    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd", "observe_cmd", "rollout_cmd", "node_cmd", "user_cmd",
+    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd", "observe_cmd", "rollout_cmd", "node_cmd", "user_cmd", "api_cmd", "login_cmd",
                 "db_cmd"):
         try:
             __import__(f"provisioner.cli.{mod}")

@@ -11,16 +11,10 @@ import click
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
 from provisioner.context import Context
-from provisioner.errors import AuditError
+from provisioner.errors import AuditError, InputError
+from provisioner.operations import audit as audit_ops
 
-
-def _paths(ctx: Context) -> tuple[Path, Path]:
-    """(signing key, checkpoint file): DATA/site.yaml's audit_checkpoints, else in the data directory."""
-    from provisioner.store import checkpoints
-
-    cfg = ctx.site.audit_checkpoints
-    return (cfg.key or ctx.settings.data_dir / checkpoints.KEY_FILE,
-            cfg.file or ctx.settings.data_dir / checkpoints.CHECKPOINT_FILE)
+_paths = audit_ops.checkpoint_paths
 
 
 @cli.group()
@@ -46,20 +40,11 @@ def audit_verify(ctx: Context, checkpoint_file: Path | None, public_key: Path | 
       provisioner audit verify --json     # {"ok": true, "entries": 42, "problems": []}
       provisioner audit verify --checkpoints /backup/audit-checkpoints.jsonl --public-key /backup/audit.pub
     """
-    from provisioner.store import checkpoints  # cryptography: only for the commands that sign or check
-
-    n, problems = ctx.store.verify_audit()
-    key, file = _paths(ctx)
-    if checkpoint_file is None and public_key is None and file.exists() and checkpoints.public_path(key).exists():
-        checkpoint_file, public_key = file, checkpoints.public_path(key)
-    if (checkpoint_file is None) != (public_key is None):
-        raise click.UsageError("--checkpoints and --public-key go together")
-    data = {"ok": True, "entries": n, "problems": []}
-    if checkpoint_file is not None:
-        good, cp_problems = checkpoints.verify(ctx.store, checkpoint_file, checkpoints.load_public_key(public_key))
-        problems = problems + cp_problems
-        data["checkpoints"] = good
-    data.update(ok=not problems, problems=[str(p) for p in problems])
+    try:
+        data = audit_ops.verify(ctx, checkpoint_file, public_key)
+    except InputError as e:
+        raise click.UsageError(str(e)) from None
+    problems = data["problems"]
 
     def render(d):
         if d["ok"]:
@@ -112,7 +97,10 @@ def audit_checkpoint(ctx: Context, watch: bool):
 @click.pass_obj
 def audit_log(ctx: Context, limit: int):
     """Show the newest audit entries: who did what, how they were identified, when."""
-    rows = ctx.store.audit_entries(limit)
+    from provisioner.cli.remote import remote_for
+
+    remote = remote_for(ctx.settings)
+    rows = remote.call("GET", "/api/v1/audit", query={"limit": limit}) if remote else ctx.store.audit_entries(limit)
 
     def render(d):
         table("audit log", ["#", "at", "actor", "how", "action", "subject"],

@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 from sqlalchemy import select
 
-from provisioner import pipeline
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
 from provisioner.context import Context
 from provisioner.drivers import open_driver
 from provisioner.errors import DriverError, PolicyViolation, ReleaseError
+from provisioner.operations import common
 from provisioner.plan import pins_by_model
 from provisioner.rollout.lease import Leases, bmc_key, node_key
 from provisioner.states import IllegalTransition
@@ -149,7 +149,7 @@ def clear(ctx: Context, name: str, reason: str):
       provisioner node clear s1n01 --reason "BIOS recovered by hand, INC-4411"
     """
     row = _row(ctx, name)
-    ep = pipeline.endpoints(ctx)[name]
+    ep = common.endpoints(ctx)[name]
     leases = Leases(ctx.store)
     try:
         with ctx.store.db.write() as c:

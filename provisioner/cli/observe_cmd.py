@@ -11,12 +11,14 @@ from pathlib import Path
 
 import click
 
-from provisioner import pipeline
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
 from provisioner.cli.pipeline_cmd import ENV, YES, RolloutProgress, confirm_protected, say_unread
+from provisioner.cli.remote import remote_for
 from provisioner.context import Context
 from provisioner.errors import IncompleteRead, ProvisionerError, RolloutHalted, SpecError
+from provisioner.operations import nodes as node_ops
+from provisioner.operations import rollouts
 from provisioner.plan import saved_plan
 
 
@@ -55,7 +57,7 @@ def plan(ctx: Context, environment: str, no_refresh: bool, out: Path | None):
       provisioner plan staging --json | jq '.nodes[] | select(.action != "nothing")'
     """
     try:
-        p, errors, observed = pipeline.plan_observed(ctx, environment, refresh=not no_refresh)
+        p, errors, observed = node_ops.plan_observed(ctx, environment, refresh=not no_refresh)
     except ProvisionerError as e:
         # 2 means "changes" here: every error, a spec error (normally 2) included, must be 1
         for line in e.problems if isinstance(e, SpecError) else [e]:
@@ -91,7 +93,7 @@ def drift(ctx: Context, environment: str | None, fix: bool, no_fix: bool, yes: b
       provisioner drift                    # every environment, report only
       provisioner drift production --fix --yes
     """
-    items, errors = pipeline.drift(ctx, environment)
+    items, errors = node_ops.drift(ctx, environment)
     data = {"drift": [i.as_dict() for i in items], "unreachable": errors, "fixed": None}
     halted = False
     if fix and not no_fix and items:
@@ -103,7 +105,7 @@ def drift(ctx: Context, environment: str | None, fix: bool, no_fix: bool, yes: b
                               f"({', '.join(sorted(nodes))})", yes)
         data["fixed"] = {}
         for env, nodes in sorted(by_env.items()):
-            r = pipeline.apply(ctx, env, kind="drift", reason="drift correction", only=nodes,
+            r = rollouts.apply(ctx, env, kind="drift", reason="drift correction", only=nodes,
                                progress=RolloutProgress(True))
             data["fixed"][env] = r.as_dict()
             halted = halted or r.status == "halted"
@@ -146,10 +148,13 @@ def status(ctx: Context, environment: str | None, no_refresh: bool):
       provisioner status production
       provisioner status --no-refresh --json
     """
-    if environment is not None:
-        pipeline.known_environment(ctx, environment)
-    unread = {} if no_refresh else pipeline.observe(ctx, environment)[1]
-    rows = pipeline.compliance(ctx, [environment] if environment else None, unread=unread)
+    remote = remote_for(ctx.settings)
+    if remote:
+        answer = remote.call("GET", "/api/v1/status", query={"environment": environment,
+                                                             "refresh": "false" if no_refresh else "true"})
+        rows, unread = answer["nodes"], answer["unreachable"]
+    else:
+        rows, unread = node_ops.status(ctx, environment, refresh=not no_refresh)
 
     def render(d):
         table("nodes", ["node", "env", "state", "release", "compliant", "firmware (observed/pinned)"],

@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from provisioner import pipeline
 from provisioner.cli import cli
 from provisioner.cli.auth_input import authenticated_actor
 from provisioner.cli.output import console, err_console, json_option, table
+from provisioner.cli.remote import quote, remote_for
 from provisioner.context import Context
 from provisioner.errors import (
     IncompleteRead,
@@ -26,6 +26,7 @@ from provisioner.errors import (
     RolloutBusy,
     RolloutHalted,
 )
+from provisioner.operations import blocks, common, nodes, releases, rollouts
 from provisioner.plan import PLAN_FORMAT
 from provisioner.rollout.signals import EXIT_INTERRUPTED, SignalStop
 
@@ -173,21 +174,21 @@ def apply(ctx: Context, target: str, yes: bool, wait: bool):
     saved = None
     if target not in ctx.spec.policy.environments and Path(target).is_file():
         saved = _load_saved_plan(Path(target))
-        environment = pipeline.known_environment(ctx, saved["environment"])
+        environment = common.known_environment(ctx, saved["environment"])
     else:
-        environment = pipeline.known_environment(ctx, target)
-    rel = pipeline.release_of(ctx, environment)
+        environment = common.known_environment(ctx, target)
+    rel = common.release_of(ctx, environment)
     confirm_protected(ctx, environment, f"apply release {rel.short} to {environment}"
                       + (f" (plan {target})" if saved else ""), yes)
     while True:
         if wait:
-            pipeline.wait_for_environment(ctx, environment, lambda t: err_console.print(t))
+            rollouts.wait_for_environment(ctx, environment, lambda t: err_console.print(t))
         try:
             if saved is not None:
-                result = run_interruptible(lambda attach: pipeline.apply_saved(
+                result = run_interruptible(lambda attach: rollouts.apply_saved(
                     ctx, saved, progress=RolloutProgress(True), on_engine=attach))
             else:
-                result = run_interruptible(lambda attach: pipeline.apply(
+                result = run_interruptible(lambda attach: rollouts.apply(
                     ctx, environment, progress=RolloutProgress(True), on_engine=attach))
             break
         except LeaseLost:
@@ -220,7 +221,10 @@ def gate_cmd(ctx: Context, release_id: str):
     Example:
       provisioner gate 3f1c
     """
-    v = pipeline.gate(ctx, release_id)
+    remote = remote_for(ctx.settings)
+    d = remote.call("GET", f"/api/v1/releases/{quote(release_id)}/gate") if remote else None
+    v = None if remote else releases.gate(ctx, release_id)
+    data, ok = (d, d["ok"]) if remote else (v.as_dict(), v.ok)
 
     def render(d):
         f = d["facts"]
@@ -232,7 +236,7 @@ def gate_cmd(ctx: Context, release_id: str):
         for m in d["missing"]:
             console.print(f"  [yellow]missing: {m}[/yellow]")
 
-    return v.as_dict(), render, 0 if v.ok else 1
+    return data, render, 0 if ok else 1
 
 
 @cli.command()
@@ -261,23 +265,32 @@ def approve(ctx: Context, release_id: str, comment: str, withdraw: bool, token: 
       PROVISIONER_TOKEN=prv_... provisioner approve 3f1c
       provisioner --as bob approve 3f1c --withdraw --comment "saw errors in the soak"
     """
+    remote = remote_for(ctx.settings)
+    if remote:  # the API's account is the token's: no password here
+        result = remote.call("DELETE" if withdraw else "POST", f"/api/v1/releases/{quote(release_id)}/approvals",
+                             {"comment": comment})
+        return _approval_output(result, withdraw)
     try:
         who = authenticated_actor(ctx, token, password_stdin)
     except NotAuthenticated as e:  # a refused approval is audited, a failed sign-in included
         ctx.store.audit(ctx.settings.actor, "release.approve.refused", ctx.store.resolve_release_id(release_id),
                         {"reason": str(e)})
         raise
-    changed = pipeline.approve(ctx, release_id, who, comment, withdraw=withdraw)
-    rel = ctx.store.get_release(release_id)
-    data = {"release": rel.id, "approver": who.name, "withdrawn" if withdraw else "recorded": changed,
-            "approvers": [a["approver"] for a in ctx.store.approvals(rel.id)]}
+    return _approval_output(releases.approve(ctx, release_id, who, comment, withdraw=withdraw).as_dict(), withdraw)
+
+
+def _approval_output(result: dict, withdraw: bool):
+    changed = result["changed"]
+    data = {"release": result["release"], "approver": result["approver"],
+            "withdrawn" if withdraw else "recorded": changed, "approvers": result["approvers"]}
 
     def render(d):
         if withdraw:
             head = "approval withdrawn" if changed else "no approval of yours to withdraw"
         else:
             head = "approval recorded" if changed else "already approved (counts once)"
-        console.print(f"{head}: {who.name} for {d['release'][:12]}; approvers now: {', '.join(d['approvers']) or '-'}")
+        console.print(f"{head}: {d['approver']} for {d['release'][:12]}; approvers now: "
+                      f"{', '.join(d['approvers']) or '-'}")
 
     return data, render
 
@@ -295,10 +308,13 @@ def promote(ctx: Context, release_id: str, to: str):
       provisioner promote 3f1c --to staging
       provisioner promote 3f1c --to production
     """
-    previous = pipeline.promote(ctx, release_id, to)
-    rel = ctx.store.get_release(release_id)
-    data = {"environment": to, "release": rel.id, "previous": previous}
-    return data, lambda d: console.print(f"{to} → {rel.short} (was {(previous or '-')[:12]}); "
+    remote = remote_for(ctx.settings)
+    if remote:
+        data = remote.call("PUT", f"/api/v1/environments/{quote(to)}/release", {"release": release_id})
+    else:
+        previous = releases.promote(ctx, release_id, to)
+        data = {"environment": to, "release": ctx.store.get_release(release_id).id, "previous": previous}
+    return data, lambda d: console.print(f"{to} → {d['release'][:12]} (was {(d['previous'] or '-')[:12]}); "
                                          f"`provisioner apply {to}` rolls it out")
 
 
@@ -319,7 +335,12 @@ def block_cmd(ctx: Context, component: str, version: str, reason: str, model: st
     Example:
       provisioner block bios 1.20.0 --reason "boot loop, INC-4411" --incident INC-4411
     """
-    data = pipeline.block(ctx, component, version, reason, model=model, incident=incident)
+    remote = remote_for(ctx.settings)
+    if remote:
+        data = remote.call("POST", "/api/v1/blocks", {"component": component, "version": version, "reason": reason,
+                                                      "model": model, "incident": incident})
+    else:
+        data = blocks.block(ctx, component, version, reason, model=model, incident=incident).as_dict()
 
     def render(d):
         console.print(f"blocked {component} {version}" + ("" if d["created"] else " (already blocked)"))
@@ -335,16 +356,41 @@ def block_cmd(ctx: Context, component: str, version: str, reason: str, model: st
 @click.argument("component")
 @click.argument("version")
 @click.option("--reason", required=True, help="Why the version is safe again.")
+@click.option("--confirm", is_flag=True, help="Through the operator API: confirm another person's request.")
 @json_option
 @click.pass_obj
-def unblock_cmd(ctx: Context, component: str, version: str, reason: str):
+def unblock_cmd(ctx: Context, component: str, version: str, reason: str, confirm: bool):
     """Lift a block (audited); held nodes that run nothing blocked any more are released (ready).
 
     \b
-    Example:
+    With direct store access (the server host's root) it is lifted at once. As an account
+    (signed in with `provisioner login`, or PROVISIONER_TOKEN) it takes two people: `unblock`
+    requests it, and another approver's `unblock --confirm` lifts it.
+    Examples:
       provisioner unblock bios 1.20.0 --reason "vendor fix confirmed"
+      provisioner unblock bios 1.20.0 --reason "checked the fix" --confirm     # the second person
     """
-    data = pipeline.unblock(ctx, component, version, reason)
+    remote = remote_for(ctx.settings)
+    if remote:
+        body = {"component": component, "version": version, "reason": reason}
+        if not confirm:
+            req = remote.call("POST", "/api/v1/unblock-requests", body)
+            return req, lambda d: console.print(
+                f"unblock of {component} {version} requested by {d['requested_by']} (audit #{d['audit_seq']}); "
+                f"another approver confirms it: `provisioner unblock {component} {version} --reason ... --confirm`")
+        data = remote.call("POST", "/api/v1/unblock-requests/confirm", body)
+    elif getattr(ctx.actor, "authenticated", False):  # a token on the server host: two people, as over the API
+        if not confirm:
+            req = blocks.unblock_request(ctx, component, version, reason).as_dict()
+            return req, lambda d: console.print(
+                f"unblock of {component} {version} requested by {d['requested_by']} (audit #{d['audit_seq']}); "
+                f"another approver confirms it: `provisioner unblock {component} {version} --reason ... --confirm`")
+        data = blocks.unblock_confirm(ctx, component, version, reason).as_dict()
+    elif confirm:
+        raise click.UsageError("--confirm confirms another person's request: sign in (`provisioner login`) or "
+                               "use PROVISIONER_TOKEN; direct store access lifts a block at once")
+    else:
+        data = blocks.unblock(ctx, component, version, reason).as_dict()
 
     def render(d):
         console.print(f"lifted {d['lifted']} block(s) on {component} {version}" if d["lifted"] else "no such block")
@@ -369,9 +415,9 @@ def rollback(ctx: Context, environment: str, to: str | None, yes: bool):
     Example:
       provisioner rollback production --yes
     """
-    pipeline.known_environment(ctx, environment)
+    common.known_environment(ctx, environment)
     confirm_protected(ctx, environment, f"roll {environment} back" + (f" to {to}" if to else ""), yes)
-    result = run_interruptible(lambda attach: pipeline.rollback(ctx, environment, to, progress=RolloutProgress(True),
+    result = run_interruptible(lambda attach: rollouts.rollback(ctx, environment, to, progress=RolloutProgress(True),
                                                                 on_engine=attach))
     data = result.as_dict()
 
@@ -391,13 +437,8 @@ def rollback(ctx: Context, environment: str, to: str | None, yes: bool):
 @click.pass_obj
 def history(ctx: Context, limit: int):
     """Every change in order: releases, promotions, rollouts, blocks, approvals, rollbacks."""
-    from provisioner.rollout.record import RolloutRecord
-
-    entries = ctx.store.audit_entries(limit)
-    rollouts = [{"id": r.id, "environment": r.environment, "release": r.release_id, "kind": r.kind,
-                 "status": r.status, "reason": r.reason, "by": r.by,
-                 "created_at": r.created_at.isoformat()} for r in RolloutRecord(ctx.store).rollouts()]
-    data = {"audit": entries, "rollouts": rollouts}
+    remote = remote_for(ctx.settings)
+    data = remote.call("GET", "/api/v1/history", query={"limit": limit}) if remote else nodes.history(ctx, limit)
 
     def render(d):
         table("rollouts", ["id", "env", "kind", "release", "status", "by", "reason"],

@@ -7,14 +7,8 @@ import click
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
 from provisioner.context import Context
-from provisioner.pipeline import authorise
-from provisioner.policy.authz import Action
-from provisioner.releases.build import freeze, import_artifacts
+from provisioner.operations import releases
 from provisioner.releases.diff import diff_releases
-
-
-def _blocked_at_runtime(ctx: Context) -> list[tuple[str | None, str, str]]:
-    return [(b["model"], b["component"], b["version"]) for b in ctx.store.active_blocks()]
 
 
 @cli.command()
@@ -63,17 +57,7 @@ def release_build(ctx: Context):
     Example:
       provisioner release build --json      # {"id": "3f1c…", "created": true, ...}
     """
-    spec = ctx.spec
-    authorise(ctx, ctx.actor, Action.BUILD, "release")
-    rel = freeze(spec, _blocked_at_runtime(ctx))
-    imported = import_artifacts(ctx.settings.spec_dir, rel, ctx.artifacts)
-    existing = ctx.store.list_releases()
-    parent = existing[-1]["id"] if existing else None
-    created = ctx.store.add_release(rel, ctx.actor, parent_id=parent if parent != rel.id else None)
-    ctx.store.sync_nodes(spec)
-    data = {"id": rel.id, "created": created, "artifacts": len(rel.document["artifacts"]),
-            "templates": len(rel.document["templates"]), "files_newly_stored": imported,
-            "nodes": len(spec.nodes()), "author": ctx.actor.name}
+    data = releases.build(ctx)
 
     def render(d):
         state = "new release" if d["created"] else "already stored (same content, same id)"
@@ -107,10 +91,8 @@ def release_show(ctx: Context, release_id: str):
 
     RELEASE_ID may be a unique prefix (at least 4 hex digits).
     """
-    rel = ctx.store.get_release(release_id)
-    meta = ctx.store.release_meta(rel.id)
-    doc = rel.document
-    data = {**meta, "site": doc["site"], "document": doc}
+    data = releases.show(ctx, release_id)
+    doc = data["document"]
 
     def render(d):
         console.print(f"release [bold]{d['id']}[/bold] by {d['author']} at {d['created_at'][:19]}")

@@ -6,43 +6,15 @@ import time
 
 import click
 
-from provisioner import pipeline
 from provisioner.cli import cli
 from provisioner.cli.output import console, err_console, json_option, table
 from provisioner.cli.pipeline_cmd import RolloutProgress, rollout_exit, run_interruptible
+from provisioner.cli.remote import remote_for
 from provisioner.context import Context
 from provisioner.errors import ReleaseError
-from provisioner.rollout.lease import Leases, environment_key
+from provisioner.operations import rollouts
+from provisioner.operations.rollouts import rollout_detail, rollout_dict
 from provisioner.rollout.record import RolloutRecord
-from provisioner.states import UNFINISHED
-
-
-def _rollout_dict(r) -> dict:
-    return {"id": r.id, "environment": r.environment, "release": r.release_id, "kind": r.kind, "status": r.status,
-            "reason": r.reason, "by": r.by, "created_at": r.created_at.isoformat()[:19],
-            "finished_at": r.finished_at.isoformat()[:19] if r.finished_at else None}
-
-
-def rollout_detail(ctx: Context, rid: int) -> dict:
-    """A rollout, its holder if it runs, and per node: wave, action, status, each step's begin/end/outcome."""
-    record = RolloutRecord(ctx.store)
-    r = record.rollout(rid)
-    if r is None:
-        raise ReleaseError(f"no rollout {rid}; `provisioner rollout list` shows them")
-    steps: dict[str, dict[str, dict]] = {}
-    for s in record.steps(rid):
-        mine = steps.setdefault(s["node"], {}).setdefault(s["step"], {"step": s["step"], "begin": None, "end": None,
-                                                                      "outcome": "running"})
-        at = s["at"].isoformat()[:23]
-        if s["phase"] == "begin":
-            mine.update(begin=at, end=None, outcome="running")
-        else:
-            mine.update(end=at, outcome={"end": "ok", "skip": "skipped"}.get(s["phase"], s["phase"]),
-                        error=(s["details"] or {}).get("error"))
-    holder = Leases(ctx.store).peek(environment_key(r.environment)) if r.status in UNFINISHED else None
-    nodes = [{"node": n.node, "wave": n.wave, "action": n.action, "status": n.status, "step": n.step,
-              "error": n.error, "steps": list(steps.get(n.node, {}).values())} for n in record.nodes(rid)]
-    return {**_rollout_dict(r), "holder": holder, "nodes": nodes}
 
 
 @cli.group()
@@ -57,7 +29,9 @@ def rollout():
 @click.pass_obj
 def list_cmd(ctx: Context, environment: str | None, limit: int):
     """Rollouts, newest last. Example: provisioner rollout list -e staging"""
-    data = [_rollout_dict(r) for r in RolloutRecord(ctx.store).rollouts(environment, limit)]
+    remote = remote_for(ctx.settings)
+    data = (remote.call("GET", "/api/v1/rollouts", query={"environment": environment, "limit": limit}) if remote
+            else rollouts.rollouts(ctx, environment, limit))
 
     def render(d):
         table("rollouts", ["id", "env", "kind", "release", "status", "by", "created", "reason"],
@@ -91,7 +65,9 @@ def show(ctx: Context, rollout_id: int):
     Example:
       provisioner rollout show 12 --json | jq '.nodes[] | select(.status == "failed")'
     """
-    return rollout_detail(ctx, rollout_id), _render_detail
+    remote = remote_for(ctx.settings)
+    return (remote.call("GET", f"/api/v1/rollouts/{rollout_id}") if remote else rollout_detail(ctx, rollout_id),
+            _render_detail)
 
 
 @rollout.command()
@@ -127,7 +103,7 @@ def watch(ctx: Context, rollout_id: int, interval: float):
         if r.status != "running":
             break
         time.sleep(interval)
-    data = _rollout_dict(r)
+    data = rollout_dict(r)
     return (data, lambda d: console.print(f"rollout {d['id']} {d['status']}: {d['reason']}"),
             rollout_exit(r.status))
 
@@ -144,7 +120,7 @@ def resume(ctx: Context, rollout_id: int, reason: str):
     Example:
       provisioner rollout resume 12 --reason "lab fault cleared, INC-4411"
     """
-    result = run_interruptible(lambda attach: pipeline.resume(ctx, rollout_id, reason,
+    result = run_interruptible(lambda attach: rollouts.resume(ctx, rollout_id, reason,
                                                               progress=RolloutProgress(True), on_engine=attach))
     return result.as_dict(), lambda d: console.print(
         f"rollout {d['rollout']} {d['status']} in {d['seconds']}s: {len(d['done'])} done, {len(d['failed'])} failed"
@@ -164,6 +140,6 @@ def abort(ctx: Context, rollout_id: int, reason: str):
     as `recover`). Example:
       provisioner rollout abort 12 --reason "superseded by a fixed BIOS in the next release"
     """
-    r = pipeline.abort(ctx, rollout_id, reason)
+    r = rollouts.abort(ctx, rollout_id, reason)
     err_console.print(f"rollout {r.id} aborted; `provisioner apply {r.environment}` starts a new one")
-    return _rollout_dict(r), lambda d: console.print(f"rollout {d['id']} {d['status']}: {reason}")
+    return rollout_dict(r), lambda d: console.print(f"rollout {d['id']} {d['status']}: {reason}")

@@ -15,7 +15,7 @@ from provisioner.cli.auth_input import read_secret
 from provisioner.cli.output import console, json_option, table
 from provisioner.context import Context
 from provisioner.errors import PolicyViolation
-from provisioner.pipeline import authorise
+from provisioner.operations.common import authorise
 from provisioner.policy.authz import Action
 
 ROLES = click.Choice([str(r) for r in Role])

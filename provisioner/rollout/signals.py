@@ -20,7 +20,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class SignalStop:
-    """`with SignalStop(say) as stop: pipeline.apply(..., on_engine=stop.attach)`."""
+    """`with SignalStop(say) as stop: rollouts.apply(..., on_engine=stop.attach)`."""
 
     def __init__(self, say: Callable[[str], None]):
         self.say = say

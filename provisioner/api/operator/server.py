@@ -1,0 +1,43 @@
+"""The operator API under cheroot (as the boot routes' in-process server), with TLS when given a
+certificate and key (cheroot's builtin ssl adapter: TLS 1.2 and up)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+log = logging.getLogger("provisioner.api.operator")
+
+
+class OperatorServer:
+    def __init__(self, app, host: str, port: int, *, tls_cert: str | None = None, tls_key: str | None = None,
+                 threads: int = 32):
+        self.app, self.host, self.port, self.threads = app, host, port, threads
+        self.tls_cert, self.tls_key = tls_cert, tls_key
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    def start(self) -> OperatorServer:
+        server = wsgi.Server((self.host, self.port), self.app, numthreads=self.threads,
+                             server_name="provisioner-api", request_queue_size=1024, timeout=30, shutdown_timeout=2)
+        if self.tls_cert:
+            adapter = BuiltinSSLAdapter(self.tls_cert, self.tls_key)
+            adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
+            server.ssl_adapter = adapter
+        server.prepare()  # binds now: a busy port is an error here, not in the thread
+        self._server = server
+        self.port = server.bind_addr[1]
+        self._thread = threading.Thread(target=server.serve, name="operator-api", daemon=True)
+        self._thread.start()
+        log.info("api.start bind=%s:%s scheme=%s", self.host, self.port, self.scheme)
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._thread.join(timeout=5)

@@ -1,0 +1,71 @@
+"""`provisioner api`: the operator API server (its own port; TLS with a certificate and key)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from provisioner.cli import cli
+from provisioner.context import Context
+
+
+@cli.command("api")
+@click.option("--bind", "bind", default="127.0.0.1:8443", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="TLS certificate chain (PEM); with --tls-key the API speaks HTTPS only.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The certificate's private key (PEM).")
+@click.option("--threads", default=32, show_default=True, type=click.IntRange(2), help="Request threads.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every refusal and error (INFO) to stderr.")
+@click.pass_obj
+def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, threads: int, verbose: bool):
+    """Run the operator API (JSON under /api/v1) until interrupted.
+
+    \b
+    Every call is authenticated (an API token: `Authorization: Bearer prv_...`, or a session from
+    POST /api/v1/session) and authorised by the roles matrix. Without --tls-cert/--tls-key it
+    speaks plain HTTP and its session cookie is not marked Secure: keep it on loopback then.
+    The OpenAPI document is at /api/v1/openapi.json.
+
+    \b
+    Examples:
+      provisioner api                                         # http://127.0.0.1:8443, loopback only
+      provisioner api --bind 0.0.0.0:8443 --tls-cert api.pem --tls-key api.key
+    """
+    from provisioner.api.operator import OperatorDeps, create_operator_app
+    from provisioner.api.operator.server import OperatorServer
+    from provisioner.cli import logging_asked
+    from provisioner.observability import logs
+    from provisioner.serve.binds import parse_bind
+
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if verbose or not logging_asked():
+        logs.configure(None, logging.INFO if verbose else logging.WARNING)
+    try:
+        host, port = parse_bind(bind, 8443)
+    except ValueError:
+        raise click.BadParameter(f"{bind!r} is not HOST:PORT", param_hint="--bind") from None
+    ctx.spec  # noqa: B018 - load (and check) the spec once, before the first request
+    deps = OperatorDeps(ctx, secure_cookie=tls_cert is not None)
+    try:
+        server = OperatorServer(create_operator_app(deps), host, port, tls_cert=str(tls_cert) if tls_cert else None,
+                                tls_key=str(tls_key) if tls_key else None, threads=threads).start()
+    except OSError as e:
+        raise click.ClickException(f"cannot serve the operator API on {bind}: {e.strerror or e}") from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"operator API on {server.scheme}://{server.host}:{server.port}/api/v1 "
+               f"(OpenAPI: /api/v1/openapi.json); Ctrl-C stops it", err=True)
+    stop.wait()
+    server.stop()
+    deps.workers.shutdown(wait=True)  # running rollouts drain, recorded interrupted (resumable)
+    return 0
+
+
+api.prints_no_data = True  # a server: it logs, it prints no data

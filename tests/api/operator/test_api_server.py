@@ -1,0 +1,99 @@
+"""`provisioner api` as an operator starts it: its own process and port, HTTPS with --tls-cert and
+--tls-key, a Secure session cookie over TLS; and the console's blueprint hook."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import ssl
+import subprocess
+import sys
+
+import pytest
+from flask import Blueprint, current_app
+
+from provisioner.api.operator import OperatorDeps, create_operator_app
+from provisioner.context import Context, Settings
+from provisioner.lab.redfish_tls import ensure_ca, issue_server_cert
+
+
+@pytest.fixture
+def tls_api(spec_dir, tmp_path):
+    data = tmp_path / "data"
+    ctx = Context(Settings(spec_dir=spec_dir, data_dir=data, actor="alice"))
+    ctx.store.accounts.add("bob", "viewer", "test set-up", password="correct horse battery")
+    token = ctx.store.accounts.create_token("bob", "tests", "test set-up")[0]
+    cert, key = issue_server_cert(tmp_path / "tls", ["127.0.0.1"], name="api")
+    proc = subprocess.Popen([sys.executable, "-m", "provisioner", "--spec", str(spec_dir), "--data", str(data),
+                             "api", "--bind", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        m = re.search(r"on https://127\.0\.0\.1:(\d+)/api/v1", line)
+        assert m, line + proc.stderr.read() if proc.poll() is not None else line
+        trust = ssl.create_default_context(cafile=str(ensure_ca(tmp_path / "tls")[0]))
+        yield int(m.group(1)), trust, token
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_the_api_speaks_tls_and_its_session_cookie_is_secure(tls_api):
+    port, trust, token = tls_api
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=trust, timeout=60)
+    conn.request("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+    r = conn.getresponse()
+    assert (r.status, json.loads(r.read())["username"]) == (200, "bob")
+    conn.request("POST", "/api/v1/session", body=json.dumps({"username": "bob", "password": "correct horse battery"}),
+                 headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    r.read()
+    cookie = r.getheader("Set-Cookie")
+    assert r.status == 201 and "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    conn.close()
+    plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # plain HTTP to the TLS port
+    try:
+        plain.request("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        status = plain.getresponse().status
+    except (OSError, http.client.HTTPException):
+        status = None  # the connection dropped
+    assert status in (None, 400), status
+
+
+def test_a_busy_port_is_one_line_and_an_exit_code(spec_dir, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "provisioner", "--spec", str(spec_dir), "--data",
+                            str(tmp_path / "data"), "api", "--bind", f"127.0.0.1:{port}"],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("error: cannot serve the operator API"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_extra_blueprints_share_the_app_and_its_authentication_stays_theirs(spec_dir, tmp_path):
+    console = Blueprint("console", __name__, url_prefix="/console")
+
+    @console.get("/")
+    def index():
+        return "console"
+
+    @console.get("/me")
+    def me():
+        return current_app.config["AUTHENTICATE"]().name
+
+    ctx = Context(Settings(spec_dir=spec_dir, data_dir=tmp_path / "data"))
+    app = create_operator_app(OperatorDeps(ctx, secure_cookie=False), blueprints=[console])
+    client = app.test_client()
+    assert client.get("/console/").data == b"console"
+    assert client.get("/api/v1/status").status_code == 401
+    assert client.get("/console/me").status_code == 401  # the API's sign-in, the API's problem
+    ctx.store.accounts.add("dana", "viewer", "test set-up", password="correct horse battery")
+    signed = client.post("/api/v1/session", json={"username": "dana", "password": "correct horse battery"})
+    assert signed.status_code == 201
+    assert client.get("/console/me").data == b"dana"
