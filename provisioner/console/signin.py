@@ -1,0 +1,96 @@
+"""Signing in to the console (a password, or OpenID Connect when configured) and signing out.
+
+A failed sign-in says one line that never tells whether the name exists, and is logged with
+the client address. OIDC's pending logins (state, nonce, PKCE verifier) stay on the server,
+keyed by `state`, for ten minutes; the browser carries only `state`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+
+from provisioner.auth.oidc import OidcLogin, PendingLogin
+from provisioner.console import cfg, data, refuse
+from provisioner.errors import NotAuthenticated
+
+PENDING_SECONDS = 600
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path inside the console: never an open redirect to another site."""
+    if target and target.startswith("/console") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("console.dashboard")
+
+
+def _start(actor, method: str, target: str | None):
+    g.session = g.codec.begin(actor.account.id, method)
+    g.actor = actor
+    current_app.logger.info("console.signin account=%s method=%s client=%s", actor.name, method, request.remote_addr)
+    return redirect(_safe_next(target), 303)
+
+
+def register(bp: Blueprint) -> None:
+    pending: dict[str, tuple[float, PendingLogin, str]] = {}
+    lock = threading.Lock()
+    login_cache: list[OidcLogin] = []
+
+    def oidc() -> OidcLogin | None:
+        c = cfg()
+        if c.oidc is None:
+            return None
+        if not login_cache:
+            login_cache.append(OidcLogin(c.oidc, c.ctx.store.accounts))
+        return login_cache[0]
+
+    @bp.route("/login", methods=["GET", "POST"])
+    def login():
+        target = request.values.get("next")
+        if request.method == "GET":
+            return render_template("console/login.html", next=target, oidc=cfg().oidc is not None)
+        try:
+            actor = data.sign_in(cfg().ctx, request.form.get("username", ""), request.form.get("password", ""),
+                                 client=request.remote_addr or "?")
+        except NotAuthenticated as e:
+            current_app.logger.info("console.signin.refused client=%s why=%s", request.remote_addr, e)
+            return render_template("console/login.html", next=target, oidc=cfg().oidc is not None,
+                                   error=str(e), username=request.form.get("username", "")), 401
+        return _start(actor, "password", target)
+
+    @bp.post("/logout")
+    def logout():
+        g.session = g.codec.load(None)[0]
+        g.session.say("info", "signed out")
+        return redirect(url_for("console.login"), 303)
+
+    @bp.get("/login/oidc")
+    def oidc_begin():
+        login = oidc()
+        if login is None:
+            return refuse(404, "single sign-on is not configured on this server")
+        try:
+            p = login.begin()
+        except NotAuthenticated as e:
+            return refuse(502, str(e))
+        with lock:
+            now = time.monotonic()
+            for k in [k for k, v in pending.items() if now - v[0] > PENDING_SECONDS]:
+                del pending[k]
+            pending[p.state] = (now, p, request.args.get("next") or "")
+        return redirect(p.url, 303)
+
+    @bp.get("/oidc/callback")
+    def oidc_callback():
+        login = oidc()
+        with lock:
+            found = pending.pop(request.args.get("state", ""), None)
+        if login is None or found is None or time.monotonic() - found[0] > PENDING_SECONDS:
+            return refuse(401, "this sign-in link is unknown or expired; sign in again")
+        try:
+            actor = login.complete(found[1], request.url, client=request.remote_addr or "?")
+        except NotAuthenticated as e:
+            return refuse(401, str(e))
+        return _start(actor, "oidc", found[2])
