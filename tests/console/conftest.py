@@ -8,19 +8,13 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipeline"))
+sys.path.append(str(Path(__file__).resolve().parent.parent / "pipeline"))  # pipeline_site
 
-from console_browser import Browsers  # noqa: E402
+from console_browser import NODES, PASSWORDS, ROLES, Browsers  # noqa: E402
 from helpers import copy_spec  # noqa: E402
 from pipeline_site import Site, tune_spec  # noqa: E402
 
 from provisioner.context import Context, Settings  # noqa: E402
-
-# Staging (4 nodes, two models) proves releases; two production nodes show the diff against production.
-NODES = {"s1n01", "s1n02", "s1n03", "s1n04", "r1n01", "r2n01"}
-PASSWORDS = {"alice": "alice-console-pw", "bob": "bob-console-pw", "carol": "carol-console-pw",
-             "dana": "dana-console-pw", "vic": "vic-console-pw"}
-ROLES = {"alice": "approver", "bob": "approver", "carol": "approver", "dana": "operator", "vic": "viewer"}
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +38,10 @@ def console(site, tmp_path_factory):
     from provisioner.lab.redfish_tls import ensure_ca, issue_server_cert
 
     tls = tmp_path_factory.mktemp("tls")
-    ensure_ca(tls)
+    ca, _ = ensure_ca(tls)
     cert, key = issue_server_cert(tls, ["127.0.0.1"], name="console")
     server = ConsoleServer(create_console_app(site.context(), poll_seconds=0.2), tls=(str(cert), str(key))).start()
+    server.ca = str(ca)  # what a client trusts to check the console's certificate
     yield server
     server.stop()
 

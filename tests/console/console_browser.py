@@ -9,6 +9,12 @@ from helpers import REPO, need_tool
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOTS = REPO / "docs" / "screenshots"
+
+# Staging (4 nodes, two models) proves releases; two production nodes show the diff against production.
+NODES = {"s1n01", "s1n02", "s1n03", "s1n04", "r1n01", "r2n01"}
+PASSWORDS = {"alice": "alice-console-pw", "bob": "bob-console-pw", "carol": "carol-console-pw",
+             "dana": "dana-console-pw", "vic": "vic-console-pw"}
+ROLES = {"alice": "approver", "bob": "approver", "carol": "approver", "dana": "operator", "vic": "viewer"}
 WAIT = 60  # seconds an expected change may take on a loaded machine (never an assertion on speed)
 
 
