@@ -14,8 +14,9 @@ account, authorised by the same matrix as the CLI.
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
@@ -40,6 +41,7 @@ class ConsoleConfig:
     oidc: OidcClient | None = None
     poll_seconds: float = 0.5         # how often a live rollout stream looks at the store
     stream_seconds: float = 300.0     # a stream ends after this; EventSource reconnects with Last-Event-ID
+    closing: threading.Event = field(default_factory=threading.Event)  # set: open streams end now
 
 
 def console_blueprint(ctx: Context, *, policy: SessionPolicy | None = None, oidc: OidcClient | None = None,

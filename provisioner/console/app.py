@@ -19,7 +19,9 @@ from provisioner.context import Context
 def create_console_app(ctx: Context, **options) -> Flask:
     """`options` go to console_blueprint (policy, oidc, poll_seconds, stream_seconds, key)."""
     app = Flask("provisioner.console")
-    app.register_blueprint(console_blueprint(ctx, **options))
+    bp = console_blueprint(ctx, **options)
+    app.register_blueprint(bp)
+    app.extensions["console"] = bp.console
     app.add_url_rule("/", "root", lambda: redirect("/console/"))
     return app
 
@@ -39,6 +41,7 @@ class ConsoleServer:
             self.server.ssl_adapter = BuiltinSSLAdapter(*tls)
             self.scheme = "https"
         self._thread: threading.Thread | None = None
+        self._console = app.extensions.get("console")
 
     def start(self) -> ConsoleServer:
         self.server.prepare()
@@ -52,6 +55,8 @@ class ConsoleServer:
         return f"{self.scheme}://{host}:{port}/console/"
 
     def stop(self) -> None:
+        if self._console is not None:
+            self._console.closing.set()  # open event streams end at their next look
         self.server.stop()
         if self._thread:
             self._thread.join(5)

@@ -27,8 +27,9 @@ def event(kind: str, payload: dict, seq: int | None = None) -> str:
     return f"{head}event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'), default=str)}\n\n"
 
 
-def stream(ctx, rid: int, after: int, poll: float, lifetime: float):
-    """The rollout's events after step `after`, until it is finished or `lifetime` has passed."""
+def stream(ctx, rid: int, after: int, poll: float, lifetime: float, closing=None):
+    """The rollout's events after step `after`, until it is finished, `lifetime` has passed or the
+    server is `closing`."""
     yield "retry: 2000\n\n"
     status = reason = None
     ends, beat = time.monotonic() + lifetime, time.monotonic()
@@ -48,7 +49,7 @@ def stream(ctx, rid: int, after: int, poll: float, lifetime: float):
             return
         if len(ch["steps"]) == STEPS_PER_LOOK:
             continue  # more waiting: no sleep
-        if time.monotonic() >= ends:
+        if time.monotonic() >= ends or (closing is not None and closing.is_set()):
             return  # the browser reconnects with Last-Event-ID
         if time.monotonic() - beat >= HEARTBEAT:
             yield ": keep-alive\n\n"
@@ -72,7 +73,8 @@ def register(bp: Blueprint) -> None:
         after = int(raw) if raw.isdigit() else 0
         c = cfg()
         data.rollout_changes(c.ctx, rid, after, 1)  # an unknown rollout is a 404 now, not an empty stream
-        return Response(stream(c.ctx, rid, after, c.poll_seconds, c.stream_seconds), mimetype="text/event-stream",
+        return Response(stream(c.ctx, rid, after, c.poll_seconds, c.stream_seconds, c.closing),
+                        mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @bp.post("/rollouts/<int:rid>/resume")

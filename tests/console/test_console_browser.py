@@ -210,3 +210,17 @@ def test_on_a_phone_the_rollout_page_fits_and_the_keyboard_reaches_everything(br
     assert b.switch_to.active_element.text == "provisioner"
     screenshot(b, "console-audit")
     assert "INTACT" in b.find_element(By.ID, "verify-h").text
+
+
+def test_single_sign_on_lands_on_the_dashboard_and_a_viewer_is_offered_no_action(browsers, console, oidc_provider):
+    b = browsers("second")
+    b.find_element(By.CSS_SELECTOR, ".who button").click()
+    wait_for(b, lambda d: "/console/login" in d.current_url)
+    oidc_provider.user = {"sub": "00u-vic", "preferred_username": "Vic"}  # who is at the provider's page
+    b.find_element(By.LINK_TEXT, "Sign in with single sign-on").click()
+    wait_for(b, lambda d: "Dashboard" in d.title)
+    assert "vic (viewer)" in b.find_element(By.CSS_SELECTOR, ".who").text
+    b.get(console.url + "blocks")
+    assert not b.find_elements(By.ID, "block-form")
+    b.get(console.url + "audit")
+    assert "account.oidc" in text(b) and "oidc" in b.find_element(By.CSS_SELECTOR, "#audit tbody tr").text

@@ -4,7 +4,7 @@
   "use strict";
   var root = document.getElementById("rollout");
   if (!root || !window.EventSource) { return; }
-  var SYMBOL = {done: "✔", running: "▶", pending: "○", failed: "✖", held: "⛔", skipped: "↷", halted: "■",
+  var SYMBOL = {done: "✔", running: "▶", pending: "○", failed: "✖", held: "⊘", skipped: "↷", halted: "■",
                 interrupted: "⚠", aborted: "—", superseded: "↷"};
   var KIND = {done: "ok", running: "run", pending: "wait", failed: "bad", held: "held", skipped: "off",
               halted: "halt", interrupted: "halt", aborted: "off", superseded: "off"};
