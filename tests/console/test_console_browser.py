@@ -7,6 +7,7 @@ release proven on staging by the first is the one the later ones approve and sup
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -78,6 +79,26 @@ def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(browsers, 
     wait_for(b, lambda d: "403" in d.find_element(By.TAG_NAME, "h1").text)
     assert "no valid CSRF token" in text(b)
     assert site.ctx.store.active_blocks() == []
+
+
+def test_the_event_stream_needs_a_session_and_resumes_after_the_last_event_id(console, site, r1):
+    from provisioner.console.data import rollout_changes
+
+    http = requests.Session()
+    http.trust_env = False  # requests prefers a CA bundle from the environment over Session.verify
+    http.verify = console.ca
+    assert http.get(console.url + "rollouts/1/events", timeout=WAIT).status_code == 401
+    token = re.search(r'name="csrf_token" value="([^"]+)"', http.get(console.url + "login", timeout=WAIT).text)[1]
+    http.post(console.url + "login", data={"username": "vic", "password": PASSWORDS["vic"], "csrf_token": token},
+              timeout=WAIT)
+    seqs = [s["seq"] for s in rollout_changes(site.ctx, 1, 0)["steps"]]
+    with http.get(console.url + "rollouts/1/events", headers={"Last-Event-ID": str(seqs[2])}, stream=True,
+                  timeout=WAIT) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        lines = list(r.iter_lines(decode_unicode=True))  # rollout 1 is done: the stream ends by itself
+    ids = [int(x[4:]) for x, kind in zip(lines, lines[1:], strict=False) if x.startswith("id: ") and kind == "event: step"]
+    assert ids == seqs[3:]  # what came after the last event seen, each once, in order
+    assert "event: end" in lines
 
 
 def test_the_authors_approve_is_refused_and_the_refusal_is_audited(browsers, console, site, r1):
