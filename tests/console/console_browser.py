@@ -56,7 +56,23 @@ def sign_in(driver, base: str, username: str, password: str) -> None:
     driver.get(base + "login")
     driver.find_element(By.ID, "username").send_keys(username)
     driver.find_element(By.ID, "password").send_keys(password)
-    driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    submit(driver, driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]"))
+
+
+def submit(driver, element) -> None:
+    """Click a form's button (or a link) and wait for the page it leads to."""
+    element.click()
+    wait_for(driver, lambda d: not _attached(element))
+
+
+def _attached(element) -> bool:
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        element.is_enabled()
+        return True
+    except StaleElementReferenceException:
+        return False
 
 
 def wait_for(driver, predicate, timeout: float = WAIT):

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 import requests
-from console_browser import PASSWORDS, WAIT, csp_violations, screenshot, sign_in, text, wait_for
+from console_browser import PASSWORDS, WAIT, csp_violations, screenshot, sign_in, submit, text, wait_for
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
@@ -75,7 +75,7 @@ def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(browsers, 
     fill(b, "b-component", "bios")
     fill(b, "b-version", "1.13.2")
     fill(b, "b-reason", "forged")
-    b.find_element(By.CSS_SELECTOR, "#block-form button").click()
+    submit(b, b.find_element(By.CSS_SELECTOR, "#block-form button"))
     wait_for(b, lambda d: "403" in d.find_element(By.TAG_NAME, "h1").text)
     assert "no valid CSRF token" in text(b)
     assert site.ctx.store.active_blocks() == []
@@ -105,7 +105,7 @@ def test_the_authors_approve_is_refused_and_the_refusal_is_audited(browsers, con
     a = browsers("second")
     sign_in(a, console.url, "alice", PASSWORDS["alice"])
     a.get(console.url + f"releases/{r1}")
-    a.find_element(By.ID, "approve").click()
+    submit(a, a.find_element(By.ID, "approve"))
     wait_for(a, lambda d: d.find_elements(By.CSS_SELECTOR, ".flash-error"))
     refusal = a.find_element(By.CSS_SELECTOR, ".flash-error").text
     assert f"alice built release {r1[:12]} and cannot approve it" in refusal
@@ -114,7 +114,7 @@ def test_the_authors_approve_is_refused_and_the_refusal_is_audited(browsers, con
     b.get(console.url + "audit")
     row = b.find_element(By.CSS_SELECTOR, "#audit tbody tr.refused")
     assert "authz.refused" in row.text and "alice" in row.text and "cannot approve" in row.text
-    a.find_element(By.CSS_SELECTOR, ".who button").click()  # sign out: this browser is carol's next
+    submit(a, a.find_element(By.CSS_SELECTOR, ".who button"))  # sign out: this browser is carol's next
     wait_for(a, lambda d: "/console/login" in d.current_url)
 
 
@@ -125,7 +125,7 @@ def test_two_approvers_in_two_browsers_approve_and_the_gate_turns_green(browsers
         driver.get(console.url + f"releases/{r1}")
         assert "NOT YET" in driver.find_element(By.ID, "gate-verdict").text
         fill(driver, "comment", comment)
-        driver.find_element(By.ID, "approve").click()
+        submit(driver, driver.find_element(By.ID, "approve"))
         wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".flash-ok"))
         assert f"approved by {who}" in driver.find_element(By.CSS_SELECTOR, ".flash-ok").text
 
@@ -170,14 +170,14 @@ def test_a_block_from_the_console_halts_a_running_rollout_and_its_page_shows_it_
     wait_for(bob, lambda d: "connected" in d.find_element(By.ID, "live").text)
     bob.execute_script("window.sameLoad = true")  # gone if the page were reloaded
 
-    dana.find_element(By.CSS_SELECTOR, ".who button").click()
+    submit(dana, dana.find_element(By.CSS_SELECTOR, ".who button"))
     sign_in(dana, console.url, "dana", PASSWORDS["dana"])  # on call: an operator
     dana.get(console.url + "blocks")
     fill(dana, "b-component", "bios")
     fill(dana, "b-version", "2.90.0")
     fill(dana, "b-reason", HOSTILE_REASON)
     fill(dana, "b-incident", "INC-4412")
-    dana.find_element(By.CSS_SELECTOR, "#block-form button").click()
+    submit(dana, dana.find_element(By.CSS_SELECTOR, "#block-form button"))
     wait_for(dana, lambda d: d.find_elements(By.CSS_SELECTOR, ".flash-ok"))
     assert "blocked bios 2.90.0" in dana.find_element(By.CSS_SELECTOR, ".flash-ok").text
     go.set()
@@ -204,16 +204,16 @@ def test_unblocking_takes_a_second_approver(browsers, console, site):
     dana, bob = browsers("second"), browsers("bob")
     dana.get(console.url + "blocks")
     fill(dana, "ur-1", "fixed image from the vendor, INC-4412")
-    dana.find_element(By.CSS_SELECTOR, "#blocks form button").click()
+    submit(dana, dana.find_element(By.CSS_SELECTOR, "#blocks form button"))
     wait_for(dana, lambda d: d.find_elements(By.CSS_SELECTOR, ".flash-ok"))
     assert "another approver must confirm it" in text(dana)
-    dana.find_element(By.CSS_SELECTOR, "#blocks form button").click()  # dana confirming her own request
+    submit(dana, dana.find_element(By.CSS_SELECTOR, "#blocks form button"))  # dana confirming her own request
     wait_for(dana, lambda d: d.find_elements(By.CSS_SELECTOR, ".flash-error"))
     assert "may not confirm an unblock" in text(dana)
     assert len(site.ctx.store.active_blocks()) == 1
     bob.get(console.url + "blocks")
     assert "requested by dana" in text(bob)
-    bob.find_element(By.CSS_SELECTOR, "#blocks form button").click()
+    submit(bob, bob.find_element(By.CSS_SELECTOR, "#blocks form button"))
     wait_for(bob, lambda d: d.find_elements(By.CSS_SELECTOR, ".flash-ok"))
     assert "unblocked bios 2.90.0" in text(bob)
     assert site.ctx.store.active_blocks() == []
@@ -235,10 +235,10 @@ def test_on_a_phone_the_rollout_page_fits_and_the_keyboard_reaches_everything(br
 
 def test_single_sign_on_lands_on_the_dashboard_and_a_viewer_is_offered_no_action(browsers, console, oidc_provider):
     b = browsers("second")
-    b.find_element(By.CSS_SELECTOR, ".who button").click()
+    submit(b, b.find_element(By.CSS_SELECTOR, ".who button"))
     wait_for(b, lambda d: "/console/login" in d.current_url)
     oidc_provider.user = {"sub": "00u-vic", "preferred_username": "Vic"}  # who is at the provider's page
-    b.find_element(By.LINK_TEXT, "Sign in with single sign-on").click()
+    submit(b, b.find_element(By.LINK_TEXT, "Sign in with single sign-on"))
     wait_for(b, lambda d: "Dashboard" in d.title)
     assert "vic (viewer)" in b.find_element(By.CSS_SELECTOR, ".who").text
     b.get(console.url + "blocks")
