@@ -245,3 +245,18 @@ def test_single_sign_on_lands_on_the_dashboard_and_a_viewer_is_offered_no_action
     assert not b.find_elements(By.ID, "block-form")
     b.get(console.url + "audit")
     assert "account.oidc" in text(b) and "oidc" in b.find_element(By.CSS_SELECTOR, "#audit tbody tr").text
+
+
+def test_resuming_the_halted_rollout_from_its_page_runs_it_to_the_end_live(browsers, console, site):
+    bob = browsers("bob")
+    bob.set_window_size(1280, 800)
+    bob.get(console.url + "rollouts/2")  # halted by the block, which is lifted now
+    assert "HALTED" in bob.find_element(By.ID, "status").text
+    fill(bob, "resume-reason", "vendor fixed the image, INC-4412 closed")
+    submit(bob, bob.find_element(By.CSS_SELECTOR, "#decide form button"))
+    assert "rollout 2 resumed" in bob.find_element(By.CSS_SELECTOR, ".flash-ok").text
+    wait_for(bob, lambda d: "DONE" in d.find_element(By.ID, "status").text)  # followed live, no reload
+    assert bob.find_element(By.ID, "decide").get_attribute("hidden")
+    assert {fw["bios"] for n, fw in site.firmware().items() if n in ("s1n03", "s1n04")} == {"2.90.0"}
+    audit = [e for e in site.ctx.store.audit_entries() if e["action"] == "rollout.resume"]
+    assert audit[-1]["actor"] == "bob" and audit[-1]["auth_method"] == "password"
