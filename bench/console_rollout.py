@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -129,6 +130,7 @@ def main() -> int:
         driver.quit()
         server.stop()
         subprocess.run(cli + ["lab", "down"], check=False)
+        shutil.rmtree(work, ignore_errors=True)
     print(f"rollout {rid}: {status}, {len(steps)} steps in the store; {len(lat)} shown live and matched")
     print("\n| rollout page, 1,000 rows | first contentful paint (ms) | server answer done (ms) | DOM ready (ms) |")
     print("|---|---|---|---|")

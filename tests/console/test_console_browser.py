@@ -64,6 +64,7 @@ def test_the_pages_carry_a_strict_content_security_policy_and_nothing_breaks_it(
     for page in ("", "releases", f"releases/{r1}", "rollouts/1", "blocks", "nodes", "nodes/s1n03", "audit"):
         b.get(console.url + page)
         assert b.find_element(By.TAG_NAME, "h1").text, page
+        assert b.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), page
     assert csp_violations(b) == []
 
 
