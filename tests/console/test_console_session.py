@@ -92,3 +92,43 @@ def test_the_session_cookie_is_secure_httponly_and_strict(app):
     cookie = r.headers["Set-Cookie"]
     assert cookie.startswith("__Host-console=") and "Secure" in cookie and "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie and "Path=/" in cookie
+
+
+def _token(client, path: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', client.get(path, base_url=BASE).text).group(1)
+
+
+def test_an_approver_cannot_confirm_the_unblock_they_requested(app):
+    from provisioner import pipeline
+
+    app, ctx = app
+    ctx.store.accounts.add("carl", "approver", "test set-up", password="carl-console-pw")
+    pipeline.block(ctx, "nic", "14.30.0", "link flaps, INC-7")
+    client, _ = signed_in(app, "carl", "carl-console-pw")
+    form = {"component": "nic", "version": "14.30.0", "reason": "vendor fix confirmed"}
+    r = client.post("/console/blocks/unblock", data={**form, "step": "request",
+                                                     "csrf_token": _token(client, "/console/blocks")},
+                    base_url=BASE, follow_redirects=True)
+    assert "another approver must confirm it" in r.text and "requested by <strong>carl</strong>" in r.text
+    r = client.post("/console/blocks/unblock", data={**form, "step": "confirm",
+                                                     "csrf_token": _token(client, "/console/blocks")},
+                    base_url=BASE, follow_redirects=True)
+    assert "carl requested this unblock and cannot confirm it; another approver must" in r.text
+    assert [(b["component"], b["version"]) for b in ctx.store.active_blocks()] == [("nic", "14.30.0")]
+
+
+def test_an_approval_is_withdrawn_with_a_comment_and_no_longer_counts(app):
+    from pipeline_site import Site
+
+    app, ctx = app
+    rid = Site(ctx.settings.spec_dir, ctx.settings.data_dir, ctx).build(author="alice")
+    client, _ = signed_in(app, "bob", "bob-console-pw")
+    page = f"/console/releases/{rid}"
+    r = client.post(page + "/approve", data={"comment": "looks right", "csrf_token": _token(client, page)},
+                    base_url=BASE, follow_redirects=True)
+    assert "approved by bob" in r.text and [a["approver"] for a in ctx.store.approvals(rid)] == ["bob"]
+    assert "Withdraw my approval" in r.text
+    r = client.post(page + "/approve", data={"comment": "saw a flaky NIC", "withdraw": "1",
+                                             "csrf_token": _token(client, page)}, base_url=BASE, follow_redirects=True)
+    assert "approval withdrawn" in r.text and ctx.store.approvals(rid) == []
+    assert ctx.store.audit_entries()[-1]["details"]["reason"] == "saw a flaky NIC"
