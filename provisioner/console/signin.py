@@ -63,7 +63,11 @@ def register(bp: Blueprint) -> None:
     def login():
         target = request.values.get("next")
         if request.method == "GET":
-            return render_template("console/login.html", next=target, oidc=cfg().oidc is not None)
+            # a Secure cookie sent over plain HTTP is dropped by the browser: say so instead of looping
+            plain = cfg().policy.secure and not request.is_secure
+            return render_template("console/login.html", next=target, oidc=cfg().oidc is not None,
+                                   error="this console signs in over HTTPS only (its session cookie is Secure): "
+                                         "start the server with --tls-cert and --tls-key" if plain else None)
         try:
             actor = data.sign_in(cfg().ctx, request.form.get("username", ""), request.form.get("password", ""),
                                  client=request.remote_addr or "?")

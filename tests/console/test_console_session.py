@@ -132,3 +132,9 @@ def test_an_approval_is_withdrawn_with_a_comment_and_no_longer_counts(app):
                                              "csrf_token": _token(client, page)}, base_url=BASE, follow_redirects=True)
     assert "approval withdrawn" in r.text and ctx.store.approvals(rid) == []
     assert ctx.store.audit_entries()[-1]["details"]["reason"] == "saw a flaky NIC"
+
+
+def test_over_plain_http_the_sign_in_page_says_to_serve_it_over_tls(app):
+    app, _ = app
+    r = app.test_client().get("/console/login", base_url="http://127.0.0.1")
+    assert "signs in over HTTPS only" in r.text and "--tls-cert" in r.text
