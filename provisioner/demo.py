@@ -35,7 +35,8 @@ from provisioner.operations import nodes
 
 REPO = Path(__file__).resolve().parent.parent
 BAD_MODEL, BAD_COMPONENT, BAD_VERSION = "dl360g10", "bios", "2.90.0"
-PASSWORDS = {"alice": "alice-demo-pass", "bob": "bob-demo-pass", "carol": "carol-demo-pass"}  # demo only
+PASSWORDS = {"alice": "alice-demo-pass", "bob": "bob-demo-pass", "carol": "carol-demo-pass",
+             "watch": "watch-demo-pass"}  # demo only
 timeline: list[tuple[float, str]] = []
 T0 = time.monotonic()
 
@@ -159,9 +160,25 @@ def main() -> int:
         console.print(f"lab up: {len(by['ipmi'])} IPMI BMCs (r650, UDP 127.0.x.y:6230) and {len(by['redfish'])} "
                       f"Redfish BMCs (dl360g10, HTTPS 127.0.x.y:8443) answering; TFTP {lab._tftp[0]}:{lab._tftp[1]}, "
                       f"HTTP {lab._http_base}")
-        return _story(ctx, lab, spec, data, r1)
+        console_server = _console(ctx)
+        try:
+            return _story(ctx, lab, spec, data, r1)
+        finally:
+            console_server.stop()
     finally:
         lab.stop()
+
+
+def _console(ctx: Context):
+    """The web console on loopback (plain HTTP: cookies not Secure), to watch the rollouts live."""
+    from provisioner.console.app import ConsoleServer, create_console_app
+    from provisioner.console.session import SessionPolicy
+
+    ctx.store.accounts.add("watch", "viewer", ctx.actor, password=PASSWORDS["watch"])
+    server = ConsoleServer(create_console_app(ctx, policy=SessionPolicy(secure=False))).start()
+    console.print(f"web console: [bold]{server.url}[/bold] — sign in as watch / {PASSWORDS['watch']} (a viewer) "
+                  "to follow the rollouts live")
+    return server
 
 
 def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:

@@ -29,7 +29,8 @@ def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, th
     Every call is authenticated (an API token: `Authorization: Bearer prv_...`, or a session from
     POST /api/v1/session) and authorised by the roles matrix. Without --tls-cert/--tls-key it
     speaks plain HTTP and its session cookie is not marked Secure: keep it on loopback then.
-    The OpenAPI document is at /api/v1/openapi.json.
+    The OpenAPI document is at /api/v1/openapi.json; the web console for approvers and on-call is
+    at /console/ (its session cookie is Secure: serve it with TLS, or on loopback only).
 
     \b
     Examples:
@@ -39,6 +40,8 @@ def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, th
     from provisioner.api.operator import OperatorDeps, create_operator_app
     from provisioner.api.operator.server import OperatorServer
     from provisioner.cli import logging_asked
+    from provisioner.console import console_blueprint
+    from provisioner.console.session import SessionPolicy
     from provisioner.observability import logs
     from provisioner.serve.binds import parse_bind
 
@@ -53,7 +56,9 @@ def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, th
     ctx.spec  # noqa: B018 - load (and check) the spec once, before the first request
     deps = OperatorDeps(ctx, secure_cookie=tls_cert is not None)
     try:
-        server = OperatorServer(create_operator_app(deps), host, port, tls_cert=str(tls_cert) if tls_cert else None,
+        console = console_blueprint(ctx, policy=SessionPolicy(secure=tls_cert is not None))
+        app = create_operator_app(deps, blueprints=[console])
+        server = OperatorServer(app, host, port, tls_cert=str(tls_cert) if tls_cert else None,
                                 tls_key=str(tls_key) if tls_key else None, threads=threads).start()
     except OSError as e:
         raise click.ClickException(f"cannot serve the operator API on {bind}: {e.strerror or e}") from None
@@ -63,6 +68,7 @@ def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, th
     click.echo(f"operator API on {server.scheme}://{server.host}:{server.port}/api/v1 "
                f"(OpenAPI: /api/v1/openapi.json); Ctrl-C stops it", err=True)
     stop.wait()
+    console.console.closing.set()  # open console event streams end at their next look
     server.stop()
     deps.workers.shutdown(wait=True)  # running rollouts drain, recorded interrupted (resumable)
     return 0
