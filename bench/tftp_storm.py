@@ -45,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procstat import cpu_model, cpu_seconds  # bench/, the script's own folder
+from procstat import cpu_model, tree_cpu_seconds  # bench/, the script's own folder
 from tftp_storm_server import config_for
 
 BLKSIZE = 1468
@@ -87,11 +87,12 @@ def machine_busy_seconds() -> float:
 
 class Server:
     def __init__(self, kind: str, root: Path, work: Path):
+        kind, *shape = kind.split(":")  # ours:PROCESSES:LOOPS, to compare shapes of our server
         self.kind, self.port = kind, free_port()
         started = time.monotonic()
         if kind == "ours":
             self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("tftp_storm_server.py")),
-                                          str(root), str(self.port)])
+                                          str(root), str(self.port), *shape])
         else:
             self.proc = subprocess.Popen(["in.tftpd", "-L", "-a", f"127.0.0.1:{self.port}", "-u", "tftp",
                                           "-s", str(root)])
@@ -99,7 +100,7 @@ class Server:
         self.startup = time.monotonic() - started  # process start until the first answer
 
     def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid) if self.kind == "ours" else float("nan")
+        return tree_cpu_seconds(self.proc.pid) if self.kind == "ours" else float("nan")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -114,6 +115,12 @@ def curl_args(url: str, out: Path, i: int) -> list[str]:
     return ["curl", "-sS", "--max-time", "120", "--tftp-blksize", str(BLKSIZE),
             "-o", str(out / f"{i}.efi"), f"{url}/{BOOTLOADER}",
             "-o", str(out / f"{i}.cfg"), f"{url}/pxelinux.cfg/01-{mac(i)}"]
+
+
+def plain_curl_args(url: str, out: Path, i: int) -> list[str]:
+    """The independent measurement's client: `curl -s tftp://...` with curl's defaults (it asks
+    for blksize 512, tsize and timeout), the 1 MiB file only."""
+    return ["curl", "-s", "--max-time", "120", "-o", str(out / f"{i}.efi"), f"{url}/{BOOTLOADER}"]
 
 
 def storm(server: Server, n: int, out: Path, expected_boot: str, method: str = "release"
@@ -137,9 +144,10 @@ def storm(server: Server, n: int, out: Path, expected_boot: str, method: str = "
         started = time.monotonic()
         os.close(gate_w)  # go
     else:
+        args = plain_curl_args if method == "plain" else curl_args
         cpu_before, busy_before = server.cpu(), machine_busy_seconds()
         started = time.monotonic()
-        clients = [subprocess.Popen(curl_args(url, out, i), stdin=subprocess.DEVNULL, **quiet) for i in range(n)]
+        clients = [subprocess.Popen(args(url, out, i), stdin=subprocess.DEVNULL, **quiet) for i in range(n)]
     codes = [c.wait() for c in clients]
     wall = time.monotonic() - started
     cpu, busy = server.cpu() - cpu_before, machine_busy_seconds() - busy_before
@@ -148,7 +156,8 @@ def storm(server: Server, n: int, out: Path, expected_boot: str, method: str = "
         try:
             ok = (code == 0
                   and hashlib.sha256((out / f"{i}.efi").read_bytes()).hexdigest() == expected_boot
-                  and (out / f"{i}.cfg").read_bytes() == config_for(f"pxelinux.cfg/01-{mac(i)}"))
+                  and (method == "plain"
+                       or (out / f"{i}.cfg").read_bytes() == config_for(f"pxelinux.cfg/01-{mac(i)}")))
         except OSError:
             ok = False
         failed += not ok
@@ -167,7 +176,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="50,200,1000")
     parser.add_argument("--repeat", type=int, default=3, help="runs per N up to 200 (median); N>200 runs once")
-    parser.add_argument("--servers", default="ours,hpa", help="which servers to run, e.g. ours")
+    parser.add_argument("--servers", default="ours,hpa",
+                        help="which servers to run, e.g. ours; ours:P:L = P processes of L loops each")
     parser.add_argument("--methods", default="release,spawn", help="how clients start (see above)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -200,9 +210,11 @@ def main() -> int:
         for method in args.methods.split(","):
             for n in sizes:
                 runs = {k: [] for k in kinds}
-                for _ in range(args.repeat if n <= 200 else 1):
-                    for kind in kinds:  # alternate, so both see the same machine state
-                        server = Server(kind, root if kind == "ours" else hpa_root, work)
+                for rnd in range(args.repeat if n <= 200 else 1):
+                    # Both servers in every round, the order swapped each round: whoever runs
+                    # second inherits the first one's leftovers (page cache, TIME_WAIT, load).
+                    for kind in (kinds if rnd % 2 == 0 else kinds[::-1]):
+                        server = Server(kind, root if kind.startswith("ours") else hpa_root, work)
                         try:
                             runs[kind].append((*storm(server, n, work / "clients", expected, method),
                                                server.startup))
