@@ -36,7 +36,9 @@ import argparse
 import hashlib
 import os
 import platform
+import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -94,21 +96,35 @@ class Server:
             self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("tftp_storm_server.py")),
                                           str(root), str(self.port), *shape])
         else:
-            self.proc = subprocess.Popen(["in.tftpd", "-L", "-a", f"127.0.0.1:{self.port}", "-u", "tftp",
-                                          "-s", str(root)])
+            # tftpd-hpa's children are neither reaped nor alive when we look: `perf stat` counts
+            # the CPU time of the whole tree (its start-up is a few milliseconds).
+            hpa = ["in.tftpd", "-L", "-a", f"127.0.0.1:{self.port}", "-u", "tftp", "-s", str(root)]
+            self.perf_out = work / f"perf-{self.port}.csv"
+            if shutil.which("perf"):
+                hpa = ["perf", "stat", "-x,", "-e", "task-clock", "-o", str(self.perf_out), *hpa]
+            self.proc = subprocess.Popen(hpa)
         wait_ready(self.port, self.proc)
         self.startup = time.monotonic() - started  # process start until the first answer
+        self.total_cpu = float("nan")
 
     def cpu(self) -> float:
         return tree_cpu_seconds(self.proc.pid) if self.kind == "ours" else float("nan")
 
     def stop(self) -> None:
-        self.proc.terminate()
+        target = self.proc.pid
+        if self.kind == "hpa":  # stop in.tftpd itself; perf then writes its count and exits
+            children = Path(f"/proc/{target}/task/{target}/children")
+            target = int((children.read_text().split() or [target])[0]) if children.exists() else target
+        os.kill(target, signal.SIGTERM)
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.kind == "hpa" and self.perf_out.exists():
+            for line in self.perf_out.read_text().splitlines():
+                if line.endswith("task-clock,") or ",task-clock," in line:
+                    self.total_cpu = float(line.split(",")[0]) / 1000
 
 
 def curl_args(url: str, out: Path, i: int) -> list[str]:
@@ -124,8 +140,8 @@ def plain_curl_args(url: str, out: Path, i: int) -> list[str]:
 
 
 def storm(server: Server, n: int, out: Path, expected_boot: str, method: str = "release"
-          ) -> tuple[float, int, float, float]:
-    """Run one storm; returns (wall s, failed clients, server CPU-s, machine CPU-s).
+          ) -> tuple[float, int, float, float, float]:
+    """Run one storm; returns (wall s, failed clients, server CPU-s, machine CPU-s, clients' CPU-s).
 
     release: the N clients are spawned first, each a shell blocked reading an empty pipe; closing
     the pipe releases them all at once (EOF), and each then execs curl; the clock starts at the
@@ -140,17 +156,18 @@ def storm(server: Server, n: int, out: Path, expected_boot: str, method: str = "
         clients = [subprocess.Popen(["sh", "-c", 'read -r _; exec "$@"', "client", *curl_args(url, out, i)],
                                     stdin=gate_r, **quiet) for i in range(n)]
         os.close(gate_r)
-        cpu_before, busy_before = server.cpu(), machine_busy_seconds()
+        cpu_before, busy_before, clients_before = server.cpu(), machine_busy_seconds(), children_cpu()
         started = time.monotonic()
         os.close(gate_w)  # go
     else:
         args = plain_curl_args if method == "plain" else curl_args
-        cpu_before, busy_before = server.cpu(), machine_busy_seconds()
+        cpu_before, busy_before, clients_before = server.cpu(), machine_busy_seconds(), children_cpu()
         started = time.monotonic()
         clients = [subprocess.Popen(args(url, out, i), stdin=subprocess.DEVNULL, **quiet) for i in range(n)]
     codes = [c.wait() for c in clients]
     wall = time.monotonic() - started
     cpu, busy = server.cpu() - cpu_before, machine_busy_seconds() - busy_before
+    clients_cpu = children_cpu() - clients_before
     failed = 0
     for i, code in enumerate(codes):
         try:
@@ -162,7 +179,14 @@ def storm(server: Server, n: int, out: Path, expected_boot: str, method: str = "
             ok = False
         failed += not ok
     shutil.rmtree(out, ignore_errors=True)
-    return wall, failed, cpu, busy
+    return wall, failed, cpu, busy, clients_cpu
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of this script's reaped children: the clients (servers are
+    reaped only after their storm)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def machine() -> str:
@@ -215,18 +239,23 @@ def main() -> int:
                     # second inherits the first one's leftovers (page cache, TIME_WAIT, load).
                     for kind in (kinds if rnd % 2 == 0 else kinds[::-1]):
                         server = Server(kind, root if kind.startswith("ours") else hpa_root, work)
+                        load = os.getloadavg()[0]
                         try:
-                            runs[kind].append((*storm(server, n, work / "clients", expected, method),
-                                               server.startup))
+                            wall, failed, cpu, busy, clients_cpu = storm(server, n, work / "clients",
+                                                                         expected, method)
                         finally:
                             server.stop()
-                        wall, failed, cpu, busy, startup = runs[kind][-1]
+                        if server.kind == "hpa":
+                            cpu = server.total_cpu
+                        runs[kind].append((wall, failed, cpu, busy, server.startup, clients_cpu))
                         print(f"{method:7s} N={n:5d} {kind:4s} wall={wall:6.2f}s failed={failed} "
-                              f"server-cpu={cpu:5.2f}s machine-cpu={busy:5.2f}s start-up={startup:.3f}s "
-                              f"load-average={os.getloadavg()[0]:.1f}", flush=True)
+                              f"server-cpu={cpu:5.2f}s clients-cpu={clients_cpu:5.2f}s machine-cpu={busy:5.2f}s "
+                              f"start-up={server.startup:.3f}s load-average={load:.1f}..{os.getloadavg()[0]:.1f}",
+                              flush=True)
                 med = {k: (statistics.median(r[0] for r in v), sum(r[1] for r in v),
                            statistics.median(r[2] for r in v), statistics.median(r[3] for r in v), len(v),
-                           [r[0] for r in v], statistics.median(r[4] for r in v))
+                           [r[0] for r in v], statistics.median(r[4] for r in v),
+                           statistics.median(r[5] for r in v))
                        for k, v in runs.items()}
                 rows.append((method, n, med.get("ours"), med.get("hpa")))
     finally:
@@ -237,15 +266,16 @@ def main() -> int:
     print(f"\nBoot storm, blksize {BLKSIZE}: each client = curl fetching a 1 MiB {BOOTLOADER} + its per-MAC "
           f"pxelinux config\n")
     print("| clients start | N | runs | ours wall (s) | tftpd-hpa wall (s) | ours ÷ hpa (median; per run) "
-          "| failures ours / hpa | our server CPU-s | machine CPU-s ours / hpa | server start-up (s) ours / hpa "
-          "| ours ÷ hpa, start-up included |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| failures ours / hpa | server CPU-s ours / hpa | clients' CPU-s ours / hpa | machine CPU-s ours / hpa "
+          "| server start-up (s) ours / hpa | ours ÷ hpa, start-up included |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method, n, ours, hpa in rows:
         if ours is None or hpa is None:
             continue
         per_run = ", ".join(f"{o / h:.2f}" for o, h in zip(ours[5], hpa[5], strict=True))
         print(f"| {method} | {n} | {ours[4]} | {ours[0]:.2f} | {hpa[0]:.2f} | {ours[0] / hpa[0]:.2f}; {per_run} "
-              f"| {ours[1]} / {hpa[1]} | {ours[2]:.2f} | {ours[3]:.2f} / {hpa[3]:.2f} "
+              f"| {ours[1]} / {hpa[1]} | {ours[2]:.2f} / {hpa[2]:.2f} | {ours[7]:.2f} / {hpa[7]:.2f} "
+              f"| {ours[3]:.2f} / {hpa[3]:.2f} "
               f"| {ours[6]:.3f} / {hpa[6]:.3f} | {(ours[0] + ours[6]) / (hpa[0] + hpa[6]):.2f} |")
     print(f"\nmachine: {machine()}")
     return 1 if any(r[2] and r[2][1] for r in rows) else 0  # our failures fail the run

@@ -15,6 +15,7 @@ import logging
 import os
 import select
 import socket
+import struct
 from collections import deque
 from dataclasses import dataclass
 from time import monotonic
@@ -31,6 +32,7 @@ IP_PKTINFO = 8  # <linux/in.h>; the socket module does not export it
 _READ, _WRITE = select.EPOLLIN, select.EPOLLOUT
 _READABLE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP  # errors surface through recv()
 _MAX_EVENTS = 512
+_unpack_hh, _pack_hh = wire.unpack_hh, struct.Struct("!HH").pack  # bound once: used per packet
 
 
 class DropLog:
@@ -349,7 +351,7 @@ class EventLoop:
             return
         if len(packet) < 4:
             return
-        opcode, block = wire.unpack_hh(packet)
+        opcode, block = _unpack_hh(packet)
         if opcode == wire.OP_ACK:
             verdict = tr.on_ack(block, monotonic())
             if verdict == SEND:
@@ -378,7 +380,7 @@ class EventLoop:
                     send(tr.oack)
                 else:
                     offset = (block - 1) * size
-                    send(wire.data_header(block) + data[offset:offset + size])
+                    send(_pack_hh(wire.OP_DATA, block & 0xFFFF) + data[offset:offset + size])  # wire.data_header
                 block += 1
         except BlockingIOError:
             tr.next_send = block
