@@ -3,7 +3,7 @@ resolver. Kept apart from the bench so the server's start-up pays only for its o
 
     python bench/tftp_storm_server.py ROOT PORT [PROCESSES [LOOPS]]
 
-PROCESSES defaults to one per CPU and LOOPS to 2, as `python -m provisioner.netboot.tftp` does.
+PROCESSES defaults to one per CPU and LOOPS to 1, as `python -m provisioner.netboot.tftp` does.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def config_for(name: str) -> bytes | None:
             f"url=http://10.0.0.1/api/boot/{m.group(1)}\n").encode()
 
 
-def main(root: str, port: str, processes: str = "", loops: str = "2") -> None:
+def main(root: str, port: str, processes: str = "", loops: str = "1") -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from provisioner.netboot.tftp import TftpServer
 
