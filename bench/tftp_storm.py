@@ -2,7 +2,7 @@
 """Boot storm: N curl processes at once, each fetching a 1 MiB bootloader and its per-MAC
 config over TFTP (blksize 1468), against our server and Debian's tftpd-hpa in the same run.
 
-Two ways of starting the clients, both measured (`--methods release,spawn`):
+Three ways of starting the clients (`--methods release,spawn,plain`):
   release  the N clients are forked first, each a shell blocked on a pipe; closing the pipe
            lets them all exec curl at once. The clock starts at the release: forking N
            processes is left out, curl's own start-up (exec, libraries) is in.
@@ -11,15 +11,24 @@ Two ways of starting the clients, both measured (`--methods release,spawn`):
            the measurement and competes with the server for the CPUs while early clients are
            already transferring: on 2 cores that is what a single-process Python server feels
            most (tftpd-hpa forks one process per transfer, which the scheduler spreads out).
+  plain    as spawn, but each client is `curl -s tftp://.../bootx64.efi` with curl's defaults, as
+           the independent measurement ran it: curl then asks for blksize 512, so 2,049 packets
+           per MiB instead of 715, and the per-packet cost of each server decides.
+
+In every round both servers run, the order swapped from one round to the next; the table gives
+the median of the rounds and every round's ratio.
 
 Our server renders the per-MAC configs with a resolver; tftpd-hpa serves the same bytes from
 pre-generated files. Clients are curl processes for both servers (one process per client,
 fetching the two files in turn); all N are spawned first and released at once. A client fails
 if curl exits non-zero or a SHA-256 differs. Wall time runs from the release to the last exit.
-Each server runs in its own process. "server CPU-s" is our server process's user+system time
-(tftpd-hpa forks an unreaped child per transfer, so its own share cannot be read the same way);
-"machine CPU-s" is the busy time of all CPUs during the storm (servers, curl, kernel), from
-/proc/stat, and compares like with like.
+Each server runs in its own process (ours: one per CPU, as `python -m provisioner.netboot.tftp`
+runs). "server CPU-s" is the user+system time of the server's whole process tree during the
+storm: ours from /proc, tftpd-hpa's from `perf stat` around it (its per-transfer children are
+gone before /proc can be read; `--no-hpa-cpu` leaves perf out). "clients' CPU-s" is the curls'
+(and in 'release' their shells'). "machine CPU-s" is the busy time of all CPUs during the storm
+(from /proc/stat, so other jobs on the host too): when it is twice the wall time, the 2 cores
+were saturated and wall time is total CPU work divided by 2.
 
     sudo .venv/bin/python bench/tftp_storm.py [--sizes 50,200,1000] [--repeat 3]
 
@@ -88,7 +97,7 @@ def machine_busy_seconds() -> float:
 
 
 class Server:
-    def __init__(self, kind: str, root: Path, work: Path):
+    def __init__(self, kind: str, root: Path, work: Path, count_hpa: bool = True):
         kind, *shape = kind.split(":")  # ours:PROCESSES:LOOPS, to compare shapes of our server
         self.kind, self.port = kind, free_port()
         started = time.monotonic()
@@ -100,7 +109,8 @@ class Server:
             # the CPU time of the whole tree (its start-up is a few milliseconds).
             hpa = ["in.tftpd", "-L", "-a", f"127.0.0.1:{self.port}", "-u", "tftp", "-s", str(root)]
             self.perf_out = work / f"perf-{self.port}.csv"
-            if shutil.which("perf"):
+            self.under_perf = count_hpa and shutil.which("perf") is not None
+            if self.under_perf:
                 hpa = ["perf", "stat", "-x,", "-e", "task-clock", "-o", str(self.perf_out), *hpa]
             self.proc = subprocess.Popen(hpa)
         wait_ready(self.port, self.proc)
@@ -112,7 +122,7 @@ class Server:
 
     def stop(self) -> None:
         target = self.proc.pid
-        if self.kind == "hpa":  # stop in.tftpd itself; perf then writes its count and exits
+        if self.kind == "hpa" and self.under_perf:  # stop in.tftpd itself; perf then writes its count
             children = Path(f"/proc/{target}/task/{target}/children")
             target = int((children.read_text().split() or [target])[0]) if children.exists() else target
         os.kill(target, signal.SIGTERM)
@@ -121,7 +131,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.kind == "hpa" and self.perf_out.exists():
+        if self.kind == "hpa" and self.under_perf and self.perf_out.exists():
             for line in self.perf_out.read_text().splitlines():
                 if line.endswith("task-clock,") or ",task-clock," in line:
                     self.total_cpu = float(line.split(",")[0]) / 1000
@@ -203,6 +213,9 @@ def main() -> int:
     parser.add_argument("--servers", default="ours,hpa",
                         help="which servers to run, e.g. ours; ours:P:L = P processes of L loops each")
     parser.add_argument("--methods", default="release,spawn", help="how clients start (see above)")
+    parser.add_argument("--no-hpa-cpu", dest="hpa_cpu", action="store_false",
+                        help="run tftpd-hpa without `perf stat` around it (no CPU figure for it; perf's "
+                             "per-task counting costs its many processes a little)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if os.geteuid() != 0 or not shutil.which("in.tftpd") or not shutil.which("curl"):
@@ -238,7 +251,8 @@ def main() -> int:
                     # Both servers in every round, the order swapped each round: whoever runs
                     # second inherits the first one's leftovers (page cache, TIME_WAIT, load).
                     for kind in (kinds if rnd % 2 == 0 else kinds[::-1]):
-                        server = Server(kind, root if kind.startswith("ours") else hpa_root, work)
+                        server = Server(kind, root if kind.startswith("ours") else hpa_root, work,
+                                        args.hpa_cpu)
                         load = os.getloadavg()[0]
                         try:
                             wall, failed, cpu, busy, clients_cpu = storm(server, n, work / "clients",
