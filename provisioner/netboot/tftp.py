@@ -39,7 +39,6 @@ tftp.render_error (with the resolver's traceback), tftp.bug (a bug of ours, with
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import logging
 import os
@@ -330,6 +329,8 @@ def _raise_fd_limit() -> None:
 # -- command line: python -m provisioner.netboot.tftp --root DIR --bind 127.0.0.1:69 ----------
 
 def _parse_bind(text: str) -> tuple[str, int]:
+    import argparse  # here, not at the top: a server embedded in a program starts sooner without it
+
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"--bind {text!r}: expected HOST:PORT, e.g. 127.0.0.1:69")
@@ -337,6 +338,8 @@ def _parse_bind(text: str) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m provisioner.netboot.tftp",
                                      description="Read-only TFTP server for netboot files.")
     parser.add_argument("--root", type=Path, required=True, help="directory to serve")
