@@ -18,7 +18,7 @@ sessions), scans every session on every packet, answered ~256 of 1,100 simultane
 So the serving engine is ours: `selectors` (epoll) with one UDP socket per transfer, found by
 the selector key (O(1) per packet); retransmission timers in a heap; file reads and resolver
 calls on worker threads; every handler wrapped so that one bad session or datagram costs only
-itself; optionally several loops on one port (SO_REUSEPORT). From tftpy we keep the packet
+itself; optionally several loops, and several processes, on one port (SO_REUSEPORT). From tftpy we keep the packet
 classes (OACK encoding here; RRQ/WRQ encoding and its TftpClient in the tests).
 
 Modules: tftp (this: the server's API and command line), tftp_loop (one event loop),
@@ -76,6 +76,8 @@ class TftpServer:
     host a send() runs the receiver's wake-up in our time slice and often costs us the CPU to
     the woken client; the GIL is released meanwhile, so a second loop keeps serving the other
     transfers (bench/tftp_storm.py, 'spawn': 10-20% less wall time with 200 clients on 2 cores).
+    `processes` copies of the server (forked; see `_fork_processes`) share the port too; `active`
+    counts this process's transfers only.
     """
 
     def __init__(self, root: Path | str | None, resolve: Resolver | None = None, host: str = "127.0.0.1",
@@ -347,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1.0, help="first retransmission interval, s")
     parser.add_argument("--retries", type=int, default=5)
     parser.add_argument("--max-blksize", type=int, default=wire.BLKSIZE_MAX)
-    # One loop per process by default: two threads of one process contend for its GIL (about 10%
+    # One loop per process by default: two threads of one process contend for its GIL (5-10%
     # more CPU per packet in bench/tftp_storm.py), and the other processes keep the port served.
     parser.add_argument("--loops", type=int, default=1, help="event loops (threads) per process")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
