@@ -63,7 +63,7 @@ def test_every_process_serves_and_none_is_left_after_stop(root):
     digest = hashlib.sha256((root / "big.bin").read_bytes()).hexdigest()
     assert [hashlib.sha256(r.data or b"").hexdigest() for r in big] == [digest] * 20
     (child,) = pids - {os.getpid()}
-    assert not alive(child)
+    assert wait_until(lambda: not alive(child))
 
 
 def test_junk_on_the_port_disturbs_no_transfer_in_any_process(root):
