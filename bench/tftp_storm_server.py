@@ -1,11 +1,14 @@
 """Our TFTP server as `bench/tftp_storm.py` runs it: its own process, the per-MAC configs rendered by a
 resolver. Kept apart from the bench so the server's start-up pays only for its own imports.
 
-    python bench/tftp_storm_server.py ROOT PORT
+    python bench/tftp_storm_server.py ROOT PORT [PROCESSES [LOOPS]]
+
+PROCESSES defaults to one per CPU and LOOPS to 1, as `python -m provisioner.netboot.tftp` does.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -21,15 +24,16 @@ def config_for(name: str) -> bytes | None:
             f"url=http://10.0.0.1/api/boot/{m.group(1)}\n").encode()
 
 
-def main(root: str, port: str) -> None:
+def main(root: str, port: str, processes: str = "", loops: str = "1") -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from provisioner.netboot.tftp import TftpServer
 
-    server = TftpServer(root, lambda name, client: config_for(name), "127.0.0.1", int(port))
+    server = TftpServer(root, lambda name, client: config_for(name), "127.0.0.1", int(port),
+                        processes=int(processes or os.cpu_count() or 1), loops=int(loops))
     server.bind()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     server.serve_forever()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:5])

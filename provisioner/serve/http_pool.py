@@ -9,6 +9,10 @@ In-process embedding (the lab, the tests' sites, `--http-workers 0`) uses `HttpS
 
     python -m provisioner.serve.http_pool --fd N --spec DIR --data DIR --http-base URL [--workers 2]
         [--keep-boots SECONDS] [--keep-events SECONDS]
+
+The database URL (it may carry a password) reaches the child in its environment, as
+PROVISIONER_POOL_DB_URL: a command line is readable by every user of the host (`ps`,
+/proc/PID/cmdline), a process's environment only by its owner and root.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import ctypes
 import http.client
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -29,6 +34,8 @@ from provisioner.observability import logs, metrics
 from provisioner.store.boots import Retention
 
 log = logging.getLogger("provisioner.serve")
+
+DB_URL_ENV = "PROVISIONER_POOL_DB_URL"
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -67,12 +74,13 @@ class HttpPool:
                "--workers", str(self.workers), "--threads", str(self.threads),
                "--keep-boots", str(self.retention.closed_boots.total_seconds()),
                "--keep-events", str(self.retention.node_events.total_seconds())]
+        env = {k: v for k, v in os.environ.items() if k != DB_URL_ENV}
         if self.db_url:
-            cmd += ["--db-url", self.db_url]
+            env[DB_URL_ENV] = self.db_url  # not on the command line: see the module's docstring
         if self.verbose:
             cmd.append("--verbose")
         try:
-            self.proc = subprocess.Popen(cmd, pass_fds=[sock.fileno()], preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(cmd, pass_fds=[sock.fileno()], preexec_fn=_die_with_parent, env=env)
         finally:
             sock.close()  # the child holds its own copy
         self._wait_ready(ready_timeout)
@@ -120,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fd", type=int, required=True, help="listening socket inherited from the parent")
     ap.add_argument("--spec", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--db-url", default=None)
     ap.add_argument("--http-base", required=True, help="base URL nodes use to reach this server")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=8)
@@ -128,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-events", type=float, default=Retention().node_events.total_seconds(), help="seconds")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
+    args.db_url = os.environ.pop(DB_URL_ENV, None)  # workers are forked: they inherit it from here
     logs.configure(level=logging.INFO if args.verbose else logging.WARNING)  # the format serve chose
     metrics.enable_from_env()
 
