@@ -113,7 +113,7 @@ def test_an_approver_cannot_confirm_the_unblock_they_requested(app):
     r = client.post("/console/blocks/unblock", data={**form, "step": "confirm",
                                                      "csrf_token": _token(client, "/console/blocks")},
                     base_url=BASE, follow_redirects=True)
-    assert "carl requested this unblock and cannot confirm it; another approver must" in r.text
+    assert "carl requested the unblock of nic 14.30.0 and cannot confirm it; another approver must" in r.text
     assert [(b["component"], b["version"]) for b in ctx.store.active_blocks()] == [("nic", "14.30.0")]
 
 
