@@ -29,7 +29,6 @@ from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
 from provisioner.plan import (
     Observed,
     Plan,
-    blocked_pins,
     image_key,
     make_plan,
     pinned_blocked,
@@ -208,7 +207,7 @@ def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", prog
             if progress:
                 progress({"event": "created", "rollout": rid, "counts": p.counts(), "unreachable": errors,
                           "kind": kind})
-        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
+        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), ReleaseView.of(rel),
                                actor=ctx.actor, progress=progress, leases=leases, environment=env)
         if on_engine:
             on_engine(engine, rid)
@@ -335,7 +334,7 @@ def approve(ctx: Context, release_ref: str, who=None, comment: str = "", *, with
     if outcomes.get("failed", 0) or halted:
         refuse(f"release {rel.short} failed on {staging} ({outcomes.get('failed', 0)} node(s) failed"
                + (f", rollout {halted[-1]} halted" if halted else "") + "); build a fixed release instead")
-    bad = blocked_pins(rel.document, active_blocks(ctx))
+    bad = pinned_blocked(ReleaseView.of(rel), active_blocks(ctx))
     if bad:
         m, c, v, b = bad[0]
         refuse(f"release {rel.short} pins {m} {c} {v}, blocked ({b.reason}); it cannot be approved")
@@ -378,8 +377,7 @@ def resume(ctx: Context, rid: int, reason: str, progress: Callable | None = None
         record.resume(rid, ctx.settings.actor, reason=reason, retry_failed=True)
         if progress:
             progress({"event": "resume", "rollout": rid, "kind": r.kind})
-        pol = rel.document["policy"]["rollout"]
-        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
+        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), ReleaseView.of(rel),
                                actor=ctx.settings.actor, progress=progress, leases=leases,
                                environment=r.environment)
         if on_engine:
@@ -469,10 +467,10 @@ def unblock(ctx: Context, component: str, version: str, reason: str, model: str 
         if n.state != NodeState.HELD:
             continue
         rid = ctx.store.current_release_id(n.environment)
-        blocked = blocks + (release_blocklist(ctx.store.get_release(rid).document) if rid else [])
+        blocked = blocks + (release_blocklist(ReleaseView.of(ctx.store.get_release(rid))) if rid else [])
         if any(find_blocked(blocked, n.model, c, v) for c, v in (n.observed or {}).items()):
             continue
-        if rid and blocked_pins(ctx.store.get_release(rid).document, blocks):
+        if rid and pinned_blocked(ReleaseView.of(ctx.store.get_release(rid)), blocks):
             continue  # its release still pins a blocked version: the hold stands
         try:
             ctx.store.transition_node(n.name, "release", f"nothing it runs is blocked (unblocked {component} "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 
 from provisioner.drivers.base import BmcDriver
+from provisioner.spec.models import FirmwareComponent
 from provisioner.states import NodeState
 
 log = logging.getLogger("provisioner.rollout.recovery")
@@ -54,46 +55,47 @@ def presumed_boot_looping(store, node: str) -> str | None:
     return None
 
 
-def recover_out_of_band(store, artifacts, driver: BmcDriver, node: str, model: str, differing: list[dict],
+def recover_out_of_band(store, artifacts, driver: BmcDriver, node: str, model: str,
+                        differing: list[FirmwareComponent],
                         bmc: str) -> list[str]:
     """Flash a node that cannot netboot through its BMC; [] when it can netboot or nothing in-band differs.
 
-    `differing`: the release's components (as frozen) not at their pin. Raises NeedsHands when a
+    `differing`: the release's components (its view's pins) not at their pin. Raises NeedsHands when a
     component has no recovery path the BMC can take; DriverError from the flash itself.
     """
-    inband = [c for c in differing if c["method"] == "inband"]
+    inband = [c for c in differing if c.method == "inband"]
     if not inband:
         return []
     why = presumed_boot_looping(store, node)
     if why is None:
         return []
-    stuck = [c for c in inband if not c.get("recovery") or not driver.supports_oob_flash(c["name"])]
+    stuck = [c for c in inband if not c.recovery or not driver.supports_oob_flash(c.name)]
     if stuck:
         raise _needs_hands(store, node, model, stuck, bmc, why, driver)
     # a looping server resets every few seconds: stop it, so no reset lands in the middle of the flash
     driver.power_off()
     flashed = []
     for c in inband:
-        sha = c["image"]["sha256"]
+        sha = c.image.sha256
         image = artifacts.read(sha)  # verified against its digest on read
-        log.warning("recovery.flash node=%s component=%s version=%s path=%s bmc=%s", node, c["name"],
-                    c["version"], c["recovery"], bmc)
-        store.node_event(node, "rollout", "recovery_flash", {"component": c["name"], "version": c["version"],
-                                                             "path": c["recovery"], "because": why})
-        driver.flash(c["name"], image, sha, c["version"])  # verifies by a fresh inventory read
-        flashed.append(f"{c['name']} {c['version']} ({c['recovery']}, recovery)")
+        log.warning("recovery.flash node=%s component=%s version=%s path=%s bmc=%s", node, c.name,
+                    c.version, c.recovery, bmc)
+        store.node_event(node, "rollout", "recovery_flash", {"component": c.name, "version": c.version,
+                                                             "path": c.recovery, "because": why})
+        driver.flash(c.name, image, sha, c.version)  # verifies by a fresh inventory read
+        flashed.append(f"{c.name} {c.version} ({c.recovery}, recovery)")
     return flashed
 
 
-def _needs_hands(store, node: str, model: str, stuck: list[dict], bmc: str, why: str, driver) -> NeedsHands:
-    what = "; ".join(
-        f"{c['name']} {c['version']} from {c['image']['file']} (sha256 {c['image']['sha256']})" for c in stuck)
-    cannot = [c["name"] for c in stuck if c.get("recovery")]
-    path = (f"its BMC does not offer {', '.join(cannot)} over {stuck[0]['recovery']}" if cannot
-            else f"the {model} manifest names no recovery path for {', '.join(c['name'] for c in stuck)}")
+def _needs_hands(store, node: str, model: str, stuck: list[FirmwareComponent], bmc: str, why: str,
+                 driver) -> NeedsHands:
+    what = "; ".join(f"{c.name} {c.version} from {c.image.file} (sha256 {c.image.sha256})" for c in stuck)
+    cannot = [c.name for c in stuck if c.recovery]
+    path = (f"its BMC does not offer {', '.join(cannot)} over {stuck[0].recovery}" if cannot
+            else f"the {model} manifest names no recovery path for {', '.join(c.name for c in stuck)}")
     msg = (f"needs hands: {node} cannot netboot ({why}) and {path}; flash {what} through the BMC at {bmc} "
            f"or at the console, then `provisioner node clear {node} --reason ...` and apply again")
-    store.node_event(node, "rollout", "needs_hands", {"components": [c["name"] for c in stuck], "bmc": bmc,
+    store.node_event(node, "rollout", "needs_hands", {"components": [c.name for c in stuck], "bmc": bmc,
                                                       "because": why})
-    log.error("recovery.needs_hands node=%s components=%s bmc=%s", node, ",".join(c["name"] for c in stuck), bmc)
+    log.error("recovery.needs_hands node=%s components=%s bmc=%s", node, ",".join(c.name for c in stuck), bmc)
     return NeedsHands(msg)
