@@ -308,8 +308,13 @@ class RolloutEngine:
                 self.progress({"event": "node_step", "node": node, "step": step})
                 details = self._with_retries(lambda s=step: getattr(self, f"_step_{s}")(driver, row), node, step)
                 ended = (step, "skip" if details.get("skipped") else "end", details, now())
+            # verified: the node's state and event go with the step's end, in one transaction
+            verified = current == "verify"
             self.record.transition(rid, node, ended=ended, status=str(NodeRolloutStatus.DONE), finished_at=now(),
-                                   step="", release=keys)
+                                   step="", release=keys, node_state=(
+                                       "verified", f"verified at release {self.release_id[:12]}",
+                                       {"release_id": self.release_id, "healthy_since": now()}) if verified else None,
+                                   node_event=("rollout", "verified", {"release": self.release_id}) if verified else None)
             ended = None
             with self._lock:
                 result.done.append(node)
@@ -382,10 +387,9 @@ class RolloutEngine:
         return {"flashed": flashed} if flashed else {"skipped": True}
 
     def _boot_and_wait(self, driver, row, state: str, wanted: set[str], timeout: float, what: str) -> dict:
-        self.record.node_write(row.node, state=(BOOT_EVENTS[state], f"rollout: {what}"))
-        # the one boot whose reports count: fetching the script again hands out its token, nothing new
-        self.store.boots.expect(row.node, {"flashing": "flash", "installing": "install"}.get(state, "local"),
-                                self.release_id)
+        # with the state, the one boot whose reports count: fetching the script again hands out its token
+        self.record.node_write(row.node, state=(BOOT_EVENTS[state], f"rollout: {what}"), expect_boot=(
+            {"flashing": "flash", "installing": "install"}.get(state, "local"), self.release_id))
         inbox = self.callbacks.subscribe(row.node)
         try:
             self._check_lease()
@@ -436,7 +440,4 @@ class RolloutEngine:
         if left:
             raise NodeFailed("verify: BMC reports " + ", ".join(
                 f"{c.name} {self.store.node(row.node).observed.get(c.name)} (pinned {c.version})" for c in left))
-        self.record.node_write(row.node, state=("verified", f"verified at release {self.release_id[:12]}"),
-                               release_id=self.release_id, healthy_since=now(),
-                               event=("rollout", "verified", {"release": self.release_id}))
-        return {"verified": True}
+        return {"verified": True}  # the node is marked verified with this step's end (see _run_node_leased)

@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import and_, or_, select
+
 from provisioner.drivers.base import BmcDriver
 from provisioner.spec.models import FirmwareComponent
 from provisioner.states import NodeState
+from provisioner.store.models import NodeEventRow, NodeRow
 
 log = logging.getLogger("provisioner.rollout.recovery")
 
 LOOPING = "presumed boot-looping"   # what the engine says of a node that never reported after power-on
 NEEDS_HANDS = NodeState.NEEDS_HANDS
+_NODES, _EVENTS = NodeRow.__table__, NodeEventRow.__table__
 
 
 class NeedsHands(Exception):
@@ -43,16 +47,20 @@ def presumed_boot_looping(store, node: str) -> str | None:
     newest first: a rollout that gave up on it after power-on says so; a rollout that verified it,
     or any sign it netbooted since (a boot-service decision, a callback), says it can.
     """
-    row = store.node(node)
-    if row is not None and row.state in ("failed", NEEDS_HANDS) and LOOPING in (row.state_reason or ""):
-        return row.state_reason
-    for e in reversed(store.node_events(node, limit=100)):
-        if e["source"] in ("netboot", "callback") or (e["source"], e["event"]) == ("rollout", "verified"):
-            return None
-        if (e["source"], e["event"]) == ("rollout", "failed"):
-            error = (e["details"] or {}).get("error", "")
-            return error if LOOPING in error else None
-    return None
+    with store.db.read() as c:  # a read: no write turn taken (every rollout asks this of every node)
+        state, reason = c.execute(select(_NODES.c.state, _NODES.c.state_reason).where(_NODES.c.name == node)).first() \
+            or (None, None)
+        if state in ("failed", NEEDS_HANDS) and LOOPING in (reason or ""):
+            return reason
+        # the newest event that tells either way, by index, instead of the node's whole history
+        e = c.execute(select(_EVENTS.c.source, _EVENTS.c.event, _EVENTS.c.details)
+                      .where(_EVENTS.c.node == node, or_(_EVENTS.c.source.in_(("netboot", "callback")), and_(
+                          _EVENTS.c.source == "rollout", _EVENTS.c.event.in_(("verified", "failed")))))
+                      .order_by(_EVENTS.c.seq.desc()).limit(1)).first()
+    if e is None or (e.source, e.event) != ("rollout", "failed"):
+        return None
+    error = (e.details or {}).get("error", "")
+    return error if LOOPING in error else None
 
 
 def recover_out_of_band(store, artifacts, driver: BmcDriver, node: str, model: str,
