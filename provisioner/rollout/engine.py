@@ -38,6 +38,7 @@ from provisioner.netboot.gate import Blocked
 from provisioner.observability import metrics
 from provisioner.plan import boot_mode, pinned_blocked
 from provisioner.releases.view import ReleaseView
+from provisioner.rollout.callbacks import CallbackWatch
 from provisioner.rollout.lease import Leases, bmc_key, node_key
 from provisioner.rollout.record import RolloutRecord
 from provisioner.rollout.recovery import NeedsHands, recover_out_of_band
@@ -77,49 +78,6 @@ class RolloutResult:
         return {"rollout": self.rollout_id, "kind": self.kind, "status": self.status, "done": self.done,
                 "failed": self.failed, "held": self.held, "interrupted": self.halted, "reason": self.reason,
                 "seconds": round(self.seconds, 2), "unread": self.unread}
-
-
-class CallbackWatch:
-    """One poller for every node waiting on a report (not one query per waiting node per tick)."""
-
-    def __init__(self, record: RolloutRecord, poll: float):
-        self.record, self.poll = record, poll
-        self._inboxes: dict[str, tuple[queue.Queue, int]] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._marker = 0
-
-    def subscribe(self, node: str) -> queue.Queue:
-        since = self.record.last_event_seq()  # only reports after this moment count
-        inbox: queue.Queue = queue.Queue()
-        with self._lock:
-            self._inboxes[node] = (inbox, since)
-            if self._thread is None:
-                self._marker = since
-                self._thread = threading.Thread(target=self._run, name="callback-watch", daemon=True)
-                self._thread.start()
-        return inbox
-
-    def unsubscribe(self, node: str) -> None:
-        with self._lock:
-            self._inboxes.pop(node, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if not self._inboxes:
-                    self._thread = None
-                    return
-            try:
-                for seq, node, event, details in self.record.callbacks_after(self._marker):
-                    self._marker = seq
-                    with self._lock:
-                        inbox, since = self._inboxes.get(node, (None, 0))
-                    if inbox is not None and seq > since:
-                        inbox.put((event, details))
-            except Exception:  # a store hiccup must not strand the waiters; try again next tick
-                log.exception("rollout.callback_watch")
-            time.sleep(self.poll)
 
 
 class RolloutEngine:
