@@ -11,6 +11,7 @@ from provisioner.pipeline import authorise
 from provisioner.policy.authz import Action
 from provisioner.releases.build import freeze, import_artifacts
 from provisioner.releases.diff import diff_releases
+from provisioner.releases.view import ReleaseView
 
 
 def _blocked_at_runtime(ctx: Context) -> list[tuple[str | None, str, str]]:
@@ -139,7 +140,7 @@ def release_diff(ctx: Context, a: str, b: str):
       provisioner release diff 3f1c 9ab0
     """
     ra, rb = ctx.store.get_release(a), ctx.store.get_release(b)
-    changes = diff_releases(ra.document, rb.document)
+    changes = diff_releases(ReleaseView.of(ra), ReleaseView.of(rb))
     data = {"from": ra.id, "to": rb.id, "changes": [c.as_dict() for c in changes]}
 
     def render(_d):

@@ -78,3 +78,13 @@ def test_the_boot_routes_validate_a_release_inventory_once_not_per_boot(spec_dir
     scripts = [svc.boot_config(n.macs[0], kind) for n in ctx.store.nodes() for kind in ("ipxe", "grub")]
     assert len(scripts) > 20 and all(f"provisioner.release={rel.id}" in s for s in scripts)
     assert len(validated) == 1
+
+
+def test_release_diff_reads_both_releases_through_their_views(release):
+    from provisioner.releases.diff import diff_releases
+
+    old = copy.deepcopy(release.document)
+    old["policy"]["rollout"]["drift_action"] = "reprovision"  # frozen before the key was removed: not a change
+    old["manifests"]["r650"]["components"][1]["version"] = "1.12.1"
+    changes = diff_releases(ReleaseView.of_document("old", old), ReleaseView.of(release))
+    assert [str(c) for c in changes] == ["firmware: r650 bios 1.12.1 → 1.13.2"]
