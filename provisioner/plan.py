@@ -98,17 +98,7 @@ def image_key(release: ReleaseView, node_name: str) -> str | None:
     return "|".join(parts)
 
 
-def release_blocks(release: ReleaseView) -> list[Blocked]:
-    """The deny-list frozen into a release: the global file plus every manifest's own entries."""
-    out = [Blocked(b.component, b.version, b.reason, b.model) for b in release.deny_list.blocked]
-    for model, m in release.manifests.items():
-        out += [Blocked(b.component, b.version, b.reason, model) for b in m.blocked]
-    return out
-
-
-def pins_by_model(release_doc: dict) -> dict[str, list[dict]]:
-    return {model: sorted(m["components"], key=lambda c: (c["order"], c["name"]))
-            for model, m in release_doc["manifests"].items()}
+release_blocks = release_blocklist  # the deny-list frozen into a release (the netboot gate's reading of it)
 
 
 def pinned_blocked(release: ReleaseView, blocked: list[Blocked]) -> list[tuple[str, str, str, Blocked]]:
@@ -116,18 +106,6 @@ def pinned_blocked(release: ReleaseView, blocked: list[Blocked]) -> list[tuple[s
     everything = blocked + release_blocks(release)
     return [(model, c.name, c.version, b) for model in sorted(release.manifests) for c in release.pins(model)
             if (b := find_blocked(everything, model, c.name, c.version))]
-
-
-def blocked_pins(release_doc: dict, blocked: list[Blocked]) -> list[tuple[str, str, str, Blocked]]:
-    """pinned_blocked() over the document, for the engine until it reads the release through its view."""
-    everything = blocked + release_blocklist(release_doc)
-    out = []
-    for model, comps in pins_by_model(release_doc).items():
-        for c in comps:
-            b = find_blocked(everything, model, c["name"], c["version"])
-            if b:
-                out.append((model, c["name"], c["version"], b))
-    return out
 
 
 def make_plan(release: ReleaseView, environment: str, observed: list[Observed], blocked: list[Blocked],
@@ -198,12 +176,6 @@ def boot_mode(release: ReleaseView, node_name: str) -> str:
     """A node's boot mode ("bios" | "uefi", the spec's `firmware` field; "uefi" if unset)."""
     node = release.node(node_name)
     return (node.firmware if node is not None else None) or "uefi"
-
-
-def boot_modes(release_doc: dict) -> dict[str, str]:
-    """Node name -> its boot mode, from a release document (rollouts recorded before plans carried it)."""
-    return {n["name"]: n.get("firmware") or "uefi"
-            for r in release_doc["inventory"]["racks"] for n in r["nodes"]}
 
 
 def _flash_words(flashes: tuple[Flash, ...]) -> str:

@@ -11,7 +11,7 @@ from provisioner.context import Context
 from provisioner.drivers import open_driver
 from provisioner.errors import DriverError, PolicyViolation, ReleaseError
 from provisioner.operations import common
-from provisioner.plan import pins_by_model
+from provisioner.releases.view import ReleaseView
 from provisioner.rollout.lease import Leases, bmc_key, node_key
 from provisioner.states import IllegalTransition
 from provisioner.store.models import RolloutNodeRow, RolloutRow
@@ -31,7 +31,7 @@ def _pins(ctx: Context, row) -> dict[str, str]:
     rid = ctx.store.current_release_id(row.environment)
     if rid is None:
         return {}
-    return {c["name"]: c["version"] for c in pins_by_model(ctx.store.get_release(rid).document).get(row.model, [])}
+    return {c.name: c.version for c in ReleaseView.of(ctx.store.get_release(rid)).pins(row.model) or ()}
 
 
 @cli.group()

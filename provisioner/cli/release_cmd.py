@@ -9,6 +9,7 @@ from provisioner.cli.output import console, json_option, table
 from provisioner.context import Context
 from provisioner.operations import releases
 from provisioner.releases.diff import diff_releases
+from provisioner.releases.view import ReleaseView
 
 
 @cli.command()
@@ -121,7 +122,7 @@ def release_diff(ctx: Context, a: str, b: str):
       provisioner release diff 3f1c 9ab0
     """
     ra, rb = ctx.store.get_release(a), ctx.store.get_release(b)
-    changes = diff_releases(ra.document, rb.document)
+    changes = diff_releases(ReleaseView.of(ra), ReleaseView.of(rb))
     data = {"from": ra.id, "to": rb.id, "changes": [c.as_dict() for c in changes]}
 
     def render(_d):

@@ -28,10 +28,10 @@ from provisioner.operations import common
 from provisioner.operations import nodes as node_ops
 from provisioner.operations import releases as release_ops
 from provisioner.operations import rollouts as rollout_ops
-from provisioner.plan import pins_by_model
 from provisioner.policy.authz import Action
 from provisioner.policy.gate import staging_environment
 from provisioner.releases.diff import diff_releases
+from provisioner.releases.view import ReleaseView
 from provisioner.rollout.record import RolloutRecord
 from provisioner.store.models import RolloutNodeRow, RolloutRow, RolloutStepRow
 
@@ -103,9 +103,10 @@ def release_page(ctx: Context, ref: str, target: str = "production") -> dict:
     meta = ctx.store.release_meta(rel.id)
     verdict = release_ops.gate(ctx, rel.id, target=target)
     prod = ctx.store.current_release_id(target)
-    changes = diff_releases(ctx.store.get_release(prod).document, rel.document) if prod and prod != rel.id else []
-    pins = {m: [{"name": c["name"], "version": c["version"], "method": c["method"]} for c in comps]
-            for m, comps in sorted(pins_by_model(rel.document).items())}
+    view = ReleaseView.of(rel)
+    changes = diff_releases(ReleaseView.of(ctx.store.get_release(prod)), view) if prod and prod != rel.id else []
+    pins = {m: [{"name": c.name, "version": c.version, "method": c.method} for c in view.pins(m) or ()]
+            for m in sorted(view.manifests)}
     return {"id": rel.id, "short": rel.short, **meta, "pins": pins, "target": target, "target_release": prod,
             "diff": [c.as_dict() for c in changes], "gate": verdict.as_dict(),
             "approvals": ctx.store.approvals(rel.id),

@@ -2,6 +2,9 @@
 
     decide(node, state, release, blocked, observed) -> NetbootDecision
 
+The release is read through its typed view (`provisioner.releases.view.ReleaseView`), the node is
+the spec's `Node`.
+
 Actions:
     install  boot the node's install profile (reimage to the release)
     flash    boot the flasher with the components whose observed version differs from the pin
@@ -17,7 +20,11 @@ blocked version.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # the view imports the spec's models only; the gate stays importable without them
+    from provisioner.releases.view import ReleaseView
+    from provisioner.spec.models import Node
 
 Action = Literal["install", "flash", "hold", "local", "unknown"]
 
@@ -62,14 +69,13 @@ class Blocked:
         return self.model in (None, model) and self.component == component and self.version == version
 
 
-def release_blocklist(release_doc: dict | None) -> list[Blocked]:
-    """The deny-list frozen into a release (global file plus per-manifest entries)."""
-    if not release_doc:
+def release_blocklist(release: ReleaseView | None) -> list[Blocked]:
+    """The deny-list frozen into a release: the global file plus every manifest's own entries."""
+    if release is None:
         return []
-    out = [Blocked(b["component"], b["version"], b["reason"], b.get("model"))
-           for b in release_doc["deny_list"]["blocked"]]
-    for model, m in release_doc["manifests"].items():
-        out += [Blocked(b["component"], b["version"], b["reason"], model) for b in m["blocked"]]
+    out = [Blocked(b.component, b.version, b.reason, b.model) for b in release.deny_list.blocked]
+    for model, m in release.manifests.items():
+        out += [Blocked(b.component, b.version, b.reason, model) for b in m.blocked]
     return out
 
 
@@ -77,24 +83,25 @@ def find_blocked(blocked: list[Blocked], model: str, component: str, version: st
     return next((b for b in blocked if b.applies(model, component, version)), None)
 
 
-def decide(node: dict[str, Any] | None, state: str, release_id: str | None, release_doc: dict | None,
-           blocked: list[Blocked], observed: dict[str, str], installed_release: str | None = None) -> NetbootDecision:
-    """Decide what `node` (a spec node as a dict, or None for an unknown MAC) is handed now."""
+def decide(node: Node | None, state: str, release: ReleaseView | None, blocked: list[Blocked],
+           observed: dict[str, str], installed_release: str | None = None) -> NetbootDecision:
+    """Decide what `node` (the spec's node, or None for an unknown MAC) is handed now under `release`
+    (its environment's, or None when the environment points at no release)."""
     if node is None:
         return NetbootDecision("unknown", "MAC not in the inventory")
-    name, model = node["name"], node["model"]
+    name, model = node.name, node.model
+    release_id = release.id if release is not None else None
     if state in HOLD_STATES:
         return NetbootDecision("hold", f"node is {state}", name, release_id)
-    if release_doc is None or release_id is None:
-        return NetbootDecision("local", f"environment {node['environment']} points at no release", name)
+    if release is None:
+        return NetbootDecision("local", f"environment {node.environment} points at no release", name)
 
-    blocked = blocked + release_blocklist(release_doc)
-    manifest = release_doc["manifests"].get(model)
-    if manifest is None:
+    blocked = blocked + release_blocklist(release)
+    pins = release.pins(model)  # in flashing order
+    if pins is None:
         return NetbootDecision("hold", f"release has no manifest for model {model}", name, release_id)
-    pins = sorted(manifest["components"], key=lambda c: (c["order"], c["name"]))
 
-    bad_pin = next((b for c in pins if (b := find_blocked(blocked, model, c["name"], c["version"]))), None)
+    bad_pin = next((b for c in pins if (b := find_blocked(blocked, model, c.name, c.version))), None)
     if bad_pin:
         return NetbootDecision("hold", f"release pins blocked {bad_pin.component} {bad_pin.version}: "
                                        f"{bad_pin.reason}", name, release_id)
@@ -102,19 +109,19 @@ def decide(node: dict[str, Any] | None, state: str, release_id: str | None, rele
     running_blocked = next((b for comp, ver in sorted(observed.items())
                             if (b := find_blocked(blocked, model, comp, ver))), None)
     unknown = not observed
-    todo = tuple(FlashItem(c["name"], c["version"], observed.get(c["name"]), c["method"], c["image"])
-                 for c in pins if observed.get(c["name"]) != c["version"])
+    todo = tuple(FlashItem(c.name, c.version, observed.get(c.name), c.method, c.image.model_dump())
+                 for c in pins if observed.get(c.name) != c.version)
 
     if state in WANTS_FLASH | WANTS_INSTALL and todo and (state in WANTS_FLASH or running_blocked or unknown):
         why = (f"runs blocked {running_blocked.component} {running_blocked.version}; re-provisioning to the pins"
                if running_blocked else "firmware never reported; flashing to the pins" if unknown
                else f"{len(todo)} component(s) differ from the release")
-        return NetbootDecision("flash", why, name, release_id, release_doc["boot"]["flasher"], todo)
+        return NetbootDecision("flash", why, name, release_id, release.boot.flasher, todo)
     if running_blocked:
         return NetbootDecision("hold", f"runs blocked {running_blocked.component} {running_blocked.version}: "
                                        f"{running_blocked.reason}", name, release_id)
     if state in WANTS_INSTALL and installed_release != release_id:
         return NetbootDecision("install", f"reimage to release {release_id[:12]}", name, release_id,
-                               node["boot_profile"])
+                               node.boot_profile)
     return NetbootDecision("local", "nothing to do: firmware and image match the release"
                            if not todo else "firmware differs but no re-provision is scheduled", name, release_id)

@@ -1,7 +1,8 @@
 """Rendering boot configs (iPXE, pxelinux, GRUB, flasher JSON) from a release's frozen templates.
 
 Templates are read from the content-addressed store by the digests the release recorded, with
-StrictUndefined: a template that names a missing variable is a render error, never a blank.
+StrictUndefined: a template that names a missing variable is a render error, never a blank. The
+release is read through its typed view: `node` and `profile` are the spec's models in the templates.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ import jinja2
 from provisioner.errors import NetbootError
 from provisioner.netboot.gate import NetbootDecision
 from provisioner.releases.artifacts import ArtifactStore
+from provisioner.releases.view import ReleaseView
+from provisioner.spec.models import Node
 
 
-def template_name(decision: NetbootDecision, kind: str, release_doc: dict | None) -> str:
+def template_name(decision: NetbootDecision, kind: str, release: ReleaseView | None) -> str:
     action = decision.action
     if kind == "ipxe":
         if action in ("install", "flash"):
-            prof = next(p for p in release_doc["boot"]["profiles"] if p["name"] == decision.profile)
-            return prof["template"]
+            prof = release.profile(decision.profile) if release is not None else None
+            if prof is None:
+                raise NetbootError(f"boot profile {decision.profile!r} is not part of the release")
+            return prof.template
         return f"{'local' if action == 'unknown' else action}.ipxe.j2"
     if kind in ("pxelinux", "grub"):
         return f"{kind}/{'local' if action == 'unknown' else action}.cfg.j2"
@@ -56,11 +61,11 @@ class Renderer:
                 self._envs[release_id] = env
         return env
 
-    def render(self, decision: NetbootDecision, kind: str, release_id: str, release_doc: dict,
-               variables: dict) -> str:
-        name = template_name(decision, kind, release_doc)
+    def render(self, decision: NetbootDecision, kind: str, release: ReleaseView, variables: dict) -> str:
+        name = template_name(decision, kind, release)
+        release_id = release.id
         try:
-            tpl = self._env(release_id, release_doc["templates"]).get_template(name)
+            tpl = self._env(release_id, release.templates).get_template(name)
             return tpl.render(**variables)
         except jinja2.TemplateNotFound:
             raise NetbootError(f"template {name} is not part of release {release_id[:12]}") from None
@@ -71,7 +76,7 @@ class Renderer:
             raise NetbootError(f"render error in template {name}: " + " ".join(str(e).split())) from None
 
 
-def context_for(decision: NetbootDecision, release_doc: dict | None, node: dict | None, *, mac: str,
+def context_for(decision: NetbootDecision, release: ReleaseView | None, node: Node | None, *, mac: str,
                 http_base: str, token: str | None) -> dict:
     """The variables every template may use."""
     host = http_base.split("://", 1)[-1].rstrip("/")
@@ -82,14 +87,12 @@ def context_for(decision: NetbootDecision, release_doc: dict | None, node: dict 
     def artifact_url(digest: str) -> str:
         return f"{http_base}{artifact_path(digest)}"
 
-    profile = None
-    if release_doc and decision.profile:
-        profile = next(p for p in release_doc["boot"]["profiles"] if p["name"] == decision.profile)
-    name = node["name"] if node else mac
+    profile = release.profile(decision.profile) if release is not None and decision.profile else None
+    name = node.name if node else mac
     return {
         "node": node or {"name": mac},
         "mac": mac,
-        "site": release_doc["site"] if release_doc else "",
+        "site": release.site if release is not None else "",
         "release_id": decision.release_id or "",
         "reason": decision.reason,
         "profile": profile,

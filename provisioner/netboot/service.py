@@ -18,6 +18,8 @@ from provisioner.netboot.limits import Limits, RateLimit
 from provisioner.netboot.render import Renderer, context_for
 from provisioner.observability import metrics
 from provisioner.releases.artifacts import ArtifactStore
+from provisioner.releases.view import ReleaseView
+from provisioner.spec.models import Node
 from provisioner.states import IllegalTransition, NodeState, next_node_state
 from provisioner.store.boots import Boot, Retention
 from provisioner.store.repo import Store
@@ -63,12 +65,12 @@ def normalize_mac(mac: str) -> str | None:
     return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
 
 
-def boot_images(decision: NetbootDecision, doc: dict | None) -> list[str]:
+def boot_images(decision: NetbootDecision, release: ReleaseView | None) -> list[str]:
     """The digests a boot script for `decision` names (kernel, initrd, rootfs, firmware images)."""
-    if doc is None or not decision.profile:
+    if release is None or not decision.profile:
         return []
-    prof = next((p for p in doc["boot"]["profiles"] if p["name"] == decision.profile), None) or {}
-    out = {prof[k]["sha256"] for k in ("kernel", "initrd", "rootfs") if prof.get(k)}
+    prof = release.profile(decision.profile)
+    out = {ref.sha256 for ref in (prof.kernel, prof.initrd, prof.rootfs) if ref} if prof else set()
     out |= {c.image["sha256"] for c in decision.components}
     return sorted(out)
 
@@ -82,8 +84,7 @@ class BootService:
         self._pruned_at = 0.0
         self.http_base = http_base.rstrip("/")
         self.renderer = Renderer(artifacts)
-        self._releases: dict[str, dict] = {}
-        self._release_nodes: dict[str, dict[str, dict]] = {}  # release -> node name -> node
+        self._releases: dict[str, ReleaseView] = {}  # release id -> its view (nodes validated once)
         self._macs: dict[str, str] = {}
         self._macs_at = 0.0
         self._mac_ttl = mac_cache_seconds
@@ -99,18 +100,19 @@ class BootService:
             name = index.get(mac)
         return name
 
-    def release_doc(self, release_id: str | None) -> dict | None:
+    def release(self, release_id: str | None) -> ReleaseView | None:
+        """The release's typed view, read from the store (verified against its id) once per release."""
         if release_id is None:
             return None
-        doc = self._releases.get(release_id)
-        if doc is None:
-            doc = self.store.get_release(release_id).document  # verified against its id once
-            self._release_nodes[release_id] = {n["name"]: n for r in doc["inventory"]["racks"] for n in r["nodes"]}
-            self._releases[release_id] = doc
-        return doc
+        view = self._releases.get(release_id)
+        if view is None:
+            view = ReleaseView.of(self.store.get_release(release_id))
+            view.node("")  # validate the inventory now, not in the first boot's request
+            self._releases[release_id] = view
+        return view
 
     def decide(self, mac: str):
-        """(decision, node dict from the release or None, release document or None)."""
+        """(decision, the spec's node or None, the release's view or None)."""
         return self._decide(mac)[:3]
 
     def _decide(self, mac: str):
@@ -119,14 +121,14 @@ class BootService:
         row, release_id, blocks = self.store.boot_view(name) if name else (None, None, [])
         if row is None:
             return decide(None, "unknown", None, None, [], {}), None, None, None
-        doc = self.release_doc(release_id)
-        node = self._release_nodes[release_id].get(row["name"]) if doc else None
-        node = node or {"name": row["name"], "model": row["model"], "environment": row["environment"],
-                        "boot_profile": "", "macs": row["macs"]}
+        release = self.release(release_id)
+        node = release.node(row["name"]) if release is not None else None
+        if node is None:  # not in its environment's release (added since, or no release): as the store has it
+            node = Node.model_construct(name=row["name"], model=row["model"], environment=row["environment"],
+                                        boot_profile="", macs=row["macs"])
         blocked = [Blocked(b["component"], b["version"], b["reason"], b["model"]) for b in blocks]
-        d = decide(node, row["state"], release_id, doc, blocked, dict(row["observed"] or {}),
-                   row["installed_release"])
-        return d, node, doc, row.get("live_boot")
+        d = decide(node, row["state"], release, blocked, dict(row["observed"] or {}), row["installed_release"])
+        return d, node, release, row.get("live_boot")
 
     # -- boot configs -------------------------------------------------------------------------
     def boot_config(self, mac: str, kind: str) -> str:
@@ -137,7 +139,7 @@ class BootService:
             raise RateLimited(f"{norm} asked for its boot script too often; at most "
                               f"{self.limits.script_per_second:g}/s after a burst of {self.limits.script_burst}")
         started = time.perf_counter()
-        decision, node, doc, live = self._decide(norm)
+        decision, node, release, live = self._decide(norm)
         metrics.boot(decision.action, kind)
         token = None
         if node:
@@ -145,15 +147,15 @@ class BootService:
                      "details": {"reason": decision.reason, "kind": kind, "release": decision.release_id,
                                  "components": [c.name for c in decision.components]}}
             if decision.release_id:  # every boot of a known node reports back, even a local one
-                token = self.store.boots.for_decision(node["name"], decision.action, decision.release_id,
-                                                      boot_images(decision, doc), event, live)
+                token = self.store.boots.for_decision(node.name, decision.action, decision.release_id,
+                                                      boot_images(decision, release), event, live)
             else:
-                self.store.node_event(node["name"], **event)
+                self.store.node_event(node.name, **event)
             self._maybe_prune()
         if log.isEnabledFor(logging.INFO):  # the line is built only when someone reads it
             log.info(decision.log_line(norm))
-        variables = context_for(decision, doc, node, mac=norm, http_base=self.http_base, token=token)
-        text = self._render(decision, kind, doc, variables)
+        variables = context_for(decision, release, node, mac=norm, http_base=self.http_base, token=token)
+        text = self._render(decision, kind, release, variables)
         log.debug("netboot.rendered mac=%s kind=%s ms=%.2f", norm, kind, (time.perf_counter() - started) * 1000)
         return text
 
@@ -163,10 +165,10 @@ class BootService:
             self._pruned_at = t
             self.store.boots.prune(self.retention)
 
-    def _render(self, decision: NetbootDecision, kind: str, doc: dict | None, variables: dict) -> str:
-        if doc is None:
+    def _render(self, decision: NetbootDecision, kind: str, release: ReleaseView | None, variables: dict) -> str:
+        if release is None:
             return _FALLBACK[kind].format(reason=decision.reason, mac=variables["mac"])
-        return self.renderer.render(decision, kind, decision.release_id, doc, variables)
+        return self.renderer.render(decision, kind, release, variables)
 
     def bootstrap_ipxe(self) -> str:
         return (f"#!ipxe\n# provisioner bootstrap: hand over to HTTP, where the netboot gate decides\n"
@@ -178,11 +180,11 @@ class BootService:
         if boot.action != "flash":
             raise ReportRefused(f"token of {node_name} was issued for {boot.action}, not flash")
         row = self.store.node(node_name)
-        decision, node, doc = self.decide(row.macs[0])
+        decision, node, release = self.decide(row.macs[0])
         if decision.action != "flash" or decision.release_id != boot.release_id:
             raise ReportRefused(f"{node_name} is no longer due a flash ({decision.action}: {decision.reason})")
-        variables = context_for(decision, doc, node, mac=row.macs[0], http_base=self.http_base, token=token)
-        return self.renderer.render(decision, "flasher", decision.release_id, doc, variables)
+        variables = context_for(decision, release, node, mac=row.macs[0], http_base=self.http_base, token=token)
+        return self.renderer.render(decision, "flasher", release, variables)
 
     def tftp_file(self, path: str) -> bytes | None:
         """Resolver for the TFTP server: per-MAC configs and the iPXE bootstrap; None = not found."""

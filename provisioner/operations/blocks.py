@@ -13,7 +13,7 @@ from provisioner.errors import InputError, PolicyViolation
 from provisioner.netboot.gate import find_blocked, release_blocklist
 from provisioner.operations.common import active_blocks, authorise, norm_name
 from provisioner.operations.results import BlockResult, UnblockRequest, UnblockResult
-from provisioner.plan import blocked_pins, pinned_blocked
+from provisioner.plan import pinned_blocked
 from provisioner.policy.authz import Action, Facts, Who
 from provisioner.releases.view import ReleaseView
 from provisioner.rollout.record import RolloutRecord
@@ -84,10 +84,10 @@ def unblock(ctx: Context, component: str, version: str, reason: str, model: str 
         if n.state != NodeState.HELD:
             continue
         rid = ctx.store.current_release_id(n.environment)
-        blocked = blocks + (release_blocklist(ctx.store.get_release(rid).document) if rid else [])
+        blocked = blocks + (release_blocklist(ReleaseView.of(ctx.store.get_release(rid))) if rid else [])
         if any(find_blocked(blocked, n.model, c, v) for c, v in (n.observed or {}).items()):
             continue
-        if rid and blocked_pins(ctx.store.get_release(rid).document, blocks):
+        if rid and pinned_blocked(ReleaseView.of(ctx.store.get_release(rid)), blocks):
             continue  # its release still pins a blocked version: the hold stands
         try:
             ctx.store.transition_node(n.name, "release", f"nothing it runs is blocked (unblocked {component} "

@@ -18,9 +18,10 @@ from provisioner.operations.common import (
     refuse_blocked,
 )
 from provisioner.operations.results import ApprovalResult
-from provisioner.plan import blocked_pins
+from provisioner.plan import pinned_blocked
 from provisioner.policy.authz import Action, Facts, Who, same_person
 from provisioner.policy.gate import GateVerdict, StagingNode, evaluate, rules_in_force, staging_environment
+from provisioner.releases.view import ReleaseView
 from provisioner.rollout.record import RolloutRecord
 from provisioner.spec.models import StagingGate
 from provisioner.store.repo import aware, now
@@ -75,7 +76,7 @@ def approve(ctx: Context, release_ref: str, who=None, comment: str = "", *,
     if outcomes.get("failed", 0) or halted:
         refuse(f"release {rel.short} failed on {staging} ({outcomes.get('failed', 0)} node(s) failed"
                + (f", rollout {halted[-1]} halted" if halted else "") + "); build a fixed release instead")
-    bad = blocked_pins(rel.document, active_blocks(ctx))
+    bad = pinned_blocked(ReleaseView.of(rel), active_blocks(ctx))
     if bad:
         m, c, v, b = bad[0]
         refuse(f"release {rel.short} pins {m} {c} {v}, blocked ({b.reason}); it cannot be approved")

@@ -87,7 +87,7 @@ def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", prog
             if progress:
                 progress({"event": "created", "rollout": rid, "counts": p.counts(), "unreachable": errors,
                           "kind": kind})
-        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
+        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), ReleaseView.of(rel),
                                actor=ctx.actor, progress=progress, leases=leases, environment=env)
         if on_engine:
             on_engine(engine, rid)
@@ -156,8 +156,7 @@ def resume(ctx: Context, rid: int, reason: str, progress: Callable | None = None
         record.resume(rid, ctx.settings.actor, reason=reason, retry_failed=True)
         if progress:
             progress({"event": "resume", "rollout": rid, "kind": r.kind})
-        pol = rel.document["policy"]["rollout"]
-        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
+        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), ReleaseView.of(rel),
                                actor=ctx.settings.actor, progress=progress, leases=leases,
                                environment=r.environment)
         if on_engine:

@@ -1,8 +1,10 @@
 """A frozen release read through the spec's own models: pins per model, nodes, profiles, policy.
 
 The release document is canonical JSON (what the id hashes); code that reads it goes through
-this one typed view instead of string keys into nested dicts. Build it once per release where the
-work starts (`ReleaseView.of(release)`) and pass it down.
+this one typed view instead of string keys into nested dicts: plan, the staging gate, the netboot
+gate, template rendering and the rollout engine. `ReleaseView.of(release)` hands out one view per
+release id (the id is the document's digest, so a view never goes stale): the boot routes ask for
+it per request and validate the inventory once, not per boot.
 
 Releases frozen by an older version may carry keys the models no longer have; `_REMOVED` lists
 them, and they are dropped on reading (the stored document, and so the id, never changes).
@@ -10,6 +12,8 @@ them, and they are dropped on reading (the stored document, and so the id, never
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from functools import cached_property
 
 from provisioner.spec.models import (
@@ -25,6 +29,7 @@ from provisioner.spec.models import (
 
 # (path of a mapping in the document, key the models no longer have)
 _REMOVED = ((("policy", "rollout"), "drift_action"),)
+_CACHED = 16  # views kept by `of`: the releases in force in a few environments, and their predecessors
 
 
 class ReleaseView:
@@ -35,10 +40,24 @@ class ReleaseView:
         self.id = release_id
         self._doc = _without_removed(document)
 
+    _views: OrderedDict[str, ReleaseView] = OrderedDict()
+    _views_lock = threading.Lock()
+
     @classmethod
     def of(cls, release) -> ReleaseView:
-        """The view of a stored `Release` (anything with `.id` and `.document`)."""
-        return cls(release.id, release.document)
+        """The view of a stored `Release` (anything with `.id` and `.document`), shared per release id:
+        a release is immutable and its id the digest of its document (verified when it is read)."""
+        with cls._views_lock:
+            view = cls._views.get(release.id)
+            if view is not None:
+                cls._views.move_to_end(release.id)
+                return view
+        view = cls(release.id, release.document)
+        with cls._views_lock:
+            view = cls._views.setdefault(release.id, view)
+            while len(cls._views) > _CACHED:
+                cls._views.popitem(last=False)
+        return view
 
     @classmethod
     def of_document(cls, release_id: str, document: dict) -> ReleaseView:
@@ -66,6 +85,19 @@ class ReleaseView:
     @cached_property
     def policy(self) -> Policy:
         return Policy.model_validate(self._doc.get("policy") or {})
+
+    @property
+    def site(self) -> str:
+        return self._doc["site"]
+
+    @property
+    def templates(self) -> dict[str, str]:
+        """Template file name -> sha256 of its bytes in the artifact store."""
+        return self._doc["templates"]
+
+    @cached_property
+    def _profiles(self) -> dict[str, BootProfile]:
+        return {p.name: p for p in self.boot.profiles}
 
     @cached_property
     def _nodes(self) -> dict[str, tuple[str, Node]]:
@@ -97,7 +129,7 @@ class ReleaseView:
         return list(self._nodes.values())
 
     def profile(self, name: str) -> BootProfile | None:
-        return next((p for p in self.boot.profiles if p.name == name), None)
+        return self._profiles.get(name)
 
     def allowed(self, model: str) -> dict[str, list[str]]:
         m = self.manifests.get(model)

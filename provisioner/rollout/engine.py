@@ -36,10 +36,13 @@ from provisioner.drivers.base import BmcDriver
 from provisioner.errors import DriverError, LeaseLost, RolloutBusy
 from provisioner.netboot.gate import Blocked
 from provisioner.observability import metrics
-from provisioner.plan import blocked_pins, boot_modes, pins_by_model
+from provisioner.plan import boot_mode, pinned_blocked
+from provisioner.releases.view import ReleaseView
+from provisioner.rollout.callbacks import CallbackWatch
 from provisioner.rollout.lease import Leases, bmc_key, node_key
 from provisioner.rollout.record import RolloutRecord
 from provisioner.rollout.recovery import NeedsHands, recover_out_of_band
+from provisioner.spec.models import FirmwareComponent
 from provisioner.states import STEPS, IllegalTransition, NodeRolloutStatus
 from provisioner.store.repo import Store, now
 
@@ -77,61 +80,18 @@ class RolloutResult:
                 "seconds": round(self.seconds, 2), "unread": self.unread}
 
 
-class CallbackWatch:
-    """One poller for every node waiting on a report (not one query per waiting node per tick)."""
-
-    def __init__(self, record: RolloutRecord, poll: float):
-        self.record, self.poll = record, poll
-        self._inboxes: dict[str, tuple[queue.Queue, int]] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._marker = 0
-
-    def subscribe(self, node: str) -> queue.Queue:
-        since = self.record.last_event_seq()  # only reports after this moment count
-        inbox: queue.Queue = queue.Queue()
-        with self._lock:
-            self._inboxes[node] = (inbox, since)
-            if self._thread is None:
-                self._marker = since
-                self._thread = threading.Thread(target=self._run, name="callback-watch", daemon=True)
-                self._thread.start()
-        return inbox
-
-    def unsubscribe(self, node: str) -> None:
-        with self._lock:
-            self._inboxes.pop(node, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if not self._inboxes:
-                    self._thread = None
-                    return
-            try:
-                for seq, node, event, details in self.record.callbacks_after(self._marker):
-                    self._marker = seq
-                    with self._lock:
-                        inbox, since = self._inboxes.get(node, (None, 0))
-                    if inbox is not None and seq > since:
-                        inbox.put((event, details))
-            except Exception:  # a store hiccup must not strand the waiters; try again next tick
-                log.exception("rollout.callback_watch")
-            time.sleep(self.poll)
-
-
 class RolloutEngine:
-    def __init__(self, store: Store, artifacts, endpoints: dict[str, BmcEndpoint], policy: dict,
-                 release_id: str, release_doc: dict, *, actor: str,
+    def __init__(self, store: Store, artifacts, endpoints: dict[str, BmcEndpoint], release: ReleaseView, *,
+                 actor: str,
                  progress: Callable[[dict], None] | None = None,
                  driver_factory: Callable[[BmcEndpoint], BmcDriver] = open_driver, poll: float = 0.1,
                  leases: Leases | None = None, environment: str | None = None):
         self.store, self.artifacts, self.endpoints = store, artifacts, endpoints
         self.leases = leases
         self.record = RolloutRecord(store, leases, environment)
-        self.policy, self.timeouts = policy, policy["timeouts"]
-        self.release_id, self.doc = release_id, release_doc
-        self.pins = pins_by_model(release_doc)
+        self.policy = release.policy.rollout
+        self.timeouts = self.policy.timeouts
+        self.release, self.release_id = release, release.id
         self.actor, self.progress = actor, metrics.observed_progress(progress)
         self.driver_factory, self.poll = driver_factory, poll
         self._halt = threading.Event()
@@ -195,8 +155,8 @@ class RolloutEngine:
     def _should_halt(self, result: RolloutResult) -> bool:
         if self._halt.is_set():
             return True
-        if len(result.failed) >= self.policy["failure_threshold"]:
-            self._trip(f"{len(result.failed)} node(s) failed (threshold {self.policy['failure_threshold']}): "
+        if len(result.failed) >= self.policy.failure_threshold:
+            self._trip(f"{len(result.failed)} node(s) failed (threshold {self.policy.failure_threshold}): "
                        + self._failure_reason(result))
             return True
         bad = self._blocked_pins()
@@ -219,10 +179,10 @@ class RolloutEngine:
             self._blocks = [Blocked(b["component"], b["version"], b["reason"], b["model"])
                             for b in self.store.active_blocks()]
             self._blocks_at = t
-        return blocked_pins(self.doc, self._blocks)
+        return pinned_blocked(self.release, self._blocks)
 
     def _run_wave(self, rid: int, todo, result: RolloutResult) -> None:
-        limit, per_rack = self.policy["max_concurrency"], self.policy["max_unavailable_per_rack"]
+        limit, per_rack = self.policy.max_concurrency, self.policy.max_unavailable_per_rack
         queue, running, busy_racks = list(todo), {}, {}
         with ThreadPoolExecutor(max(1, min(limit, len(todo)))) as pool:
             while queue or running:
@@ -306,8 +266,13 @@ class RolloutEngine:
                 self.progress({"event": "node_step", "node": node, "step": step})
                 details = self._with_retries(lambda s=step: getattr(self, f"_step_{s}")(driver, row), node, step)
                 ended = (step, "skip" if details.get("skipped") else "end", details, now())
+            # verified: the node's state and event go with the step's end, in one transaction
+            verified = current == "verify"
             self.record.transition(rid, node, ended=ended, status=str(NodeRolloutStatus.DONE), finished_at=now(),
-                                   step="", release=keys)
+                                   step="", release=keys, node_state=(
+                                       "verified", f"verified at release {self.release_id[:12]}",
+                                       {"release_id": self.release_id, "healthy_since": now()}) if verified else None,
+                                   node_event=("rollout", "verified", {"release": self.release_id}) if verified else None)
             ended = None
             with self._lock:
                 result.done.append(node)
@@ -336,8 +301,8 @@ class RolloutEngine:
                 time.sleep(0.2 * 2 ** attempt)
         return {}
 
-    def _pins(self, row) -> dict[str, dict]:
-        return {c["name"]: c for c in self.pins[row.plan["model"]]}
+    def _pins(self, row) -> tuple[FirmwareComponent, ...]:
+        return self.release.pins(row.plan["model"]) or ()
 
     def _check_lease(self) -> None:
         """Before acting on a BMC: a holder frozen past its lease (another may have taken over) stops."""
@@ -351,13 +316,13 @@ class RolloutEngine:
             self._last_read[node] = fw
         return fw
 
-    def _differing(self, driver, row, fresh: bool = True) -> list[dict]:
+    def _differing(self, driver, row, fresh: bool = True) -> list[FirmwareComponent]:
         """Components not at their pin. Before acting, the read of this run's `prepare` will do
         (nothing changed the node since); after any flash, and to verify, the BMC is read afresh."""
         fw = self._last_read.get(row.node) if not fresh else None
         if fw is None:
             fw = self._read(driver, row.node)
-        return [c for c in self._pins(row).values() if fw.get(c["name"]) != c["version"]]
+        return [c for c in self._pins(row) if fw.get(c.name) != c.version]
 
     def _step_prepare(self, driver, row) -> dict:
         return {"firmware": self._read(driver, row.node)}
@@ -369,26 +334,24 @@ class RolloutEngine:
         if flashed:
             self._last_read.pop(row.node, None)
         for c in self._differing(driver, row, fresh=False):
-            if c["method"] != "hpm" or not driver.supports_oob_flash(c["name"]):
+            if c.method != "hpm" or not driver.supports_oob_flash(c.name):
                 continue
-            image = self.artifacts.read(c["image"]["sha256"])  # verified against its digest on read
-            self.record.node_write(row.node, event=("rollout", "oob_flash",
-                                                    {"component": c["name"], "version": c["version"]}))
+            image = self.artifacts.read(c.image.sha256)  # verified against its digest on read
+            self.record.node_write(row.node, event=("rollout", "oob_flash", {"component": c.name, "version": c.version}))
             self._check_lease()
-            driver.flash(c["name"], image, c["image"]["sha256"], c["version"])  # verifies by a fresh read
+            driver.flash(c.name, image, c.image.sha256, c.version)  # verifies by a fresh read
             self._last_read.pop(row.node, None)
-            flashed.append(f"{c['name']} {c['version']}")
+            flashed.append(f"{c.name} {c.version}")
         return {"flashed": flashed} if flashed else {"skipped": True}
 
     def _boot_and_wait(self, driver, row, state: str, wanted: set[str], timeout: float, what: str) -> dict:
-        self.record.node_write(row.node, state=(BOOT_EVENTS[state], f"rollout: {what}"))
-        # the one boot whose reports count: fetching the script again hands out its token, nothing new
-        self.store.boots.expect(row.node, {"flashing": "flash", "installing": "install"}.get(state, "local"),
-                                self.release_id)
+        # with the state, the one boot whose reports count: fetching the script again hands out its token
+        self.record.node_write(row.node, state=(BOOT_EVENTS[state], f"rollout: {what}"), expect_boot=(
+            {"flashing": "flash", "installing": "install"}.get(state, "local"), self.release_id))
         inbox = self.callbacks.subscribe(row.node)
         try:
             self._check_lease()
-            driver.set_one_time_boot("pxe", mode=row.plan.get("boot_mode") or boot_modes(self.doc)[row.node])
+            driver.set_one_time_boot("pxe", mode=row.plan.get("boot_mode") or boot_mode(self.release, row.node))
             driver.power_cycle()  # the contract: a server that is off is powered on (one status read less)
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
@@ -409,17 +372,17 @@ class RolloutEngine:
         if not self._differing(driver, row, fresh=False):
             return {"skipped": True}
         t = self.timeouts
-        out = self._boot_and_wait(driver, row, "flashing", {"flashed"}, t["power"] + t["boot"] + t["flash"],
+        out = self._boot_and_wait(driver, row, "flashing", {"flashed"}, t.power + t.boot + t.flash,
                                   "in-band flash")
         left = self._differing(driver, row)  # never trust the flasher's word alone
         if left:
             raise NodeFailed("after flashing the BMC reports " + ", ".join(
-                f"{c['name']} {self.store.node(row.node).observed.get(c['name'])} (pinned {c['version']})" for c in left))
+                f"{c.name} {self.store.node(row.node).observed.get(c.name)} (pinned {c.version})" for c in left))
         return out
 
     def _step_boot_check(self, driver, row) -> dict:
         t = self.timeouts
-        return self._boot_and_wait(driver, row, "verifying", {"booted"}, t["power"] + t["boot"], "boot check")
+        return self._boot_and_wait(driver, row, "verifying", {"booted"}, t.power + t.boot, "boot check")
 
     def _step_install(self, driver, row) -> dict:
         if self.store.node(row.node).installed_release == self.release_id:
@@ -427,15 +390,12 @@ class RolloutEngine:
             # the node come up on the firmware just flashed: a re-provision never ends unbooted
             return self._step_boot_check(driver, row)
         t = self.timeouts
-        return self._boot_and_wait(driver, row, "installing", {"installed"}, t["power"] + t["boot"] + t["callback"],
+        return self._boot_and_wait(driver, row, "installing", {"installed"}, t.power + t.boot + t.callback,
                                    "install")
 
     def _step_verify(self, driver, row) -> dict:
         left = self._differing(driver, row)
         if left:
             raise NodeFailed("verify: BMC reports " + ", ".join(
-                f"{c['name']} {self.store.node(row.node).observed.get(c['name'])} (pinned {c['version']})" for c in left))
-        self.record.node_write(row.node, state=("verified", f"verified at release {self.release_id[:12]}"),
-                               release_id=self.release_id, healthy_since=now(),
-                               event=("rollout", "verified", {"release": self.release_id}))
-        return {"verified": True}
+                f"{c.name} {self.store.node(row.node).observed.get(c.name)} (pinned {c.version})" for c in left))
+        return {"verified": True}  # the node is marked verified with this step's end (see _run_node_leased)

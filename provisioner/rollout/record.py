@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
 from provisioner.plan import Plan
 from provisioner.rollout.lease import Leases, environment_key
@@ -16,6 +16,19 @@ from provisioner.store.repo import Store, aware, now
 _ADD_EVENT = insert(NodeEventRow.__table__)
 _ADD_STEP = insert(RolloutStepRow.__table__)
 _NODES = NodeRow.__table__
+_ROLLOUT_NODES = RolloutNodeRow.__table__
+_UPDATES: dict[tuple, object] = {}  # (table, fields) -> its UPDATE, built once: every step writes one
+
+
+def _update(table, key: tuple, fields: tuple[str, ...]):
+    """UPDATE `table` SET `fields` WHERE the `key` columns match, with bound parameters (v_FIELD,
+    k_COLUMN), built once: SQLAlchemy then reuses its compiled form instead of building one per step."""
+    stmt = _UPDATES.get((table.name, key, fields))
+    if stmt is None:
+        stmt = (update(table).where(*(table.c[k] == bindparam(f"k_{k}") for k in key))
+                .values(**{f: bindparam(f"v_{f}", type_=table.c[f].type) for f in fields}))
+        _UPDATES[(table.name, key, fields)] = stmt
+    return stmt
 
 
 class RolloutRecord:
@@ -131,13 +144,14 @@ class RolloutRecord:
                         begin=step if phase == "begin" else None)
 
     def transition(self, rid: int, node: str, *, ended: tuple | None = None, begin: str | None = None,
-                   node_state: tuple | None = None, take: tuple[str, ...] = (), release: tuple[str, ...] = (),
-                   **node_fields) -> None:
+                   node_state: tuple | None = None, node_event: tuple | None = None, take: tuple[str, ...] = (),
+                   release: tuple[str, ...] = (), **node_fields) -> None:
         """In one transaction: the row for the step that just ended, (step, phase, details) or
         (step, phase, details, when it ended), the row for the step about to begin, and any change
         to the node's rollout row. Each is committed before the engine goes on, so the log still
         holds every step before and after it happens. `node_state` (event, reason, fields) moves the
-        node along its lifecycle in the same transaction; `release` lets go of leases at the end."""
+        node along its lifecycle in the same transaction, `node_event` (source, event, details) records
+        what happened to it; `release` lets go of leases at the end."""
         at, rows = now(), []
         if ended is not None:
             step, phase, details, *when = ended
@@ -156,25 +170,36 @@ class RolloutRecord:
             if node_state is not None:
                 event, reason, fields = node_state
                 self.store.transition_node(node, event, reason, conn=c, **fields)
+            if node_event is not None:
+                c.execute(_ADD_EVENT, {"node": node, "at": at, "source": node_event[0], "event": node_event[1],
+                                       "details": node_event[2] or {}})
             if release and self.leases is not None:
                 self.leases.release(c, *release)
 
-    def node_write(self, node: str, *, state: tuple | None = None, event: tuple | None = None, **fields) -> None:
+    def node_write(self, node: str, *, state: tuple | None = None, event: tuple | None = None,
+                   expect_boot: tuple | None = None, **fields) -> None:
         """A fenced write of the node: its lifecycle edge `state` (event, reason), other fields,
-        and a node event (source, event, details), in one transaction."""
+        a node event (source, event, details), and the boot the rollout is about to power it on for
+        (`expect_boot`: action, release; see BootLedger.expect), in one transaction."""
+        if expect_boot is not None:
+            self.store.boots.load_key()  # a first boot of the store makes its token key: a write of its own
         with self.write() as c:
             if state is not None:
                 self.store.transition_node(node, state[0], state[1], conn=c, **fields)
             elif fields:
-                c.execute(update(_NODES).where(_NODES.c.name == node).values(**fields, updated_at=now()))
+                fields["updated_at"] = now()
+                c.execute(_update(_NODES, ("name",), tuple(sorted(fields))),
+                          {"k_name": node, **{f"v_{k}": v for k, v in fields.items()}})
             if event is not None:
                 c.execute(_ADD_EVENT, {"node": node, "at": now(), "source": event[0], "event": event[1],
                                        "details": event[2] or {}})
+            if expect_boot is not None:
+                self.store.boots.expect(node, *expect_boot, conn=c)
 
     @staticmethod
     def _set_node(c, rid: int, node: str, fields: dict) -> None:
-        if c.execute(update(RolloutNodeRow).where(RolloutNodeRow.rollout_id == rid, RolloutNodeRow.node == node)
-                     .values(**fields)).rowcount != 1:
+        if c.execute(_update(_ROLLOUT_NODES, ("rollout_id", "node"), tuple(sorted(fields))),
+                     {"k_rollout_id": rid, "k_node": node, **{f"v_{k}": v for k, v in fields.items()}}).rowcount != 1:
             raise LookupError(f"rollout {rid} has no node {node!r}")
 
     def finish(self, rid: int, event: str, reason: str, by: str) -> str:

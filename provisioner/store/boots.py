@@ -18,6 +18,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from types import SimpleNamespace
 
 from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -29,7 +30,7 @@ from provisioner.store.models import BootTokenRow, MetaRow, NodeEventRow, NodeRo
 log = logging.getLogger("provisioner.store")
 
 KEY = "boot_token_key"
-_boots, _events, _meta = BootTokenRow.__table__, NodeEventRow.__table__, MetaRow.__table__
+_boots, _events, _meta, _nodes = BootTokenRow.__table__, NodeEventRow.__table__, MetaRow.__table__, NodeRow.__table__
 CALLBACK_ORDER_LOCK = 0x70726F76  # pg_advisory_xact_lock key: callback events commit in seq order
 
 
@@ -37,7 +38,8 @@ def _in_seq_order(s) -> None:
     """Before writing a callback event: a waiting rollout reads callbacks by rising seq, and
     PostgreSQL hands out seq values before commit, so two reports could become visible out of seq
     order and the reader would step over the later-committed one. They take turns until commit."""
-    if s.get_bind().dialect.name == "postgresql":
+    dialect = s.dialect if hasattr(s, "dialect") else s.get_bind().dialect  # a Connection or a Session
+    if dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CALLBACK_ORDER_LOCK})
 _LIVE = select(_boots).where(_boots.c.node == bindparam("n"), _boots.c.closed_at.is_(None))
 _CLOSE_LIVE = (update(_boots).where(_boots.c.node == bindparam("n"), _boots.c.closed_at.is_(None))
@@ -47,6 +49,15 @@ _CLOSE_ONE = (update(_boots).where(_boots.c.token_sha256 == bindparam("h"), _boo
 _BIND_IMAGES = (update(_boots).where(_boots.c.token_sha256 == bindparam("h"), _boots.c.images.is_(None))
                 .values(images=bindparam("imgs")))
 _ADD_BOOT, _ADD_EVENT = insert(_boots), insert(_events)
+# a report, in Core statements built once (the ORM's unit of work was most of a callback's cost)
+_BOOT_BY_HASH = select(_boots).where(_boots.c.token_sha256 == bindparam("h")).with_for_update()
+_COUNT_REPORT = (update(_boots).where(_boots.c.token_sha256 == bindparam("h"))
+                 .values(reports=bindparam("reports"), closed_at=bindparam("closed_at"), closed_by=bindparam("closed_by")))
+_REPORTED_NODE = (select(_nodes.c.state, _nodes.c.state_reason, _nodes.c.installed_release)
+                  .where(_nodes.c.name == bindparam("n")))
+_UPDATE_NODE = (update(_nodes).where(_nodes.c.name == bindparam("n"))
+                .values(state=bindparam("state"), state_reason=bindparam("state_reason"),
+                        installed_release=bindparam("installed_release"), updated_at=bindparam("at")))
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,11 @@ class BootLedger:
             self._key = bytes.fromhex(value)
         return self._key
 
+    def load_key(self) -> None:
+        """Read (or make) the token key now. Making it is a write of its own: a caller that opens a
+        boot inside its own write transaction (`expect(conn=...)`) loads the key before that begins."""
+        self._secret()
+
     def token(self, boot_id: str) -> str:
         mac = hmac.new(self._secret(), boot_id.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac[:24]).decode()
@@ -125,13 +141,16 @@ class BootLedger:
             conn.execute(_ADD_EVENT, {"node": node, "at": at, **event})
         return token
 
-    def expect(self, node: str, action: str, release_id: str | None) -> None:
+    def expect(self, node: str, action: str, release_id: str | None, *, conn=None) -> None:
         """The rollout is about to power-cycle `node` for `action`: this is the boot reports must fit.
-        Any earlier boot of the node stops taking reports."""
-        with self.db.write() as c:
-            self._open(c, node, action, release_id, "rollout", None,
-                       {"source": "rollout", "event": "boot_expected", "details": {"action": action,
-                                                                                  "release": release_id}})
+        Any earlier boot of the node stops taking reports. In `conn`'s transaction if given (after
+        `load_key()`)."""
+        if conn is None:
+            with self.db.write() as c:
+                return self.expect(node, action, release_id, conn=c)
+        self._open(conn, node, action, release_id, "rollout", None,
+                   {"source": "rollout", "event": "boot_expected", "details": {"action": action,
+                                                                              "release": release_id}})
 
     def end(self, node: str, why: str = "ended") -> None:
         """The rollout stopped waiting for `node`'s boot: late reports of it change nothing."""
@@ -193,21 +212,24 @@ class BootLedger:
     def report(self, node: str, token: str, check, close_with: str | None, event: dict, node_update=None) -> Boot:
         """Take one report of `node`'s live boot: `check(boot)` raises to refuse it; then, in one
         transaction, the boot is closed (`close_with`), `node_update(node_row, boot)` changes the
-        node, and `event` is recorded, so whoever waits for the event sees the node changed."""
-        with self.db.session() as s:
-            row = s.get(BootTokenRow, self._hash(token), with_for_update=True)
+        node, and `event` is recorded, so whoever waits for the event sees the node changed.
+        `node_update` is given the node's state, state_reason and installed_release to change."""
+        h = self._hash(token)
+        with self.db.write() as c:
+            row = c.execute(_BOOT_BY_HASH, {"h": h}).first()
             self._usable(row, node)
             boot = _boot(row)
             check(boot)
-            row.reports = (row.reports or 0) + 1
-            if close_with:
-                row.closed_at, row.closed_by = self.now(), close_with
+            at = self.now()
+            c.execute(_COUNT_REPORT, {"h": h, "reports": (row.reports or 0) + 1,
+                                      "closed_at": at if close_with else row.closed_at,
+                                      "closed_by": close_with if close_with else row.closed_by})
             if node_update is not None:
-                node_row = s.get(NodeRow, node)
+                node_row = SimpleNamespace(**c.execute(_REPORTED_NODE, {"n": node}).one()._asdict())
                 node_update(node_row, boot)
-                node_row.updated_at = self.now()
-            _in_seq_order(s)
-            s.add(NodeEventRow(node=node, at=self.now(), **event))
+                c.execute(_UPDATE_NODE, {"n": node, "at": at, **vars(node_row)})
+            _in_seq_order(c)
+            c.execute(_ADD_EVENT, {"node": node, "at": at, **event})
             return boot
 
     def fail_boots_using(self, digest: str, reason: str) -> list[str]:

@@ -7,21 +7,22 @@ from helpers import REPO
 
 from provisioner.netboot.gate import Blocked, decide
 from provisioner.releases.build import freeze
+from provisioner.releases.view import ReleaseView
 from provisioner.spec.loader import load_spec
 
 REL = freeze(load_spec(REPO))
-DOC = REL.document
-NODE = next(n for r in DOC["inventory"]["racks"] for n in r["nodes"] if n["name"] == "r1n01")
-PINS = {c["name"]: c["version"] for c in DOC["manifests"]["r650"]["components"]}
+VIEW = ReleaseView.of(REL)
+NODE = VIEW.node("r1n01")
+PINS = {c.name: c.version for c in VIEW.pins("r650")}
 BIOS_BLOCK = Blocked("bios", "1.13.2", "boot loop, INC-4411")
 
 
 def gate(state="active", observed=None, blocked=(), installed=None, node=NODE):
-    return decide(node, state, REL.id, DOC, list(blocked), PINS if observed is None else observed, installed)
+    return decide(node, state, VIEW, list(blocked), PINS if observed is None else observed, installed)
 
 
 def test_an_unknown_mac_is_unknown():
-    assert decide(None, "unknown", None, None, [], {}).action == "unknown"
+    assert decide(None, "unknown", None, [], {}).action == "unknown"
 
 
 def test_a_node_at_its_pins_with_nothing_scheduled_boots_locally():
@@ -73,7 +74,7 @@ def test_a_node_that_never_reported_firmware_is_flashed_before_it_is_installed()
 
 
 def test_no_release_means_local_boot():
-    d = decide(NODE, "installing", None, None, [], {})
+    d = decide(NODE, "installing", None, [], {})
     assert d.action == "local" and "no release" in d.reason
 
 

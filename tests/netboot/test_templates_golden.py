@@ -16,14 +16,15 @@ from provisioner.netboot.gate import Blocked, decide
 from provisioner.netboot.render import Renderer, context_for
 from provisioner.releases.artifacts import ArtifactStore
 from provisioner.releases.build import freeze, import_artifacts
+from provisioner.releases.view import ReleaseView
 from provisioner.spec.loader import load_spec
 
 GOLDEN = Path(__file__).parent / "golden"
 REL = freeze(load_spec(REPO))
-DOC = REL.document
-NODE = next(n for r in DOC["inventory"]["racks"] for n in r["nodes"] if n["name"] == "r1n02")
-PINS = {c["name"]: c["version"] for c in DOC["manifests"]["r650"]["components"]}
-MAC = NODE["macs"][0]
+VIEW = ReleaseView.of(REL)
+NODE = VIEW.node("r1n02")
+PINS = {c.name: c.version for c in VIEW.pins("r650")}
+MAC = NODE.macs[0]
 
 SCENARIOS = {
     "install": dict(state="installing", observed=PINS),
@@ -52,10 +53,10 @@ CASES = [(a, k) for a in SCENARIOS for k in ("ipxe", "pxelinux", "grub")] + [("f
 
 @pytest.mark.parametrize("action,kind", CASES, ids=[f"{a}-{k}" for a, k in CASES])
 def test_each_decision_renders_exactly_its_golden_config(renderer, action, kind):
-    d = decide(NODE, SCENARIOS[action]["state"], REL.id, DOC, [], SCENARIOS[action]["observed"])
+    d = decide(NODE, SCENARIOS[action]["state"], VIEW, [], SCENARIOS[action]["observed"])
     assert d.action == action
-    v = context_for(d, DOC, NODE, mac=MAC, http_base="http://10.0.0.1:8080", token="TOKEN")
-    text = renderer.render(d, kind, REL.id, DOC, v)
+    v = context_for(d, VIEW, NODE, mac=MAC, http_base="http://10.0.0.1:8080", token="TOKEN")
+    text = renderer.render(d, kind, VIEW, v)
     check(f"{action}.{kind}", text.replace(REL.id, "RELEASE_ID").replace(REL.id[:12], "RELEASE"))
     if kind == "flasher":
         cfg = json.loads(text)
@@ -65,14 +66,14 @@ def test_each_decision_renders_exactly_its_golden_config(renderer, action, kind)
 
 @pytest.mark.parametrize("kind", ["ipxe", "pxelinux", "grub"])
 def test_an_unknown_mac_renders_a_local_boot(renderer, kind):
-    d = decide(None, "unknown", None, None, [], {})
-    v = context_for(d, DOC, None, mac="52:54:00:ff:ff:ff", http_base="http://10.0.0.1:8080", token=None)
-    check(f"unknown.{kind}", renderer.render(d, kind, REL.id, DOC, v).replace(REL.id[:12], "RELEASE"))
+    d = decide(None, "unknown", None, [], {})
+    v = context_for(d, VIEW, None, mac="52:54:00:ff:ff:ff", http_base="http://10.0.0.1:8080", token=None)
+    check(f"unknown.{kind}", renderer.render(d, kind, VIEW, v).replace(REL.id[:12], "RELEASE"))
 
 
 def test_the_hold_config_says_why_and_boots_nothing_destructive(renderer):
-    d = decide(NODE, "installing", REL.id, DOC, [Blocked("nic", "22.31.6", "link flaps")], PINS)
-    v = context_for(d, DOC, NODE, mac=MAC, http_base="http://h", token="T")
-    text = renderer.render(d, "ipxe", REL.id, DOC, v)
+    d = decide(NODE, "installing", VIEW, [Blocked("nic", "22.31.6", "link flaps")], PINS)
+    v = context_for(d, VIEW, NODE, mac=MAC, http_base="http://h", token="T")
+    text = renderer.render(d, "ipxe", VIEW, v)
     assert "HELD: release pins blocked nic 22.31.6: link flaps" in text
     assert "kernel" not in text and "boot" not in text.replace("#!ipxe", "").split("HELD")[1]

@@ -28,12 +28,12 @@ from provisioner import pipeline
 from provisioner.context import Context, Settings
 from provisioner.errors import PolicyViolation
 from provisioner.netboot.gate import Blocked, decide, find_blocked, release_blocklist
-from provisioner.plan import Observed, blocked_pins, make_plan, pins_by_model
+from provisioner.plan import Observed, make_plan, pinned_blocked
 from provisioner.policy.gate import StagingNode, evaluate
 from provisioner.releases.build import freeze
 from provisioner.releases.view import ReleaseView
 from provisioner.spec.loader import load_spec
-from provisioner.spec.models import StagingGate
+from provisioner.spec.models import Node, StagingGate
 
 EXAMPLE = freeze(load_spec(REPO)).document
 MODELS = sorted(EXAMPLE["manifests"])
@@ -64,8 +64,21 @@ def release_docs(draw):
     return doc
 
 
+def view(doc, rid="R"):
+    return ReleaseView.of_document(rid, doc)
+
+
+def pins_by_model(doc):
+    """model -> its pins as frozen (dicts), in flashing order."""
+    return {model: sorted(m["components"], key=lambda c: (c["order"], c["name"])) for model, m in doc["manifests"].items()}
+
+
+def blocked_pins(doc, runtime):
+    return pinned_blocked(view(doc), runtime)
+
+
 def everything_blocked(doc, runtime):
-    return runtime + release_blocklist(doc)
+    return runtime + release_blocklist(view(doc))
 
 
 def runs_blocked(blocked, model, fw):
@@ -96,7 +109,7 @@ def test_a_plan_never_flashes_a_blocked_version_nor_a_component_at_its_pin(doc, 
        installed=st.sampled_from([None, "R", "older"]))
 def test_the_netboot_gate_never_hands_a_blocked_flash_nor_installs_over_a_blocked_version(doc, runtime, fw, node,
                                                                                             state, installed):
-    d = decide(node, state, "R", doc, runtime, fw, installed)
+    d = decide(Node.model_validate(node), state, view(doc), runtime, fw, installed)
     blocked = everything_blocked(doc, runtime)
     if d.action == "flash":
         assert d.components
@@ -198,7 +211,7 @@ class PurePipeline(RuleBasedStateMachine):
         blocked = everything_blocked(doc, self.runtime)
         observed = [Observed(name, RACK[name], n["spec"]["model"], "staging", dict(n["fw"]), n["installed"])
                     for name, n in self.nodes.items()]
-        for p in make_plan(ReleaseView.of_document(rid, doc), "staging", observed, self.runtime).nodes:
+        for p in make_plan(view(doc, rid), "staging", observed, self.runtime).nodes:
             if p.action in ("nothing", "hold"):
                 continue
             n = self.nodes[p.node]
@@ -206,7 +219,8 @@ class PurePipeline(RuleBasedStateMachine):
             boots = (["flashing"] if p.flashes else []) + (["installing"] if p.action != "reflash" else [])
             for state in boots:
                 n["state"] = state
-                d = decide(n["spec"], state, rid, doc, self.runtime, dict(n["fw"]), n["installed"])
+                d = decide(Node.model_validate(n["spec"]), state, view(doc, rid), self.runtime, dict(n["fw"]),
+                           n["installed"])
                 if d.action == "flash":
                     for c in d.components:
                         assert not find_blocked(blocked, model, c.name, c.version), (p, d)

@@ -55,3 +55,36 @@ def test_the_plan_reads_the_release_through_the_view(release):
         ("s1n01", "nothing", "at the pins, image of this release"),
         ("s1n02", "reprovision", "runs blocked bios 1.12.1 (hangs at POST after a warm reset with SR-IOV enabled)")]
     assert image_key(view, "s1n01").startswith("ubuntu-2404|console=ttyS0,115200n8 ip=dhcp|")
+
+
+def test_one_view_per_release_id_is_shared_by_its_readers(release):
+    assert ReleaseView.of(release) is ReleaseView.of(release)
+    assert ReleaseView.of_document(release.id, release.document) is not ReleaseView.of(release)
+
+
+def test_the_boot_routes_validate_a_release_inventory_once_not_per_boot(spec_dir, tmp_path, monkeypatch):
+    from helpers import built_site
+
+    from provisioner.netboot.service import BootService
+    from provisioner.spec import models
+
+    ctx, rel = built_site(spec_dir, tmp_path / "data", state="installing")
+    ReleaseView._views.pop(rel.id, None)  # as a fresh boot server process finds it
+    validated = []
+    real = models.Inventory.model_validate.__func__
+    monkeypatch.setattr(models.Inventory, "model_validate",
+                        classmethod(lambda cls, *a, **k: validated.append(1) or real(cls, *a, **k)))
+    svc = BootService(ctx.store, ctx.artifacts, "http://127.0.0.1:8080")
+    scripts = [svc.boot_config(n.macs[0], kind) for n in ctx.store.nodes() for kind in ("ipxe", "grub")]
+    assert len(scripts) > 20 and all(f"provisioner.release={rel.id}" in s for s in scripts)
+    assert len(validated) == 1
+
+
+def test_release_diff_reads_both_releases_through_their_views(release):
+    from provisioner.releases.diff import diff_releases
+
+    old = copy.deepcopy(release.document)
+    old["policy"]["rollout"]["drift_action"] = "reprovision"  # frozen before the key was removed: not a change
+    old["manifests"]["r650"]["components"][1]["version"] = "1.12.1"
+    changes = diff_releases(ReleaseView.of_document("old", old), ReleaseView.of(release))
+    assert [str(c) for c in changes] == ["firmware: r650 bios 1.12.1 → 1.13.2"]

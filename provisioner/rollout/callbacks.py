@@ -1,0 +1,55 @@
+"""Waiting for nodes' reports: one poller of the store's callback events for every node a rollout waits on."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from provisioner.rollout.record import RolloutRecord
+
+log = logging.getLogger("provisioner.rollout")
+
+
+class CallbackWatch:
+    """One poller for every node waiting on a report (not one query per waiting node per tick)."""
+
+    def __init__(self, record: RolloutRecord, poll: float):
+        self.record, self.poll = record, poll
+        self._inboxes: dict[str, tuple[queue.Queue, int]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._marker = 0
+
+    def subscribe(self, node: str) -> queue.Queue:
+        since = self.record.last_event_seq()  # only reports after this moment count
+        inbox: queue.Queue = queue.Queue()
+        with self._lock:
+            self._inboxes[node] = (inbox, since)
+            if self._thread is None:
+                self._marker = since
+                self._thread = threading.Thread(target=self._run, name="callback-watch", daemon=True)
+                self._thread.start()
+        return inbox
+
+    def unsubscribe(self, node: str) -> None:
+        with self._lock:
+            self._inboxes.pop(node, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._inboxes:
+                    self._thread = None
+                    return
+            try:
+                for seq, node, event, details in self.record.callbacks_after(self._marker):
+                    self._marker = seq
+                    with self._lock:
+                        inbox, since = self._inboxes.get(node, (None, 0))
+                    if inbox is not None and seq > since:
+                        inbox.put((event, details))
+            except Exception:  # a store hiccup must not strand the waiters; try again next tick
+                log.exception("rollout.callback_watch")
+            time.sleep(self.poll)
