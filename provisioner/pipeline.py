@@ -39,7 +39,8 @@ from provisioner.plan import (
 from provisioner.policy.authz import Action, Decision, Facts, Who, decide, same_person
 from provisioner.policy.gate import GateVerdict, StagingNode, evaluate, rules_in_force, staging_environment
 from provisioner.releases.view import ReleaseView
-from provisioner.rollout.engine import RolloutEngine, RolloutResult
+from provisioner.rollout import handoff
+from provisioner.rollout.engine import RolloutResult
 from provisioner.rollout.lease import Leases, environment_key
 from provisioner.rollout.record import RolloutRecord
 from provisioner.spec.models import StagingGate
@@ -208,8 +209,8 @@ def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", prog
             if progress:
                 progress({"event": "created", "rollout": rid, "counts": p.counts(), "unreachable": errors,
                           "kind": kind})
-        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
-                               actor=ctx.actor, progress=progress, leases=leases, environment=env)
+        engine = handoff.engine_class(ctx)(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
+                                           actor=ctx.actor, progress=progress, leases=leases, environment=env)
         if on_engine:
             on_engine(engine, rid)
         result = engine.run(rid)
@@ -379,9 +380,9 @@ def resume(ctx: Context, rid: int, reason: str, progress: Callable | None = None
         if progress:
             progress({"event": "resume", "rollout": rid, "kind": r.kind})
         pol = rel.document["policy"]["rollout"]
-        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
-                               actor=ctx.settings.actor, progress=progress, leases=leases,
-                               environment=r.environment)
+        engine = handoff.engine_class(ctx)(ctx.store, ctx.artifacts, endpoints(ctx), pol, rel.id, rel.document,
+                                           actor=ctx.settings.actor, progress=progress, leases=leases,
+                                           environment=r.environment)
         if on_engine:
             on_engine(engine, rid)
         return engine.run(rid)

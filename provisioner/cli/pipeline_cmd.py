@@ -61,6 +61,8 @@ class RolloutProgress:
         elif ev == "resume":
             kind = f" ({e['kind']})" if e.get("kind") not in (None, "apply") else ""
             self._say(f"resuming rollout {e['rollout']}{kind} from its record")
+        elif ev == "handoff":
+            self._say(f"rollout {e['rollout']} handed to {e['workers']} worker(s); following it (Ctrl-C interrupts it)")
         elif ev == "wave":
             name = "canary" if e["wave"] == 0 else f"wave {e['wave']}"
             self._say(f"{name}: {', '.join(e['nodes'])}")

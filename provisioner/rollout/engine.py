@@ -37,6 +37,7 @@ from provisioner.errors import DriverError, LeaseLost, RolloutBusy
 from provisioner.netboot.gate import Blocked
 from provisioner.observability import metrics
 from provisioner.plan import blocked_pins, boot_modes, pins_by_model
+from provisioner.rollout import notify
 from provisioner.rollout.lease import Leases, bmc_key, node_key
 from provisioner.rollout.record import RolloutRecord
 from provisioner.rollout.recovery import NeedsHands, recover_out_of_band
@@ -108,6 +109,7 @@ class CallbackWatch:
                 if not self._inboxes:
                     self._thread = None
                     return
+            seen = notify.generation(self.record.store)  # a report after this wakes the wait below
             try:
                 for seq, node, event, details in self.record.callbacks_after(self._marker):
                     self._marker = seq
@@ -117,7 +119,7 @@ class CallbackWatch:
                         inbox.put((event, details))
             except Exception:  # a store hiccup must not strand the waiters; try again next tick
                 log.exception("rollout.callback_watch")
-            time.sleep(self.poll)
+            notify.wait(self.record.store, seen, self.poll)  # LISTEN/NOTIFY on PostgreSQL, a poll on SQLite
 
 
 class RolloutEngine:
@@ -314,10 +316,11 @@ class RolloutEngine:
             self.progress({"event": "node_done", "node": node})
         except (NodeFailed, DriverError, NeedsHands) as e:
             msg = str(e)
+            # the event first: a worker's writes are fenced by the node's lease, let go just below
+            self.record.node_write(node, event=("rollout", "failed", {"rollout": rid, "error": msg}))
             self.record.transition(rid, node, ended=(current, "error", {"error": msg}),
                                    status=str(NodeRolloutStatus.FAILED), error=msg, finished_at=now(),
                                    node_state=(getattr(e, "node_event", "fail"), msg, {}), release=keys)
-            self.record.node_write(node, event=("rollout", "failed", {"rollout": rid, "error": msg}))
             with self._lock:
                 result.failed[node] = msg
             self.progress({"event": "node_failed", "node": node, "error": msg})

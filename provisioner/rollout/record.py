@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from sqlalchemy import func, insert, select, update
 
 from provisioner.plan import Plan
-from provisioner.rollout.lease import Leases, environment_key
+from provisioner.rollout.lease import Leases, environment_key, node_key
 from provisioner.states import UNFINISHED, NodeRolloutStatus, next_rollout_status
 from provisioner.store import audit
 from provisioner.store.models import NodeEventRow, NodeRow, RolloutNodeRow, RolloutRow, RolloutStepRow
@@ -20,17 +20,21 @@ _NODES = NodeRow.__table__
 
 class RolloutRecord:
     """Reads and writes of the rollout tables. Given `leases`, every write first checks (fences)
-    the environment's lease in its own transaction: a holder that lost it writes nothing."""
+    the environment's lease in its own transaction: a holder that lost it writes nothing.
+    `per_node` (a worker, rollout/worker.py): a node's writes fence that node's lease instead, as
+    several workers share one environment."""
 
-    def __init__(self, store: Store, leases: Leases | None = None, environment: str | None = None):
+    def __init__(self, store: Store, leases: Leases | None = None, environment: str | None = None,
+                 per_node: bool = False):
         self.store, self.db = store, store.db
         self.leases, self.key = leases, environment_key(environment) if environment else None
+        self.per_node = per_node
 
     @contextmanager
-    def write(self):
+    def write(self, node: str | None = None):
         with self.db.write() as c:
             if self.leases is not None:
-                self.leases.fence(c, self.key)
+                self.leases.fence(c, node_key(node) if self.per_node and node else self.key)
             yield c
 
     def open_rollout(self, environment: str) -> RolloutRow | None:
@@ -123,7 +127,7 @@ class RolloutRecord:
                                   .order_by(RolloutNodeRow.position)))
 
     def set_node(self, rid: int, node: str, **fields) -> None:
-        with self.write() as c:
+        with self.write(node) as c:
             self._set_node(c, rid, node, fields)
 
     def step(self, rid: int, node: str, step: str, phase: str, details: dict | None = None) -> None:
@@ -146,7 +150,7 @@ class RolloutRecord:
         if begin is not None:
             rows.append({"rollout_id": rid, "node": node, "step": begin, "phase": "begin", "details": {}, "at": at})
             node_fields["step"] = begin
-        with self.write() as c:
+        with self.write(node) as c:
             for key in take:  # the node's and its BMC's leases, with the node's first step
                 self.leases.take(c, key, f"rollout {rid}: {node}")
             if rows:
@@ -162,7 +166,7 @@ class RolloutRecord:
     def node_write(self, node: str, *, state: tuple | None = None, event: tuple | None = None, **fields) -> None:
         """A fenced write of the node: its lifecycle edge `state` (event, reason), other fields,
         and a node event (source, event, details), in one transaction."""
-        with self.write() as c:
+        with self.write(node) as c:
             if state is not None:
                 self.store.transition_node(node, state[0], state[1], conn=c, **fields)
             elif fields:

@@ -36,9 +36,11 @@ CALLBACK_ORDER_LOCK = 0x70726F76  # pg_advisory_xact_lock key: callback events c
 def _in_seq_order(s) -> None:
     """Before writing a callback event: a waiting rollout reads callbacks by rising seq, and
     PostgreSQL hands out seq values before commit, so two reports could become visible out of seq
-    order and the reader would step over the later-committed one. They take turns until commit."""
+    order and the reader would step over the later-committed one. They take turns until commit.
+    The NOTIFY wakes, at commit, whoever waits for reports on any host (rollout/notify.py)."""
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CALLBACK_ORDER_LOCK})
+        s.execute(text("SELECT pg_notify('provisioner_callback', '')"))
 _LIVE = select(_boots).where(_boots.c.node == bindparam("n"), _boots.c.closed_at.is_(None))
 _CLOSE_LIVE = (update(_boots).where(_boots.c.node == bindparam("n"), _boots.c.closed_at.is_(None))
                .values(closed_at=bindparam("at"), closed_by=bindparam("why")))

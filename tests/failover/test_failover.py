@@ -1,0 +1,186 @@
+"""Failover with real processes and a real PostgreSQL: three workers, two boot servers, the lab.
+
+Each round resets the lab's firmware to the factory versions by hand (drift), applies through the
+workers, and breaks something while a node is mid-flash. What must hold, read from the BMCs' own
+logs and the store: the rollout finishes, every component is flashed exactly once per round, the
+node is taken over from its record by reading its BMC first, and a frozen worker writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cluster_site import FACTORY, NODES, Cluster, flashes, log_lengths, round_apply, split_netboot
+from sqlalchemy import text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipeline"))
+from helpers import copy_spec  # noqa: E402
+from pipeline_site import Site, private_octet, tune_spec  # noqa: E402
+
+from provisioner import pipeline  # noqa: E402
+from provisioner.context import Context, Settings  # noqa: E402
+
+LEASE_SECONDS = 3.0  # short, so a takeover waits little; the heartbeat renews every second
+ROUNDS = 10
+FLASH_STEPS = ("oob_flash", "inband_flash")
+
+
+@pytest.fixture(scope="module")
+def cluster(pg_cluster, tmp_path_factory):
+    from provisioner.lab.site import Lab
+
+    tmp = tmp_path_factory.mktemp("failover")
+    url = pg_cluster.create_database(f"failover_{os.getpid()}", template="prov_template")
+    spec = tune_spec(copy_spec(tmp / "spec"), nodes=NODES,
+                     rollout={"canary": 1, "wave_size": 3, "max_concurrency": 3, "max_unavailable_per_rack": 2,
+                              "failure_threshold": 2})
+    data = tmp / "data"
+    site = Site(spec, data, Context(Settings(spec_dir=spec, data_dir=data, actor="alice", db_url=url)), db_url=url)
+    rel = site.build()
+    pipeline.promote(site.ctx, rel, "production", force_gate=True)
+    octet = int(next(n.bmc.address for _, n in site.ctx.spec.nodes()).split(".")[1])
+    c = Cluster(site, octet if octet else private_octet(), LEASE_SECONDS, tmp)
+    try:
+        serves = [c.start_serve(0), c.start_serve(1)]
+        lab = Lab(site.ctx, serve=False, tftp=serves[0][1], http_base=serves[0][0]).start()
+        split_netboot(lab, serves)
+        c.lab = lab
+        for _ in range(3):
+            c.start_worker()
+        c.wait_workers(3)
+        yield c
+    finally:
+        c.stop()
+        if getattr(c, "lab", None) is not None:
+            c.lab.stop()
+            c.lab.second_host.close()
+        pg_cluster.drop_database(f"failover_{os.getpid()}")
+
+
+def to_factory(c: Cluster) -> dict[str, int]:
+    """Flash every node back to the factory version by hand; the log lengths before the round."""
+    for node in sorted(NODES):
+        component, version = FACTORY[node[:2]]
+        if c.lab.site.state(node)["firmware"][component]["active"] != version:
+            c.lab.site.hand_flash(node, component, version)
+    return log_lengths(c.lab)
+
+
+def newest_rollout(c: Cluster) -> int | None:
+    with c.db.connect() as conn:
+        return conn.execute(text("SELECT max(id) FROM rollouts")).scalar()
+
+
+def mid_flash(c: Cluster, after: int | None, step: str, within: float = 60) -> tuple[int, str]:
+    """(rollout, node) once a node of a rollout newer than `after` has begun `step` and not ended it."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with c.db.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT rollout_id, node, phase FROM rollout_steps WHERE rollout_id > :a AND step = :s ORDER BY seq"),
+                {"a": after or 0, "s": step}).all()
+        open_ = {}
+        for rid, node, phase in rows:
+            open_[(rid, node)] = phase == "begin"
+        caught = [k for k, begun in open_.items() if begun]
+        if caught:
+            return caught[0]
+        time.sleep(0.01)
+    raise AssertionError(f"no node began {step} within {within}s")
+
+
+def finish(c: Cluster, apply) -> dict:
+    out, err = apply.communicate(timeout=240)
+    assert apply.returncode == 0, err[-3000:]
+    assert "handed to" in err, err[-2000:]  # the workers ran it, not the apply process
+    result = json.loads(out)
+    assert (result["status"], result["failed"]) == ("done", {}), result
+    assert sorted(result["done"]) == sorted(NODES)
+    return result
+
+
+def assert_flashed_once(c: Cluster, before: dict[str, int]) -> None:
+    for node in sorted(NODES):
+        component, _ = FACTORY[node[:2]]
+        assert flashes(c.lab, node, before[node]) == {component: 1}, (node, c.lab.site.state(node)["log"][before[node]:])
+
+
+def begins(c: Cluster, rid: int, node: str) -> list[str]:
+    with c.db.connect() as conn:
+        return [s for (s,) in conn.execute(text(
+            "SELECT step FROM rollout_steps WHERE rollout_id = :r AND node = :n AND phase = 'begin' ORDER BY seq"),
+            {"r": rid, "n": node})]
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_kill_9_of_the_worker_holding_a_node_mid_flash(cluster, round_):
+    c = cluster
+    before, after = to_factory(c), newest_rollout(c)
+    apply = round_apply(c.site)
+    step = FLASH_STEPS[round_ % 2]  # out-of-band (HPM through the BMC) and in-band (netboot) in turn
+    rid, node = mid_flash(c, after, step)
+    pid = c.holder_pid(node)
+    assert pid is not None
+    victim = c.worker_of(pid)
+    os.kill(pid, signal.SIGKILL)
+    victim.wait(10)
+    c.workers.remove(victim)
+    c.start_worker()  # three again for the next round
+    finish(c, apply)
+    assert_flashed_once(c, before)
+    # taken over from its record: the BMC is read (prepare) before the flash step is tried again
+    steps = begins(c, rid, node)
+    killed_at = steps.index(step)
+    assert steps[killed_at + 1] == "prepare", steps
+    assert sum(s == "prepare" for s in steps) == 2, steps
+
+
+def test_a_postgresql_restart_mid_rollout_loses_nothing(cluster, pg_cluster):
+    c = cluster
+    c.wait_workers(3)
+    before, after = to_factory(c), newest_rollout(c)
+    apply = round_apply(c.site)
+    rid, _ = mid_flash(c, after, "inband_flash")
+    pg_cluster._as_owner(pg_cluster.pg_ctl, "-D", str(pg_cluster.data), "-m", "fast", "-w", "restart")
+    finish(c, apply)
+    assert_flashed_once(c, before)
+    assert all(p.poll() is None for p in c.workers), "a worker exited over the restart"
+    with c.db.connect() as conn:
+        errors = conn.execute(text("SELECT count(*) FROM rollout_steps WHERE rollout_id = :r AND phase = 'error'"),
+                              {"r": rid}).scalar()
+    assert errors == 0
+    verify = c.site.cli("audit", "verify")
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_a_worker_frozen_past_its_lease_writes_nothing_when_it_wakes(cluster):
+    c = cluster
+    c.wait_workers(3)
+    before, after = to_factory(c), newest_rollout(c)
+    apply = round_apply(c.site)
+    rid, node = mid_flash(c, after, "inband_flash")
+    pid = c.holder_pid(node)
+    frozen = c.worker_of(pid)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        finish(c, apply)  # the others take its nodes over once its leases expire
+        assert_flashed_once(c, before)
+        counts = """SELECT (SELECT count(*) FROM rollout_steps), (SELECT count(*) FROM node_events),
+                           (SELECT count(*) FROM audit_log), (SELECT string_agg(node || status || step, ',' ORDER BY node)
+                            FROM rollout_nodes WHERE rollout_id = :r)"""
+        with c.db.connect() as conn:
+            still = conn.execute(text(counts), {"r": rid}).one()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert frozen.wait(30) == 75  # it saw its lease gone and stopped
+    with c.db.connect() as conn:
+        assert conn.execute(text(counts), {"r": rid}).one() == still
+    assert "lease" in c.log_of(frozen) and "stops" in c.log_of(frozen)
+    c.workers.remove(frozen)
+    c.start_worker()
