@@ -387,7 +387,7 @@ class RolloutEngine:
         self.record.node_write(row.node, state=(BOOT_EVENTS[state], f"rollout: {what}"))
         # the one boot whose reports count: fetching the script again hands out its token, nothing new
         self.store.boots.expect(row.node, {"flashing": "flash", "installing": "install"}.get(state, "local"),
-                                self.release_id)
+                                self.release_id, fence=self.record.fence(row.node))
         inbox = self.callbacks.subscribe(row.node)
         try:
             self._check_lease()
@@ -405,7 +405,7 @@ class RolloutEngine:
                     raise NodeFailed(f"{what}: node reported failure: {details.get('error', '?')}")
         finally:
             self.callbacks.unsubscribe(row.node)
-            self.store.boots.end(row.node)  # late reports of this boot change nothing
+            self.store.boots.end(row.node, fence=self.record.fence(row.node))  # late reports change nothing
         raise NodeFailed(f"{what}: no report within {timeout:.0f}s after power-on; presumed boot-looping")
 
     def _step_inband_flash(self, driver, row) -> dict:

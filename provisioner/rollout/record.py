@@ -37,6 +37,13 @@ class RolloutRecord:
                 self.leases.fence(c, node_key(node) if self.per_node and node else self.key)
             yield c
 
+    def fence(self, node: str):
+        """The check `write(node)` starts with, for writes made elsewhere (store/boots.py); None unleased."""
+        if self.leases is None:
+            return None
+        key = node_key(node) if self.per_node else self.key
+        return lambda conn: self.leases.fence(conn, key)
+
     def open_rollout(self, environment: str) -> RolloutRow | None:
         """The unfinished (running, interrupted or halted) rollout of this environment, if any."""
         with self.db.session() as s:

@@ -74,6 +74,7 @@ class Worker:
         """Work until stop() (or `until()` is true); 0, or EXIT_LEASE_LOST when a lease was lost."""
         with self.store.db.write() as c:
             self.leases.take(c, self.key, f"rollout worker, {self.slots} slot(s)")
+        self.leases.renew()  # the lease time counts from now, not from this object's creation
         self.leases.start_heartbeat()
         log.info("worker.start holder=%s slots=%d lease_seconds=%.1f", self.leases.holder, self.slots,
                  self.leases.seconds)

@@ -127,17 +127,21 @@ class BootLedger:
             conn.execute(_ADD_EVENT, {"node": node, "at": at, **event})
         return token
 
-    def expect(self, node: str, action: str, release_id: str | None) -> None:
+    def expect(self, node: str, action: str, release_id: str | None, fence=None) -> None:
         """The rollout is about to power-cycle `node` for `action`: this is the boot reports must fit.
-        Any earlier boot of the node stops taking reports."""
+        Any earlier boot of the node stops taking reports. `fence(conn)`: the writer's lease check, first."""
         with self.db.write() as c:
+            if fence is not None:
+                fence(c)
             self._open(c, node, action, release_id, "rollout", None,
                        {"source": "rollout", "event": "boot_expected", "details": {"action": action,
                                                                                   "release": release_id}})
 
-    def end(self, node: str, why: str = "ended") -> None:
+    def end(self, node: str, why: str = "ended", fence=None) -> None:
         """The rollout stopped waiting for `node`'s boot: late reports of it change nothing."""
         with self.db.write() as c:
+            if fence is not None:
+                fence(c)
             c.execute(_CLOSE_LIVE, {"n": node, "at": self.now(), "why": why})
 
     @staticmethod

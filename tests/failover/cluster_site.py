@@ -49,9 +49,12 @@ class Cluster:
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         self._n += 1
-        out = open(self.logs / f"{name}-{self._n}.log", "w")  # noqa: SIM115 (closed with the process)
-        return subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", *args], env=self.env(),
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        path = self.logs / f"{name}-{self._n}.log"
+        with open(path, "w") as out:
+            p = subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", *args], env=self.env(),
+                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        p.log_path = path
+        return p
 
     def start_serve(self, index: int) -> tuple[str, tuple[str, int]]:
         host = f"127.{self.octet}.200.{index + 1}"
@@ -96,7 +99,7 @@ class Cluster:
         self.db.dispose()
 
     def log_of(self, p: subprocess.Popen) -> str:
-        return Path(p.stdout.name).read_text(errors="replace") if p.stdout else ""
+        return p.log_path.read_text(errors="replace")
 
 
 def _wait_port(host: str, port: int, proc, within: float = 60) -> None:
