@@ -130,6 +130,7 @@ class BootLedger:
     def expect(self, node: str, action: str, release_id: str | None, fence=None) -> None:
         """The rollout is about to power-cycle `node` for `action`: this is the boot reports must fit.
         Any earlier boot of the node stops taking reports. `fence(conn)`: the writer's lease check, first."""
+        self._secret()  # made (a write of its own) before this transaction holds the writer's lock
         with self.db.write() as c:
             if fence is not None:
                 fence(c)

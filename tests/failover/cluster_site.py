@@ -8,8 +8,8 @@ its rack-2 hosts from the second, so a rollout's callbacks arrive through both.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from provisioner.store.db import normalize_url
 
@@ -70,17 +70,23 @@ class Cluster:
         self.workers.append(p)
         return p
 
-    def live_workers(self) -> int:
+    def live_leases(self) -> dict[str, str]:
+        """key -> holder of every lease not expired (read with the store's types: SQLite or PostgreSQL)."""
+        from provisioner.store.models import LeaseRow
+        from provisioner.store.repo import aware, now
+
         with self.db.connect() as c:
-            return c.execute(text("SELECT count(*) FROM leases WHERE key LIKE 'worker:%' AND expires_at > now()")).scalar()
+            rows = c.execute(select(LeaseRow.key, LeaseRow.holder, LeaseRow.expires_at)).all()
+        return {k: h for k, h, exp in rows if aware(exp) > now()}
+
+    def live_workers(self) -> int:
+        return sum(k.startswith("worker:") for k in self.live_leases())
 
     def wait_workers(self, n: int, within: float = 60) -> None:
         _until(lambda: self.live_workers() >= n, within, f"{n} live workers")
 
     def holder_pid(self, node: str) -> int | None:
-        with self.db.connect() as c:
-            holder = c.execute(text("SELECT holder FROM leases WHERE key = :k AND expires_at > now()"),
-                               {"k": f"node:{node}"}).scalar()
+        holder = self.live_leases().get(f"node:{node}")
         return int(holder.split(":")[1]) if holder else None
 
     def worker_of(self, pid: int) -> subprocess.Popen:
@@ -150,5 +156,74 @@ def round_apply(site) -> subprocess.Popen:
                              "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def holder_pid_text(holder: str) -> int:
-    return int(re.split(":", holder)[1])
+def to_factory(c: Cluster) -> dict[str, int]:
+    """Flash every node back to the factory version by hand; the log lengths before the round."""
+    for node in sorted(NODES):
+        component, version = FACTORY[node[:2]]
+        if c.lab.site.state(node)["firmware"][component]["active"] != version:
+            c.lab.site.hand_flash(node, component, version)
+    return log_lengths(c.lab)
+
+
+def newest_rollout(c: Cluster) -> int | None:
+    with c.db.connect() as conn:
+        return conn.execute(text("SELECT max(id) FROM rollouts")).scalar()
+
+
+def mid_flash(c: Cluster, after: int | None, step: str, within: float = 60) -> tuple[int, str]:
+    """(rollout, node) once a node of a rollout newer than `after` has begun `step` and not ended it."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with c.db.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT rollout_id, node, phase FROM rollout_steps WHERE rollout_id > :a AND step = :s ORDER BY seq"),
+                {"a": after or 0, "s": step}).all()
+        open_ = {}
+        for rid, node, phase in rows:
+            open_[(rid, node)] = phase == "begin"
+        caught = [k for k, begun in open_.items() if begun]
+        if caught:
+            return caught[0]
+        time.sleep(0.01)
+    raise AssertionError(f"no node began {step} within {within}s")
+
+
+def finish(c: Cluster, apply) -> dict:
+    out, err = apply.communicate(timeout=240)
+    assert apply.returncode == 0, err[-3000:]
+    assert "handed to" in err, err[-2000:]  # the workers ran it, not the apply process
+    result = json.loads(out)
+    assert (result["status"], result["failed"]) == ("done", {}), result
+    assert sorted(result["done"]) == sorted(NODES)
+    return result
+
+
+def assert_flashed_once(c: Cluster, before: dict[str, int]) -> None:
+    for node in sorted(NODES):
+        component, _ = FACTORY[node[:2]]
+        assert flashes(c.lab, node, before[node]) == {component: 1}, (node, c.lab.site.state(node)["log"][before[node]:])
+
+
+def begins(c: Cluster, rid: int, node: str) -> list[str]:
+    with c.db.connect() as conn:
+        return [s for (s,) in conn.execute(text(
+            "SELECT step FROM rollout_steps WHERE rollout_id = :r AND node = :n AND phase = 'begin' ORDER BY seq"),
+            {"r": rid, "n": node})]
+
+
+def assert_limits_held(c: Cluster, rid: int) -> None:
+    """From the step log, in commit order: the canary ended before wave 1 began; at most 3 nodes
+    (max_concurrency) and 2 per rack at once, counted over every worker."""
+    with c.db.connect() as conn:
+        waves = dict(conn.execute(text("SELECT node, wave FROM rollout_nodes WHERE rollout_id = :r"), {"r": rid}).all())
+        rows = conn.execute(text("SELECT seq, node FROM rollout_steps WHERE rollout_id = :r ORDER BY seq"),
+                            {"r": rid}).all()
+    span: dict[str, list[int]] = {}
+    for seq, node in rows:
+        span.setdefault(node, [seq, seq])[1] = seq
+    canary = [n for n, w in waves.items() if w == 0]
+    assert max(span[n][1] for n in canary) < min(span[n][0] for n, w in waves.items() if w == 1)
+    for seq, _ in rows:
+        busy = [n for n, (a, b) in span.items() if a <= seq <= b]
+        assert len(busy) <= 3, (seq, busy)
+        assert all(sum(n[:2] == rack for n in busy) <= 2 for rack in ("r1", "r2")), (seq, busy)

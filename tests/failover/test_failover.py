@@ -8,15 +8,25 @@ node is taken over from its record by reading its BMC first, and a frozen worker
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from cluster_site import FACTORY, NODES, Cluster, flashes, log_lengths, round_apply, split_netboot
+from cluster_site import (
+    NODES,
+    Cluster,
+    assert_flashed_once,
+    assert_limits_held,
+    begins,
+    finish,
+    mid_flash,
+    newest_rollout,
+    round_apply,
+    split_netboot,
+    to_factory,
+)
 from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipeline"))
@@ -63,59 +73,10 @@ def cluster(pg_cluster, tmp_path_factory):
         pg_cluster.drop_database(f"failover_{os.getpid()}")
 
 
-def to_factory(c: Cluster) -> dict[str, int]:
-    """Flash every node back to the factory version by hand; the log lengths before the round."""
-    for node in sorted(NODES):
-        component, version = FACTORY[node[:2]]
-        if c.lab.site.state(node)["firmware"][component]["active"] != version:
-            c.lab.site.hand_flash(node, component, version)
-    return log_lengths(c.lab)
 
 
-def newest_rollout(c: Cluster) -> int | None:
-    with c.db.connect() as conn:
-        return conn.execute(text("SELECT max(id) FROM rollouts")).scalar()
 
 
-def mid_flash(c: Cluster, after: int | None, step: str, within: float = 60) -> tuple[int, str]:
-    """(rollout, node) once a node of a rollout newer than `after` has begun `step` and not ended it."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with c.db.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT rollout_id, node, phase FROM rollout_steps WHERE rollout_id > :a AND step = :s ORDER BY seq"),
-                {"a": after or 0, "s": step}).all()
-        open_ = {}
-        for rid, node, phase in rows:
-            open_[(rid, node)] = phase == "begin"
-        caught = [k for k, begun in open_.items() if begun]
-        if caught:
-            return caught[0]
-        time.sleep(0.01)
-    raise AssertionError(f"no node began {step} within {within}s")
-
-
-def finish(c: Cluster, apply) -> dict:
-    out, err = apply.communicate(timeout=240)
-    assert apply.returncode == 0, err[-3000:]
-    assert "handed to" in err, err[-2000:]  # the workers ran it, not the apply process
-    result = json.loads(out)
-    assert (result["status"], result["failed"]) == ("done", {}), result
-    assert sorted(result["done"]) == sorted(NODES)
-    return result
-
-
-def assert_flashed_once(c: Cluster, before: dict[str, int]) -> None:
-    for node in sorted(NODES):
-        component, _ = FACTORY[node[:2]]
-        assert flashes(c.lab, node, before[node]) == {component: 1}, (node, c.lab.site.state(node)["log"][before[node]:])
-
-
-def begins(c: Cluster, rid: int, node: str) -> list[str]:
-    with c.db.connect() as conn:
-        return [s for (s,) in conn.execute(text(
-            "SELECT step FROM rollout_steps WHERE rollout_id = :r AND node = :n AND phase = 'begin' ORDER BY seq"),
-            {"r": rid, "n": node})]
 
 
 def restart(pg) -> None:
@@ -124,6 +85,7 @@ def restart(pg) -> None:
             f"-c full_page_writes=off -c max_connections=300")
     pg._as_owner(pg.pg_ctl, "-D", str(pg.data), "-m", "fast", "-w", "stop")
     pg._as_owner(pg.pg_ctl, "-D", str(pg.data), "-o", opts, "-l", str(pg.dir / "log"), "-w", "start")
+
 
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
@@ -142,6 +104,7 @@ def test_kill_9_of_the_worker_holding_a_node_mid_flash(cluster, round_):
     c.start_worker()  # three again for the next round
     finish(c, apply)
     assert_flashed_once(c, before)
+    assert_limits_held(c, rid)
     # taken over from its record: the BMC is read (prepare) before the flash step is tried again
     steps = begins(c, rid, node)
     killed_at = steps.index(step)
