@@ -82,7 +82,7 @@ class Cluster:
     def live_workers(self) -> int:
         return sum(k.startswith("worker:") for k in self.live_leases())
 
-    def wait_workers(self, n: int, within: float = 60) -> None:
+    def wait_workers(self, n: int, within: float = 300) -> None:
         _until(lambda: self.live_workers() >= n, within, f"{n} live workers")
 
     def holder_pid(self, node: str) -> int | None:
@@ -108,7 +108,7 @@ class Cluster:
         return p.log_path.read_text(errors="replace")
 
 
-def _wait_port(host: str, port: int, proc, within: float = 60) -> None:
+def _wait_port(host: str, port: int, proc, within: float = 300) -> None:
     def up():
         if proc.poll() is not None:
             raise AssertionError(f"exited {proc.returncode}")
@@ -170,7 +170,7 @@ def newest_rollout(c: Cluster) -> int | None:
         return conn.execute(text("SELECT max(id) FROM rollouts")).scalar()
 
 
-def mid_flash(c: Cluster, after: int | None, step: str, within: float = 60) -> tuple[int, str]:
+def mid_flash(c: Cluster, after: int | None, step: str, within: float = 300) -> tuple[int, str]:
     """(rollout, node) once a node of a rollout newer than `after` has begun `step` and not ended it."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -189,7 +189,7 @@ def mid_flash(c: Cluster, after: int | None, step: str, within: float = 60) -> t
 
 
 def finish(c: Cluster, apply) -> dict:
-    out, err = apply.communicate(timeout=240)
+    out, err = apply.communicate(timeout=600)
     assert apply.returncode == 0, err[-3000:]
     assert "handed to" in err, err[-2000:]  # the workers ran it, not the apply process
     result = json.loads(out)

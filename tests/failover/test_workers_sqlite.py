@@ -50,7 +50,7 @@ def test_apply_with_no_worker_alive_runs_the_rollout_itself(sqlite_site):
     c = sqlite_site
     before = to_factory(c)
     apply = round_apply(c.site)
-    out, err = apply.communicate(timeout=240)
+    out, err = apply.communicate(timeout=600)
     assert apply.returncode == 0, err[-3000:]
     assert "handed to" not in err
     assert_flashed_once(c, before)
