@@ -58,8 +58,14 @@ def default_seconds() -> float:
         return DEFAULT_SECONDS
 
 
+def host_id() -> str:
+    """This host's name in holder ids: PROVISIONER_HOST_ID if set (processes that share a hostname
+    but not a PID namespace, e.g. containers, must each name their own), else the hostname."""
+    return os.environ.get("PROVISIONER_HOST_ID") or socket.gethostname()
+
+
 def new_holder() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    return f"{host_id()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 def environment_key(env: str) -> str:
@@ -78,7 +84,7 @@ def _dead_here(holder: str) -> bool:
     """The holder ran on this host and its process is gone (a kill -9): no need to wait for expiry."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != host_id() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)

@@ -47,11 +47,12 @@ class Cluster:
         return {**{k: v for k, v in os.environ.items() if k != "PROVISIONER_DB"}, **self.site.env,
                 "PROVISIONER_LEASE_SECONDS": str(self.lease_seconds)}
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def _spawn(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
         self._n += 1
         path = self.logs / f"{name}-{self._n}.log"
         with open(path, "w") as out:
-            p = subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", *args], env=self.env(),
+            p = subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", *args],
+                                 env={**self.env(), **(env or {})},
                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         p.log_path = path
         return p
@@ -66,7 +67,9 @@ class Cluster:
         return f"http://{host}:{http}", (host, tftp)
 
     def start_worker(self) -> subprocess.Popen:
-        p = self._spawn("worker", "worker", "--poll", "0.1", "-v")
+        # each worker a host of its own, as in a real site: a dead worker's nodes are taken over
+        # when its leases expire (on one host, a holder whose process is gone is seen at once)
+        p = self._spawn("worker", "worker", "--poll", "0.1", "-v", env={"PROVISIONER_HOST_ID": f"host{self._n + 1}"})
         self.workers.append(p)
         return p
 

@@ -110,6 +110,7 @@ def test_kill_9_of_the_worker_holding_a_node_mid_flash(cluster, round_):
     killed_at = steps.index(step)
     assert steps[killed_at + 1] == "prepare", steps
     assert sum(s == "prepare" for s in steps) == 2, steps
+    assert any(f"worker.takeover rollout={rid} node={node}" in c.log_of(w) for w in c.workers)
 
 
 def test_a_postgresql_restart_mid_rollout_loses_nothing(cluster, pg_cluster):
