@@ -72,10 +72,7 @@ class Worker:
 
     def run(self, until=None) -> int:
         """Work until stop() (or `until()` is true); 0, or EXIT_LEASE_LOST when a lease was lost."""
-        with self.store.db.write() as c:
-            self.leases.take(c, self.key, f"rollout worker, {self.slots} slot(s)")
-        self.leases.renew()  # the lease time counts from now, not from this object's creation
-        self.leases.start_heartbeat()
+        self._register()
         log.info("worker.start holder=%s slots=%d lease_seconds=%.1f", self.leases.holder, self.slots,
                  self.leases.seconds)
         pool = ThreadPoolExecutor(self.slots, thread_name_prefix="node")
@@ -85,7 +82,8 @@ class Worker:
                     self.leases.check()
                     self._claim_round(pool)
                 except LeaseLost:
-                    break
+                    if self.inflight or not self._fresh_identity():
+                        break
                 except Exception:  # the store went away (a restart): keep the nodes running, try again
                     log.exception("worker.claim_failed")
                 self._reap(self.poll)
@@ -105,6 +103,30 @@ class Worker:
             self.leases.stop()
             self.leases.release_all()
         return 0
+
+    def _register(self) -> None:
+        with self.store.db.write() as c:
+            self.leases.take(c, self.key, f"rollout worker, {self.slots} slot(s)")
+        self.leases.renew()  # the lease time counts from now, not from this object's creation
+        self.leases.start_heartbeat()
+
+    def _fresh_identity(self) -> bool:
+        """Leases lost while no node ran (e.g. the store was away past the lease time): nothing of
+        ours is in flight, so go on as a new holder instead of exiting. False if the store is still away."""
+        old = self.leases
+        try:
+            self.leases = Leases(self.store, seconds=old.seconds)
+            self.engines.clear()  # they hold the old leases
+            self._register()
+        except StoreError:
+            self.leases = old
+            time.sleep(min(1.0, old.seconds / 4))
+            return True  # try again on the next turn (check() raises again until then)
+        old.stop()
+        self.actor = f"worker {self.leases.holder}"
+        log.warning("worker.new_identity was=%s now=%s: leases lost while idle (%s)", old.holder,
+                    self.leases.holder, old.lost)
+        return True
 
     # -- claiming -------------------------------------------------------------------------------
     def _running_rollouts(self) -> list:
