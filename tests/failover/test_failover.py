@@ -36,7 +36,7 @@ from pipeline_site import Site, private_octet, tune_spec  # noqa: E402
 from provisioner import pipeline  # noqa: E402
 from provisioner.context import Context, Settings  # noqa: E402
 
-LEASE_SECONDS = 6.0  # short, so a takeover waits little; long enough for a heartbeat on a loaded machine
+LEASE_SECONDS = 12.0  # short, so a takeover waits little; long enough for heartbeats on a machine at load 100
 ROUNDS = 10
 FLASH_STEPS = ("oob_flash", "inband_flash")
 
