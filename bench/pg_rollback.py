@@ -102,8 +102,9 @@ def main() -> int:
         try:
             for k in counts:
                 while len(workers) < k:
-                    workers.append(subprocess.Popen(cli + ["worker", "--slots", "64"], env=env,
-                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                    with open(work / f"worker-{len(workers) + 1}.log", "w") as out:  # kept if the run fails
+                        workers.append(subprocess.Popen(cli + ["worker", "--slots", "64", "-v"], env=env,
+                                                        stdout=out, stderr=subprocess.STDOUT))
                 while len(live_workers(ctx.store)) < k:
                     time.sleep(0.2)
                 rows.append((f"PostgreSQL, {k} worker(s)", measure(ctx, args.nodes, target, workers, cluster)))
@@ -118,7 +119,9 @@ def main() -> int:
             ctx.store.db.close()
     finally:
         cluster.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work / "sqlite", ignore_errors=True)
+        shutil.rmtree(work / "pg", ignore_errors=True)
+        print(f"worker logs: {work}")
     base = rows[0][1]["wall"]
     print(f"\nload average at the end {loadavg()}\n\n| {args.nodes}-node rollback | status | wall (s) | ÷ SQLite | "
           "engine CPU / node (ms) | of which apply following | PostgreSQL CPU / node (ms) | load average |\n"
