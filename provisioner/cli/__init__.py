@@ -109,8 +109,8 @@ def _oserror(e: OSError) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     from provisioner.cli import audit_cmd, release_cmd  # noqa: F401  (registers commands)
 
-    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd", "observe_cmd", "rollout_cmd", "node_cmd", "user_cmd", "api_cmd", "login_cmd",
-                "db_cmd"):
+    for mod in ("netboot_cmd", "lab_cmd", "pipeline_cmd", "observe_cmd", "rollout_cmd", "node_cmd", "user_cmd",
+                "api_cmd", "login_cmd", "db_cmd", "worker_cmd"):
         try:
             __import__(f"provisioner.cli.{mod}")
         except ModuleNotFoundError as e:

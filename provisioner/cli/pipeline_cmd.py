@@ -62,6 +62,8 @@ class RolloutProgress:
         elif ev == "resume":
             kind = f" ({e['kind']})" if e.get("kind") not in (None, "apply") else ""
             self._say(f"resuming rollout {e['rollout']}{kind} from its record")
+        elif ev == "handoff":
+            self._say(f"rollout {e['rollout']} handed to {e['workers']} worker(s); following it (Ctrl-C interrupts it)")
         elif ev == "wave":
             name = "canary" if e["wave"] == 0 else f"wave {e['wave']}"
             self._say(f"{name}: {', '.join(e['nodes'])}")
@@ -161,6 +163,8 @@ def apply(ctx: Context, target: str, yes: bool, wait: bool):
     release or any node's firmware (read again now) changed since.
     A protected environment asks for confirmation on a terminal; elsewhere it needs --yes.
     One process at a time per environment, node and BMC (leases in the store).
+    While a `provisioner worker` is alive on the store, the rollout is handed to the workers and
+    followed here to its end (Ctrl-C interrupts it); otherwise this process runs it.
     Exit codes: 8 the rollout halted, or ENVIRONMENT is halted (sticky: `rollout resume` or
     `rollout abort` first); 9 another process holds ENVIRONMENT (`--wait` waits); 10 it finished
     but left unreadable nodes alone; 130 interrupted by SIGINT/SIGTERM (resumable: run apply again).

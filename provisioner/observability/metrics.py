@@ -43,6 +43,9 @@ def enable(multiprocess_dir: Path | None = None) -> None:
         bmc=pc.Counter("provisioner_bmc_operations", "BMC operations", ["driver", "operation", "outcome"]),
         rollout_nodes=pc.Counter("provisioner_rollout_nodes", "Nodes a rollout finished with", ["result"]),
         rollout_steps=pc.Counter("provisioner_rollout_steps", "Rollout steps begun", ["step"]),
+        takeovers=pc.Counter("provisioner_lease_takeovers", "Leases taken over from a holder that stopped "
+                             "renewing them (a worker killed or frozen mid-node)", ["kind"]),
+        claims=pc.Counter("provisioner_worker_claims", "Node operations claimed by rollout workers", ["kind"]),
     )
 
 
@@ -105,6 +108,16 @@ def rollout_progress(event: dict) -> None:
         _m.rollout_steps.labels(event["step"]).inc()
     elif kind in ("node_done", "node_failed", "node_halted"):
         _m.rollout_nodes.labels(kind.removeprefix("node_")).inc()
+
+
+def lease_takeover(kind: str) -> None:
+    if _m is not None:
+        _m.takeovers.labels(kind).inc()
+
+
+def worker_claim(kind: str) -> None:
+    if _m is not None:
+        _m.claims.labels(kind).inc()
 
 
 def instrument_flask(app) -> None:

@@ -25,7 +25,8 @@ from provisioner.plan import Plan, make_plan, pinned_blocked, stale_reasons
 from provisioner.policy.authz import Action, Facts
 from provisioner.policy.gate import staging_environment
 from provisioner.releases.view import ReleaseView
-from provisioner.rollout.engine import RolloutEngine, RolloutResult
+from provisioner.rollout import handoff
+from provisioner.rollout.engine import RolloutResult
 from provisioner.rollout.lease import Leases, environment_key
 from provisioner.rollout.record import RolloutRecord
 from provisioner.states import UNFINISHED
@@ -87,8 +88,8 @@ def apply(ctx: Context, env: str, *, kind: str = "apply", reason: str = "", prog
             if progress:
                 progress({"event": "created", "rollout": rid, "counts": p.counts(), "unreachable": errors,
                           "kind": kind})
-        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), ReleaseView.of(rel),
-                               actor=ctx.actor, progress=progress, leases=leases, environment=env)
+        engine = handoff.engine_class(ctx)(ctx.store, ctx.artifacts, endpoints(ctx), ReleaseView.of(rel),
+                                           actor=ctx.actor, progress=progress, leases=leases, environment=env)
         if on_engine:
             on_engine(engine, rid)
         result = engine.run(rid)
@@ -156,9 +157,9 @@ def resume(ctx: Context, rid: int, reason: str, progress: Callable | None = None
         record.resume(rid, ctx.settings.actor, reason=reason, retry_failed=True)
         if progress:
             progress({"event": "resume", "rollout": rid, "kind": r.kind})
-        engine = RolloutEngine(ctx.store, ctx.artifacts, endpoints(ctx), ReleaseView.of(rel),
-                               actor=ctx.settings.actor, progress=progress, leases=leases,
-                               environment=r.environment)
+        engine = handoff.engine_class(ctx)(ctx.store, ctx.artifacts, endpoints(ctx), ReleaseView.of(rel),
+                                           actor=ctx.settings.actor, progress=progress, leases=leases,
+                                           environment=r.environment)
         if on_engine:
             on_engine(engine, rid)
         return engine.run(rid)

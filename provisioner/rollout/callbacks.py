@@ -1,12 +1,13 @@
-"""Waiting for nodes' reports: one poller of the store's callback events for every node a rollout waits on."""
+"""Waiting for nodes' reports: one poller of the store's callback events for every node a rollout waits on
+(woken by NOTIFY on PostgreSQL, whichever boot server took the report; a poll on SQLite)."""
 
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-import time
 
+from provisioner.rollout import notify
 from provisioner.rollout.record import RolloutRecord
 
 log = logging.getLogger("provisioner.rollout")
@@ -43,6 +44,7 @@ class CallbackWatch:
                 if not self._inboxes:
                     self._thread = None
                     return
+            seen = notify.generation(self.record.store)  # a report after this wakes the wait below
             try:
                 for seq, node, event, details in self.record.callbacks_after(self._marker):
                     self._marker = seq
@@ -52,4 +54,4 @@ class CallbackWatch:
                         inbox.put((event, details))
             except Exception:  # a store hiccup must not strand the waiters; try again next tick
                 log.exception("rollout.callback_watch")
-            time.sleep(self.poll)
+            notify.wait(self.record.store, seen, self.poll)  # LISTEN/NOTIFY on PostgreSQL, a poll on SQLite

@@ -279,10 +279,11 @@ class RolloutEngine:
             self.progress({"event": "node_done", "node": node})
         except (NodeFailed, DriverError, NeedsHands) as e:
             msg = str(e)
+            # the event first: a worker's writes are fenced by the node's lease, let go just below
+            self.record.node_write(node, event=("rollout", "failed", {"rollout": rid, "error": msg}))
             self.record.transition(rid, node, ended=(current, "error", {"error": msg}),
                                    status=str(NodeRolloutStatus.FAILED), error=msg, finished_at=now(),
                                    node_state=(getattr(e, "node_event", "fail"), msg, {}), release=keys)
-            self.record.node_write(node, event=("rollout", "failed", {"rollout": rid, "error": msg}))
             with self._lock:
                 result.failed[node] = msg
             self.progress({"event": "node_failed", "node": node, "error": msg})
@@ -365,7 +366,7 @@ class RolloutEngine:
                     raise NodeFailed(f"{what}: node reported failure: {details.get('error', '?')}")
         finally:
             self.callbacks.unsubscribe(row.node)
-            self.store.boots.end(row.node)  # late reports of this boot change nothing
+            self.store.boots.end(row.node, fence=self.record.fence(row.node))  # late reports change nothing
         raise NodeFailed(f"{what}: no report within {timeout:.0f}s after power-on; presumed boot-looping")
 
     def _step_inband_flash(self, driver, row) -> dict:

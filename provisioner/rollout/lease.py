@@ -58,8 +58,14 @@ def default_seconds() -> float:
         return DEFAULT_SECONDS
 
 
+def host_id() -> str:
+    """This host's name in holder ids: PROVISIONER_HOST_ID if set (processes that share a hostname
+    but not a PID namespace, e.g. containers, must each name their own), else the hostname."""
+    return os.environ.get("PROVISIONER_HOST_ID") or socket.gethostname()
+
+
 def new_holder() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    return f"{host_id()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 def environment_key(env: str) -> str:
@@ -78,7 +84,7 @@ def _dead_here(holder: str) -> bool:
     """The holder ran on this host and its process is gone (a kill -9): no need to wait for expiry."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != host_id() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -218,10 +224,19 @@ class Leases:
             self._renewed = time.monotonic()
             return
         started, at = time.monotonic(), now()
-        with self.db.write() as c:
-            n = c.execute(update(_leases).where(_leases.c.holder == self.holder, _leases.c.key.in_(list(held)),
-                                                _leases.c.expires_at > at)
-                          .values(heartbeat_at=at, expires_at=at + timedelta(seconds=self.seconds))).rowcount
+        values = {"heartbeat_at": at, "expires_at": at + timedelta(seconds=self.seconds)}
+        if self.db.engine.dialect.name == "postgresql":
+            # One row per transaction: a transaction of ours holding one lease's row (a fence) and
+            # waiting for another's would deadlock with one UPDATE locking them in another order.
+            n = 0
+            for key in sorted(held):
+                with self.db.write() as c:
+                    n += c.execute(update(_leases).where(_leases.c.key == key, _leases.c.holder == self.holder,
+                                                         _leases.c.expires_at > at).values(**values)).rowcount
+        else:  # one writer at a time: no deadlock, and one commit instead of one per lease
+            with self.db.write() as c:
+                n = c.execute(update(_leases).where(_leases.c.holder == self.holder, _leases.c.key.in_(list(held)),
+                                                    _leases.c.expires_at > at).values(**values)).rowcount
         if n != len(held):  # one let go meanwhile (released: fine), or one expired or taken over (lost)
             with self.db.read() as c:
                 rows = {r.key: r for r in c.execute(select(_leases).where(_leases.c.key.in_(list(held))))}

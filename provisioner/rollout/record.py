@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from sqlalchemy import bindparam, func, insert, select, update
 
 from provisioner.plan import Plan
-from provisioner.rollout.lease import Leases, environment_key
+from provisioner.rollout.lease import Leases, environment_key, node_key
 from provisioner.states import UNFINISHED, NodeRolloutStatus, next_rollout_status
 from provisioner.store import audit
 from provisioner.store.models import NodeEventRow, NodeRow, RolloutNodeRow, RolloutRow, RolloutStepRow
@@ -33,18 +33,29 @@ def _update(table, key: tuple, fields: tuple[str, ...]):
 
 class RolloutRecord:
     """Reads and writes of the rollout tables. Given `leases`, every write first checks (fences)
-    the environment's lease in its own transaction: a holder that lost it writes nothing."""
+    the environment's lease in its own transaction: a holder that lost it writes nothing.
+    `per_node` (a worker, rollout/worker.py): a node's writes fence that node's lease instead, as
+    several workers share one environment."""
 
-    def __init__(self, store: Store, leases: Leases | None = None, environment: str | None = None):
+    def __init__(self, store: Store, leases: Leases | None = None, environment: str | None = None,
+                 per_node: bool = False):
         self.store, self.db = store, store.db
         self.leases, self.key = leases, environment_key(environment) if environment else None
+        self.per_node = per_node
 
     @contextmanager
-    def write(self):
+    def write(self, node: str | None = None):
         with self.db.write() as c:
             if self.leases is not None:
-                self.leases.fence(c, self.key)
+                self.leases.fence(c, node_key(node) if self.per_node and node else self.key)
             yield c
+
+    def fence(self, node: str):
+        """The check `write(node)` starts with, for writes made elsewhere (store/boots.py); None unleased."""
+        if self.leases is None:
+            return None
+        key = node_key(node) if self.per_node else self.key
+        return lambda conn: self.leases.fence(conn, key)
 
     def open_rollout(self, environment: str) -> RolloutRow | None:
         """The unfinished (running, interrupted or halted) rollout of this environment, if any."""
@@ -136,7 +147,7 @@ class RolloutRecord:
                                   .order_by(RolloutNodeRow.position)))
 
     def set_node(self, rid: int, node: str, **fields) -> None:
-        with self.write() as c:
+        with self.write(node) as c:
             self._set_node(c, rid, node, fields)
 
     def step(self, rid: int, node: str, step: str, phase: str, details: dict | None = None) -> None:
@@ -160,7 +171,7 @@ class RolloutRecord:
         if begin is not None:
             rows.append({"rollout_id": rid, "node": node, "step": begin, "phase": "begin", "details": {}, "at": at})
             node_fields["step"] = begin
-        with self.write() as c:
+        with self.write(node) as c:
             for key in take:  # the node's and its BMC's leases, with the node's first step
                 self.leases.take(c, key, f"rollout {rid}: {node}")
             if rows:
@@ -183,7 +194,7 @@ class RolloutRecord:
         (`expect_boot`: action, release; see BootLedger.expect), in one transaction."""
         if expect_boot is not None:
             self.store.boots.load_key()  # a first boot of the store makes its token key: a write of its own
-        with self.write() as c:
+        with self.write(node) as c:
             if state is not None:
                 self.store.transition_node(node, state[0], state[1], conn=c, **fields)
             elif fields:

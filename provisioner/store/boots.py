@@ -37,10 +37,12 @@ CALLBACK_ORDER_LOCK = 0x70726F76  # pg_advisory_xact_lock key: callback events c
 def _in_seq_order(s) -> None:
     """Before writing a callback event: a waiting rollout reads callbacks by rising seq, and
     PostgreSQL hands out seq values before commit, so two reports could become visible out of seq
-    order and the reader would step over the later-committed one. They take turns until commit."""
+    order and the reader would step over the later-committed one. They take turns until commit.
+    The NOTIFY wakes, at commit, whoever waits for reports on any host (rollout/notify.py)."""
     dialect = s.dialect if hasattr(s, "dialect") else s.get_bind().dialect  # a Connection or a Session
     if dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CALLBACK_ORDER_LOCK})
+        s.execute(text("SELECT pg_notify('provisioner_callback', '')"))
 _LIVE = select(_boots).where(_boots.c.node == bindparam("n"), _boots.c.closed_at.is_(None))
 _CLOSE_LIVE = (update(_boots).where(_boots.c.node == bindparam("n"), _boots.c.closed_at.is_(None))
                .values(closed_at=bindparam("at"), closed_by=bindparam("why")))
@@ -141,20 +143,26 @@ class BootLedger:
             conn.execute(_ADD_EVENT, {"node": node, "at": at, **event})
         return token
 
-    def expect(self, node: str, action: str, release_id: str | None, *, conn=None) -> None:
+    def expect(self, node: str, action: str, release_id: str | None, *, conn=None, fence=None) -> None:
         """The rollout is about to power-cycle `node` for `action`: this is the boot reports must fit.
         Any earlier boot of the node stops taking reports. In `conn`'s transaction if given (after
-        `load_key()`)."""
+        `load_key()`, the caller's fenced write); else in one of its own, `fence(conn)` (the writer's
+        lease check) first."""
         if conn is None:
+            self.load_key()  # made (a write of its own) before this transaction holds the writer's lock
             with self.db.write() as c:
+                if fence is not None:
+                    fence(c)
                 return self.expect(node, action, release_id, conn=c)
         self._open(conn, node, action, release_id, "rollout", None,
                    {"source": "rollout", "event": "boot_expected", "details": {"action": action,
                                                                               "release": release_id}})
 
-    def end(self, node: str, why: str = "ended") -> None:
+    def end(self, node: str, why: str = "ended", fence=None) -> None:
         """The rollout stopped waiting for `node`'s boot: late reports of it change nothing."""
         with self.db.write() as c:
+            if fence is not None:
+                fence(c)
             c.execute(_CLOSE_LIVE, {"n": node, "at": self.now(), "why": why})
 
     @staticmethod

@@ -25,6 +25,7 @@ from provisioner.errors import StoreError
 from provisioner.store.errors import mask_url, store_errors
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+IDLE_TX_SECONDS = 5.0  # below the leases' time (rollout/lease.py): a frozen client's locks go first
 
 
 def default_url(data_dir: Path) -> str:
@@ -75,8 +76,13 @@ def make_engine(url: str) -> Engine:
         return engine
     # A PostgreSQL connection costs a backend process: keep the ones a rollout's workers use open
     # (an overflow connection is closed on return). pre_ping replaces a connection the server
-    # dropped (a restart) instead of failing the operation that drew it.
-    return create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=48)
+    # dropped (a restart) instead of failing the operation that drew it. A process frozen inside
+    # a transaction (SIGSTOP, a paused VM) would hold its row locks (a rollout being claimed, a
+    # lease being fenced) for as long as it stays frozen, so the server ends a transaction left
+    # idle longer than IDLE_TX_SECONDS: no transaction here waits on anything but the database.
+    idle_ms = int(1000 * float(os.environ.get("PROVISIONER_PG_IDLE_TX_SECONDS", IDLE_TX_SECONDS)))
+    return create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=48,
+                         connect_args={"options": f"-c idle_in_transaction_session_timeout={idle_ms}"})
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

@@ -183,6 +183,8 @@ class RolloutStepRow(Base):
     """The durable step log: a row before each step begins and one after it ends."""
 
     __tablename__ = "rollout_steps"
+    # migration 0009: a worker taking a node over reads that node's finished steps
+    __table_args__ = (Index("ix_rollout_steps_rollout_node", "rollout_id", "node"),)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     rollout_id: Mapped[int] = mapped_column(Integer, index=True)
     node: Mapped[str] = mapped_column(String(64))

@@ -14,7 +14,7 @@ from helpers import REPO, need_tool
 
 UNITS = sorted((REPO / "deploy" / "systemd").glob("*.service"))
 INSTALLED = "/opt/provisioner/venv/bin/provisioner"
-PENDING = {"worker", "api"}  # commands the units are written for ahead of time (see their NOTE)
+PENDING = {"api"}  # commands the units are written for ahead of time (see their NOTE)
 
 
 def env_example() -> dict[str, str]:
