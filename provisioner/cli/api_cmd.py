@@ -20,15 +20,21 @@ from provisioner.context import Context
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The certificate's private key (PEM).")
 @click.option("--threads", default=32, show_default=True, type=click.IntRange(2), help="Request threads.")
+@click.option("--checkpoints/--no-checkpoints", default=True, show_default=True,
+              help="Sign checkpoints of the audit chain's head (DATA/site.yaml: audit_checkpoints); "
+                   "--no-checkpoints where another process on this host signs them.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every refusal and error (INFO) to stderr.")
 @click.pass_obj
-def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, threads: int, verbose: bool):
+def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, threads: int, checkpoints: bool,
+        verbose: bool):
     """Run the operator API (JSON under /api/v1) until interrupted.
 
     \b
     Every call is authenticated (an API token: `Authorization: Bearer prv_...`, or a session from
     POST /api/v1/session) and authorised by the roles matrix. Without --tls-cert/--tls-key it
     speaks plain HTTP and its session cookie is not marked Secure: keep it on loopback then.
+    While it runs it signs checkpoints of the audit chain's head (every N entries and M minutes,
+    DATA/site.yaml) into the checkpoint file and the log: `audit verify` holds the chain to them.
     The OpenAPI document is at /api/v1/openapi.json; the web console for approvers and on-call is
     at /console/ (its session cookie is Secure: serve it with TLS, or on loopback only).
 
@@ -65,13 +71,31 @@ def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, th
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    signing = _start_signer(ctx, stop) if checkpoints else None
     click.echo(f"operator API on {server.scheme}://{server.host}:{server.port}/api/v1 "
                f"(OpenAPI: /api/v1/openapi.json); Ctrl-C stops it", err=True)
     stop.wait()
     console.console.closing.set()  # open console event streams end at their next look
     server.stop()
     deps.workers.shutdown(wait=True)  # running rollouts drain, recorded interrupted (resumable)
+    if signing is not None:
+        signing.join(30)  # its last checkpoint covers what the drained rollouts wrote
     return 0
+
+
+def _start_signer(ctx: Context, stop: threading.Event) -> threading.Thread:
+    """The audit chain's anchor (issue: an emptied or rewritten store must not verify): the head is
+    signed once now, then every N entries and M minutes, and once more when the server stops."""
+    from provisioner.operations.audit import checkpoint_paths
+    from provisioner.store.checkpoints import Checkpointer
+
+    key, file = checkpoint_paths(ctx)
+    cfg = ctx.site.audit_checkpoints
+    signer = Checkpointer(ctx.store, key, file, cfg.every_entries, cfg.every_minutes * 60)
+    signer.tick()
+    thread = threading.Thread(target=signer.run, args=(stop,), name="audit-checkpoints", daemon=True)
+    thread.start()
+    return thread
 
 
 api.prints_no_data = True  # a server: it logs, it prints no data

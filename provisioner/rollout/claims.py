@@ -29,6 +29,7 @@ from sqlalchemy import func, select, update
 from provisioner.errors import RolloutBusy
 from provisioner.observability import metrics
 from provisioner.rollout.lease import Leases, _dead_here, bmc_key, environment_key, node_key
+from provisioner.spec.models import RolloutPolicy
 from provisioner.states import next_rollout_status
 from provisioner.store import audit
 from provisioner.store.models import LeaseRow, RolloutNodeRow, RolloutRow
@@ -73,7 +74,7 @@ def environment_held(store: Store, environment: str) -> bool:
         return bool(_live(c, [environment_key(environment)], ""))
 
 
-def claim(store: Store, leases: Leases, rid: int, policy: dict, endpoints: dict, *, by: str,
+def claim(store: Store, leases: Leases, rid: int, policy: RolloutPolicy, endpoints: dict, *, by: str,
           blocked: str = "") -> Claimed | str:
     """The next node of rollout `rid` this worker may run, its leases taken; or BUSY / STOPPED.
     `blocked`: why the release may not go on (a block covering one of its pins), if it may not."""
@@ -88,7 +89,7 @@ def claim(store: Store, leases: Leases, rid: int, policy: dict, endpoints: dict,
         return BUSY
 
 
-def _claim(s, conn, leases: Leases, rid: int, policy: dict, endpoints: dict, by: str, blocked: str,
+def _claim(s, conn, leases: Leases, rid: int, policy: RolloutPolicy, endpoints: dict, by: str, blocked: str,
            taken: list[str]):
     r = _lock_rollout(conn, rid)
     if r is None:
@@ -99,8 +100,8 @@ def _claim(s, conn, leases: Leases, rid: int, policy: dict, endpoints: dict, by:
                         .where(_N.c.rollout_id == rid, _N.c.status.in_(("pending", "running", "failed")))
                         .order_by(_N.c.wave, _N.c.position)).all()
     failed = [x for x in rows if x.status == "failed"]
-    if len(failed) >= policy["failure_threshold"]:
-        return _end(s, r, "halt", f"{len(failed)} node(s) failed (threshold {policy['failure_threshold']}): "
+    if len(failed) >= policy.failure_threshold:
+        return _end(s, r, "halt", f"{len(failed)} node(s) failed (threshold {policy.failure_threshold}): "
                     + "; ".join(f"{x.node}: {x.error}" for x in sorted(failed)), by)
     if blocked:
         return _end(s, r, "halt", blocked, by)
@@ -119,8 +120,8 @@ def _claim(s, conn, leases: Leases, rid: int, policy: dict, endpoints: dict, by:
         racks[x.rack] = racks.get(x.rack, 0) + 1
     wave = active[0].wave
     fresh = [x for x in active if x.status == "pending" and x.wave == wave]
-    room = policy["max_concurrency"] - len(running)
-    candidates = orphans + [x for x in fresh if room > 0 and racks.get(x.rack, 0) < policy["max_unavailable_per_rack"]]
+    room = policy.max_concurrency - len(running)
+    candidates = orphans + [x for x in fresh if room > 0 and racks.get(x.rack, 0) < policy.max_unavailable_per_rack]
     bmcs = {x.node: bmc_key(endpoints[x.node].address, endpoints[x.node].port) for x in candidates}
     busy_bmcs = _live(conn, sorted(set(bmcs.values())), leases.holder)
     for x in candidates:

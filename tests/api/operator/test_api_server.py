@@ -97,3 +97,24 @@ def test_extra_blueprints_share_the_app_and_its_authentication_stays_theirs(spec
     signed = client.post("/api/v1/session", json={"username": "dana", "password": "correct horse battery"})
     assert signed.status_code == 201
     assert client.get("/console/me").data == b"dana"
+
+
+def test_the_api_server_anchors_the_audit_chain_with_checkpoints_it_signs(spec_dir, tmp_path):
+    data = tmp_path / "data"
+    ctx = Context(Settings(spec_dir=spec_dir, data_dir=data, actor="alice"))
+    ctx.store.accounts.add("bob", "approver", "test set-up", password="correct horse battery")
+    base = [sys.executable, "-m", "provisioner", "--spec", str(spec_dir), "--data", str(data)]
+    proc = subprocess.Popen([*base, "api", "--bind", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "operator API on http://127.0.0.1:" in line, line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    verify = subprocess.run([*base, "audit", "verify", "--json"], capture_output=True, text=True, timeout=120)
+    report = json.loads(verify.stdout)
+    assert verify.returncode == 0 and report["ok"] and report["checkpoints"] >= 1, verify.stdout + verify.stderr
+    # the store emptied behind the server's back no longer verifies: the signed head is missing
+    (data / "provisioner.db").unlink()
+    emptied = subprocess.run([*base, "audit", "verify"], capture_output=True, text=True, timeout=120)
+    assert emptied.returncode == 6 and "missing" in emptied.stdout + emptied.stderr, emptied.stdout + emptied.stderr
