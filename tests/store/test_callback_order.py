@@ -4,7 +4,7 @@ import threading
 
 import pytest
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Engine
 
 from provisioner.rollout.record import RolloutRecord
 from provisioner.store.db import Database
@@ -27,8 +27,9 @@ def _two_reports_racing(store_url) -> list[str]:
     marker = rollout.last_event_seq()
     inserted, release = threading.Event(), threading.Event()
 
-    def hold_first_report_open(session, _ctx):
-        if threading.current_thread().name == "server-a" and not inserted.is_set():
+    def hold_first_report_open(conn, cursor, statement, *_):
+        if (threading.current_thread().name == "server-a" and not inserted.is_set()
+                and statement.startswith("INSERT INTO node_events")):
             inserted.set()
             release.wait(10)
 
@@ -37,7 +38,7 @@ def _two_reports_racing(store_url) -> list[str]:
                            {"source": "callback", "event": "installed", "details": {}})
 
     seen = []
-    event.listen(Session, "after_flush", hold_first_report_open)
+    event.listen(Engine, "after_cursor_execute", hold_first_report_open)
     try:
         first = threading.Thread(target=report, args=(server_a, "r1n01"), name="server-a")
         second = threading.Thread(target=report, args=(server_b, "r1n02"), name="server-b")
@@ -54,7 +55,7 @@ def _two_reports_racing(store_url) -> list[str]:
         seen += [node for _, node, _, _ in rollout.callbacks_after(marker)]
     finally:
         release.set()
-        event.remove(Session, "after_flush", hold_first_report_open)
+        event.remove(Engine, "after_cursor_execute", hold_first_report_open)
     return seen
 
 

@@ -115,6 +115,7 @@ def test_the_api_server_anchors_the_audit_chain_with_checkpoints_it_signs(spec_d
     report = json.loads(verify.stdout)
     assert verify.returncode == 0 and report["ok"] and report["checkpoints"] >= 1, verify.stdout + verify.stderr
     # the store emptied behind the server's back no longer verifies: the signed head is missing
-    (data / "provisioner.db").unlink()
+    for f in data.glob("provisioner.db*"):  # the database and its WAL
+        f.unlink()
     emptied = subprocess.run([*base, "audit", "verify"], capture_output=True, text=True, timeout=120)
     assert emptied.returncode == 6 and "missing" in emptied.stdout + emptied.stderr, emptied.stdout + emptied.stderr
