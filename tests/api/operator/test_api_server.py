@@ -108,6 +108,11 @@ def test_the_api_server_anchors_the_audit_chain_with_checkpoints_it_signs(spec_d
     try:
         line = proc.stderr.readline()
         assert "operator API on http://127.0.0.1:" in line, line
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)  # the web console rides along
+        conn.request("GET", "/console/login")
+        page = conn.getresponse()
+        assert page.status == 200 and "Sign in" in page.read().decode()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
