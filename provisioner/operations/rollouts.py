@@ -135,16 +135,22 @@ def apply_saved(ctx: Context, saved: dict, *, progress: Callable | None = None,
                  planned=(Plan(p.release_id, env, tuple(n for n in p.nodes if n.node in keep)), left_alone),
                  on_engine=on_engine)
 
-def resume(ctx: Context, rid: int, reason: str, progress: Callable | None = None,
-           on_engine: Callable | None = None) -> RolloutResult:
-    """`rollout resume ID --reason`: an operator lets a halted rollout go on (failed nodes are retried)."""
+def _stopped_rollout(ctx: Context, rid: int, done: str):
+    """The halted or interrupted rollout an operator may resume or abort (the matrix first)."""
     authorise(ctx, ctx.actor, Action.APPLY, f"rollout {rid}")
     record = RolloutRecord(ctx.store)
     r = record.rollout(rid)
     if r is None:
         raise ReleaseError(f"no rollout {rid}; `provisioner rollout list` shows them")
     if r.status not in ("halted", "interrupted"):
-        raise PolicyViolation(f"rollout {rid} is {r.status}: only a halted or interrupted rollout can be resumed")
+        raise PolicyViolation(f"rollout {rid} is {r.status}: only a halted or interrupted rollout can be {done}")
+    return record, r
+
+
+def resume(ctx: Context, rid: int, reason: str, progress: Callable | None = None,
+           on_engine: Callable | None = None) -> RolloutResult:
+    """`rollout resume ID --reason`: an operator lets a halted rollout go on (failed nodes are retried)."""
+    record, r = _stopped_rollout(ctx, rid, "resumed")
     if ctx.store.current_release_id(r.environment) != r.release_id:
         raise PolicyViolation(f"rollout {rid} applied {r.release_id[:12]}, but {r.environment} now points at "
                               f"another release: `provisioner apply {r.environment}` rolls that one out")
@@ -171,13 +177,7 @@ def resume(ctx: Context, rid: int, reason: str, progress: Callable | None = None
 
 def abort(ctx: Context, rid: int, reason: str):
     """`rollout abort ID --reason`: give a halted or interrupted rollout up; the environment is free."""
-    authorise(ctx, ctx.actor, Action.APPLY, f"rollout {rid}")
-    record = RolloutRecord(ctx.store)
-    r = record.rollout(rid)
-    if r is None:
-        raise ReleaseError(f"no rollout {rid}; `provisioner rollout list` shows them")
-    if r.status not in ("halted", "interrupted"):
-        raise PolicyViolation(f"rollout {rid} is {r.status}: only a halted or interrupted rollout can be aborted")
+    record, r = _stopped_rollout(ctx, rid, "aborted")
     leases = Leases(ctx.store)
     try:
         return RolloutRecord(ctx.store, leases, r.environment).abort(rid, ctx.settings.actor, reason)
