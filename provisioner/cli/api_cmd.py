@@ -23,10 +23,15 @@ from provisioner.context import Context
 @click.option("--checkpoints/--no-checkpoints", default=True, show_default=True,
               help="Sign checkpoints of the audit chain's head (DATA/site.yaml: audit_checkpoints); "
                    "--no-checkpoints where another process on this host signs them.")
+@click.option("--oidc-issuer", default=None, metavar="URL",
+              help="Single sign-on for the web console: the OpenID Connect provider's issuer URL.")
+@click.option("--oidc-client-id", default=None, metavar="ID", help="This server's client id at the provider.")
+@click.option("--oidc-redirect", default=None, metavar="URL",
+              help="The console's callback as registered at the provider: https://HOST:PORT/console/oidc/callback")
 @click.option("-v", "--verbose", is_flag=True, help="Log every refusal and error (INFO) to stderr.")
 @click.pass_obj
 def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, threads: int, checkpoints: bool,
-        verbose: bool):
+        oidc_issuer: str | None, oidc_client_id: str | None, oidc_redirect: str | None, verbose: bool):
     """Run the operator API (JSON under /api/v1) until interrupted.
 
     \b
@@ -53,6 +58,7 @@ def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, th
 
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    oidc = _oidc_client(oidc_issuer, oidc_client_id, oidc_redirect)
     if verbose or not logging_asked():
         logs.configure(None, logging.INFO if verbose else logging.WARNING)
     try:
@@ -62,7 +68,7 @@ def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, th
     ctx.spec  # noqa: B018 - load (and check) the spec once, before the first request
     deps = OperatorDeps(ctx, secure_cookie=tls_cert is not None)
     try:
-        console = console_blueprint(ctx, policy=SessionPolicy(secure=tls_cert is not None))
+        console = console_blueprint(ctx, policy=SessionPolicy(secure=tls_cert is not None), oidc=oidc)
         app = create_operator_app(deps, blueprints=[console])
         server = OperatorServer(app, host, port, tls_cert=str(tls_cert) if tls_cert else None,
                                 tls_key=str(tls_key) if tls_key else None, threads=threads).start()
@@ -81,6 +87,24 @@ def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, th
     if signing is not None:
         signing.join(30)  # its last checkpoint covers what the drained rollouts wrote
     return 0
+
+
+def _oidc_client(issuer: str | None, client_id: str | None, redirect: str | None):
+    """The console's OpenID Connect registration, or None; the client secret comes from the
+    environment (PROVISIONER_OIDC_CLIENT_SECRET), never from a command line others can read."""
+    import os
+
+    from provisioner.auth.oidc import OidcClient
+
+    given = [v is not None for v in (issuer, client_id, redirect)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise click.UsageError("--oidc-issuer, --oidc-client-id and --oidc-redirect go together")
+    secret = os.environ.get("PROVISIONER_OIDC_CLIENT_SECRET")
+    if not secret:
+        raise click.UsageError("single sign-on needs the client secret in PROVISIONER_OIDC_CLIENT_SECRET")
+    return OidcClient(issuer.rstrip("/"), client_id, secret, redirect)
 
 
 def _start_signer(ctx: Context, stop: threading.Event) -> threading.Thread:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import signal
 import ssl
@@ -124,3 +125,23 @@ def test_the_api_server_anchors_the_audit_chain_with_checkpoints_it_signs(spec_d
         f.unlink()
     emptied = subprocess.run([*base, "audit", "verify"], capture_output=True, text=True, timeout=120)
     assert emptied.returncode == 6 and "missing" in emptied.stdout + emptied.stderr, emptied.stdout + emptied.stderr
+
+
+def test_the_console_offers_single_sign_on_when_the_api_is_given_a_provider(spec_dir, tmp_path):
+    base = [sys.executable, "-m", "provisioner", "--spec", str(spec_dir), "--data", str(tmp_path / "data"), "api",
+            "--bind", "127.0.0.1:0", "--no-checkpoints", "--oidc-issuer", "http://127.0.0.1:9/realm",
+            "--oidc-client-id", "provisioner", "--oidc-redirect", "https://127.0.0.1/console/oidc/callback"]
+    missing = subprocess.run(base, capture_output=True, text=True, timeout=120,
+                             env={k: v for k, v in os.environ.items() if k != "PROVISIONER_OIDC_CLIENT_SECRET"})
+    assert missing.returncode == 2 and "PROVISIONER_OIDC_CLIENT_SECRET" in missing.stderr, missing.stderr
+    proc = subprocess.Popen(base, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PROVISIONER_OIDC_CLIENT_SECRET": "s3cret"})
+    try:
+        line = proc.stderr.readline()
+        port = int(re.search(r"127\.0\.0\.1:(\d+)/api", line).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/console/login")
+        assert "Sign in with single sign-on" in conn.getresponse().read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
