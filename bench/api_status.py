@@ -55,12 +55,14 @@ def seed(spec: Path, data: Path, nodes: int, clients: int) -> list[str]:
     return tokens
 
 
-def start_api(spec: Path, data: Path, work: Path, token: str) -> tuple[subprocess.Popen, int, int]:
+def start_api(spec: Path, data: Path, work: Path, token: str, threads: int | None = None
+              ) -> tuple[subprocess.Popen, int, int]:
     import http.client
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "provisioner", "--spec", str(spec), "--data", str(data),
-                               "api", "--bind", f"127.0.0.1:{port}"],
+                               "api", "--bind", f"127.0.0.1:{port}",
+                               *(("--threads", str(threads)) if threads else ())],
                               stdout=subprocess.DEVNULL, stderr=open(work / "api.log", "wb"))
     for _ in range(300):
         try:
@@ -83,6 +85,9 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--threads", type=int, help="the API server's worker threads (default: its own default)")
+    ap.add_argument("--py-spy", metavar="FILE", help="profile the API server during the load (py-spy, raw "
+                    "collapsed stacks into FILE)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk not found: apt-get install wrk")
@@ -91,16 +96,21 @@ def main() -> int:
     spec, data = work / "spec", work / "data"
     tokens = seed(spec, data, args.nodes, args.clients)
     (work / "tokens.txt").write_text("\n".join(tokens) + "\n")
-    server, port, seen = start_api(spec, data, work, tokens[0])
+    server, port, seen = start_api(spec, data, work, tokens[0], args.threads)
     if seen != args.nodes:
         raise SystemExit(f"the status lists {seen} nodes, not {args.nodes}")
     try:
         cpu0 = tree_cpu_seconds(server.pid)
+        spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
+                                "-p", str(server.pid), "-r", "200", "--gil", "-d", str(int(args.seconds)), "--format",
+                                "raw", "-o", args.py_spy], stdout=subprocess.DEVNULL) if args.py_spy else None
         out = subprocess.run(["wrk", "-t", "2", "-c", str(args.clients), "-d", f"{int(args.seconds)}s",
                               "--timeout", "10s", "-s", str(ROOT / "bench/wrk_api.lua"), f"http://127.0.0.1:{port}/",
                               "--", str(work / "tokens.txt"), str(args.nodes)],
                              capture_output=True, text=True, timeout=args.seconds + 60)
         cpu = tree_cpu_seconds(server.pid) - cpu0
+        if spy is not None:
+            spy.wait(timeout=60)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=15)

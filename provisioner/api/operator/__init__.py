@@ -87,7 +87,8 @@ def create_operator_app(deps: OperatorDeps, blueprints: list | tuple = ()) -> Fl
 
     def bind(route):
         def view(**kwargs):
-            body = request.get_json(silent=True) if request.data else {}
+            # a GET's body has no meaning (RFC 9110 §9.3.1): not read at all
+            body = {} if request.method == "GET" else request.get_json(silent=True) if request.data else {}
             if not isinstance(body, dict):
                 raise InputError("the request body must be a JSON object")
             call = Call(deps.ctx.acting_as(g.actor), deps, body, request.args.to_dict())

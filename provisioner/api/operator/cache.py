@@ -15,6 +15,7 @@ disabled account can never change anything, and reads stop within `ttl`.
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -85,7 +86,7 @@ class TokenCache:
     def get(self, token: str):
         with self._lock:
             held = self._accounts.get(self._key(token))
-        if held is not None and time.monotonic() - held[0] < self.ttl:
+        if held is not None and time.monotonic() < held[0]:
             return held[1]
         return None
 
@@ -93,4 +94,6 @@ class TokenCache:
         with self._lock:
             if len(self._accounts) >= self.size:
                 self._accounts.clear()
-            self._accounts[self._key(token)] = (time.monotonic(), account)
+            # each entry lives between 3/4 ttl and ttl: clients that started together do not all
+            # look their tokens up again in the same instant
+            self._accounts[self._key(token)] = (time.monotonic() + self.ttl * random.uniform(0.75, 1.0), account)

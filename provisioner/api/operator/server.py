@@ -26,6 +26,10 @@ class OperatorServer:
     def start(self) -> OperatorServer:
         server = wsgi.Server((self.host, self.port), self.app, numthreads=self.threads,
                              server_name="provisioner-api", request_queue_size=1024, timeout=30, shutdown_timeout=2)
+        # cheroot keeps 10 idle keep-alive connections by default and closes every other one after
+        # its answer: automation that polls would reconnect (and renegotiate TLS) on every request.
+        # Idle connections cost no thread (they wait in the selector) and end after `timeout`.
+        server.keep_alive_conn_limit = None
         if self.tls_cert:
             adapter = BuiltinSSLAdapter(self.tls_cert, self.tls_key)
             adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2

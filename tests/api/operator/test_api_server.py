@@ -145,3 +145,26 @@ def test_the_console_offers_single_sign_on_when_the_api_is_given_a_provider(spec
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_many_polling_clients_keep_their_connections(tls_api):
+    """Automation polls over keep-alive connections (and TLS): 20 clients at once must each keep
+    theirs. cheroot's default kept 10 and closed every other one after its answer."""
+    port, trust, token = tls_api
+    conns = [http.client.HTTPSConnection("127.0.0.1", port, context=trust, timeout=60) for _ in range(20)]
+    try:
+        for c in conns:  # all 20 open and served before any asks again
+            c.request("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        answers = [c.getresponse() for c in conns]
+        for r in answers:
+            r.read()
+        assert [(r.status, r.getheader("Connection")) for r in answers] == [(200, None)] * 20  # none says "close"
+        sockets = [c.sock for c in conns]
+        for c in conns:  # the second request goes over the same connection
+            c.request("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+            r = c.getresponse()
+            assert (r.status, json.loads(r.read())["username"]) == (200, "bob")
+        assert [c.sock for c in conns] == sockets
+    finally:
+        for c in conns:
+            c.close()
