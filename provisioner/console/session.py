@@ -13,13 +13,18 @@ CSRF (OWASP's synchroniser token): every POST carries the session's token in a h
 
 from __future__ import annotations
 
+import base64
 import hmac
+import json
 import os
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from itsdangerous import BadSignature, URLSafeSerializer
 
 KEY_FILE = "console-session.key"
@@ -85,6 +90,10 @@ class SessionCodec:
     def __init__(self, key: bytes, policy: SessionPolicy):
         self.policy = policy
         self.serializer = URLSafeSerializer(key, salt="provisioner-console-session")
+        # a pending single sign-on is sealed (encrypted, authenticated) with a key of its own,
+        # derived from the console's: it carries the PKCE verifier, which the browser must not read
+        self._pending = Fernet(base64.urlsafe_b64encode(
+            HKDF(hashes.SHA256(), 32, salt=None, info=b"provisioner-console-oidc-pending").derive(key)))
         self.cookie = "__Host-console" if policy.secure else "console"
 
     def load(self, raw: str | None, now: float | None = None) -> tuple[ConsoleSession, str | None]:
@@ -111,6 +120,17 @@ class SessionCodec:
     def set_cookie(self, response, s: ConsoleSession) -> None:
         response.set_cookie(self.cookie, self.dump(s), httponly=True, secure=self.policy.secure,
                             samesite="Strict", path="/")
+
+    def seal_pending(self, values: dict) -> str:
+        return self._pending.encrypt(json.dumps(values).encode()).decode()
+
+    def open_pending(self, sealed: str, max_age: int) -> dict | None:
+        """A pending sign-on this console sealed less than `max_age` seconds ago, or None."""
+        try:
+            values = json.loads(self._pending.decrypt(sealed.encode(), ttl=max_age))
+        except (InvalidToken, ValueError):
+            return None
+        return values if isinstance(values, dict) and {"state", "nonce", "verifier", "next"} <= values.keys() else None
 
     def begin(self, account_id: int, method: str) -> ConsoleSession:
         """A new session for a sign-in: new CSRF token too (no fixation of a pre-login one)."""

@@ -1,10 +1,12 @@
 """Signing in to the console (a password, or OpenID Connect when configured) and signing out.
 
 A failed sign-in says one line that never tells whether the name exists, and is logged with
-the client address. OIDC's pending logins (state, nonce, PKCE verifier) stay on the server,
-keyed by `state`, for ten minutes, and bound to the browser that began them by a short-lived
-`SameSite=Lax` cookie (Lax: it comes back on the provider's top-level redirect), so a callback
-link sent to someone else cannot sign them in as another person.
+the client address. OIDC's pending login (state, nonce, PKCE verifier, where to go next) travels
+in a short-lived `SameSite=Lax` cookie (Lax: it comes back on the provider's top-level redirect),
+encrypted and authenticated with a key derived from the console's key (Fernet: AES-CBC and
+HMAC-SHA256; the browser can neither read the verifier nor forge a pending login) and valid for
+ten minutes. So a callback link sent to someone else cannot sign them in as another person, and
+any of `provisioner api --processes N`'s processes can finish a sign-in another one began.
 
 The callback answers with a page that moves on by itself (a meta refresh, no script): a
 `SameSite=Strict` session cookie set at the end of a redirect chain that began at the provider
@@ -14,9 +16,6 @@ would not be sent on the chain's next hop.
 from __future__ import annotations
 
 import hmac
-import secrets
-import threading
-import time
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
 
@@ -47,8 +46,6 @@ def _start(actor, method: str, target: str | None):
 
 
 def register(bp: Blueprint) -> None:
-    pending: dict[str, tuple[float, PendingLogin, str, str]] = {}
-    lock = threading.Lock()
     login_cache: list[OidcLogin] = []
 
     def oidc() -> OidcLogin | None:
@@ -92,27 +89,23 @@ def register(bp: Blueprint) -> None:
             p = login.begin()
         except NotAuthenticated as e:
             return refuse(502, str(e))
-        binding = secrets.token_urlsafe(24)
-        with lock:
-            now = time.monotonic()
-            for k in [k for k, v in pending.items() if now - v[0] > PENDING_SECONDS]:
-                del pending[k]
-            pending[p.state] = (now, p, request.args.get("next") or "", binding)
+        sealed = g.codec.seal_pending({"state": p.state, "nonce": p.nonce, "verifier": p.code_verifier,
+                                       "next": request.args.get("next") or ""})
         response = redirect(p.url, 303)
-        response.set_cookie(BINDING_COOKIE, binding, max_age=PENDING_SECONDS, httponly=True,
+        response.set_cookie(BINDING_COOKIE, sealed, max_age=PENDING_SECONDS, httponly=True,
                             secure=g.codec.policy.secure, samesite="Lax", path="/console/oidc")
         return response
 
     @bp.get("/oidc/callback")
     def oidc_callback():
         login = oidc()
-        with lock:
-            found = pending.pop(request.args.get("state", ""), None)
-        if (login is None or found is None or time.monotonic() - found[0] > PENDING_SECONDS
-                or not hmac.compare_digest(request.cookies.get(BINDING_COOKIE, ""), found[3])):
+        found = g.codec.open_pending(request.cookies.get(BINDING_COOKIE, ""), PENDING_SECONDS)
+        if (login is None or found is None
+                or not hmac.compare_digest(str(found.get("state", "")), request.args.get("state", ""))):
             return refuse(401, "this sign-in link is unknown, expired or was begun in another browser; sign in again")
+        pending = PendingLogin("", found["state"], found["nonce"], found["verifier"])
         try:
-            actor = login.complete(found[1], request.url, client=request.remote_addr or "?")
+            actor = login.complete(pending, request.url, client=request.remote_addr or "?")
         except NotAuthenticated as e:
             return refuse(401, str(e))
-        return _start(actor, "oidc", found[2])
+        return _start(actor, "oidc", found["next"])

@@ -138,3 +138,40 @@ def test_over_plain_http_the_sign_in_page_says_to_serve_it_over_tls(app):
     app, _ = app
     r = app.test_client().get("/console/login", base_url="http://127.0.0.1")
     assert "signs in over HTTPS only" in r.text and "--tls-cert" in r.text
+
+
+def test_a_sign_on_begun_by_one_server_process_is_finished_by_another(tmp_path, oidc_provider):
+    """`provisioner api --processes N`: the provider's redirect may land on any of the processes.
+    The pending sign-on travels sealed in the browser's cookie; a changed cookie or another
+    browser (no cookie) is refused."""
+    import requests
+    from test_accounts_oidc import CLIENT_ID, SECRET
+
+    from provisioner.auth.oidc import OidcClient
+
+    ctx = Context(Settings(spec_dir=copy_spec(tmp_path / "spec"), data_dir=tmp_path / "data", actor="alice"))
+    ctx.store.accounts.add("vic", "viewer", "test set-up")
+    oidc = OidcClient(oidc_provider.issuer, CLIENT_ID, SECRET, f"{BASE}/console/oidc/callback")
+    first, second = (create_console_app(ctx, oidc=oidc) for _ in range(2))
+    oidc_provider.user = {"sub": "00u-vic-2", "preferred_username": "vic"}
+
+    def begin(client):
+        r = client.get("/console/login/oidc", base_url=BASE)
+        assert r.status_code == 303
+        at_provider = requests.get(r.headers["Location"], allow_redirects=False, timeout=10)
+        return at_provider.headers["Location"].removeprefix(BASE)  # the callback, with code and state
+
+    browser = first.test_client()
+    callback = begin(browser)
+    sealed = browser.get_cookie("console-oidc", domain="127.0.0.1", path="/console/oidc").value
+    assert "verifier" not in sealed and "state" not in sealed  # sealed, not merely signed
+    other_browser = second.test_client()
+    assert other_browser.get(callback, base_url=BASE).status_code == 401
+    forged = second.test_client()
+    forged.set_cookie("console-oidc", sealed[:-4] + "AAAA", domain="127.0.0.1", path="/console/oidc")
+    assert forged.get(callback, base_url=BASE).status_code == 401
+    finisher = second.test_client()  # the same browser, its next request served by the other process
+    finisher.set_cookie("console-oidc", sealed, domain="127.0.0.1", path="/console/oidc")
+    r = finisher.get(callback, base_url=BASE)
+    assert r.status_code == 200, r.text
+    assert "vic <small>(viewer)</small>" in finisher.get("/console/", base_url=BASE).text  # signed in
