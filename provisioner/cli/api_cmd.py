@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -19,7 +20,13 @@ from provisioner.context import Context
               help="TLS certificate chain (PEM); with --tls-key the API speaks HTTPS only.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The certificate's private key (PEM).")
-@click.option("--threads", default=32, show_default=True, type=click.IntRange(2), help="Request threads.")
+@click.option("--threads", default=32, show_default=True, type=click.IntRange(2),
+              help="Request threads per process (a live event stream holds one while it is open).")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes answering on the one port (SO_REUSEPORT); each uses one core. Where many "
+                   "clients poll, one per core.")
+@click.option("--join", is_flag=True, hidden=True,
+              help="Internal: one of --processes' copies; binds beside the first process.")
 @click.option("--checkpoints/--no-checkpoints", default=True, show_default=True,
               help="Sign checkpoints of the audit chain's head (DATA/site.yaml: audit_checkpoints); "
                    "--no-checkpoints where another process on this host signs them.")
@@ -30,8 +37,8 @@ from provisioner.context import Context
               help="The console's callback as registered at the provider: https://HOST:PORT/console/oidc/callback")
 @click.option("-v", "--verbose", is_flag=True, help="Log every refusal and error (INFO) to stderr.")
 @click.pass_obj
-def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, threads: int, checkpoints: bool,
-        oidc_issuer: str | None, oidc_client_id: str | None, oidc_redirect: str | None, verbose: bool):
+def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, threads: int, processes: int,
+        join: bool, checkpoints: bool, oidc_issuer: str | None, oidc_client_id: str | None, oidc_redirect: str | None, verbose: bool):
     """Run the operator API (JSON under /api/v1) until interrupted.
 
     \b
@@ -46,7 +53,7 @@ def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, th
     \b
     Examples:
       provisioner api                                         # http://127.0.0.1:8443, loopback only
-      provisioner api --bind 0.0.0.0:8443 --tls-cert api.pem --tls-key api.key
+      provisioner api --bind 0.0.0.0:8443 --tls-cert api.pem --tls-key api.key --processes 2
     """
     from provisioner.api.operator import OperatorDeps, create_operator_app
     from provisioner.api.operator.server import OperatorServer
@@ -71,16 +78,29 @@ def api(ctx: Context, bind: str, tls_cert: Path | None, tls_key: Path | None, th
         console = console_blueprint(ctx, policy=SessionPolicy(secure=tls_cert is not None), oidc=oidc)
         app = create_operator_app(deps, blueprints=[console])
         server = OperatorServer(app, host, port, tls_cert=str(tls_cert) if tls_cert else None,
-                                tls_key=str(tls_key) if tls_key else None, threads=threads).start()
+                                tls_key=str(tls_key) if tls_key else None, threads=threads,
+                                reuse_port=processes > 1 or join).start()
     except OSError as e:
         raise click.ClickException(f"cannot serve the operator API on {bind}: {e.strerror or e}") from None
+    # What start-up made (modules, the spec, the app) lives as long as the server: out of the
+    # collector's sight, so a full collection no longer walks it and pauses every request.
+    gc.collect()
+    gc.freeze()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    signing = _start_signer(ctx, stop) if checkpoints else None
-    click.echo(f"operator API on {server.scheme}://{server.host}:{server.port}/api/v1 "
-               f"(OpenAPI: /api/v1/openapi.json); Ctrl-C stops it", err=True)
-    stop.wait()
+    signing = _start_signer(ctx, stop) if checkpoints and not join else None
+    copies = _start_copies(ctx, processes - 1, host, server.port, threads, tls_cert, tls_key,
+                           (oidc_issuer, oidc_client_id, oidc_redirect), verbose) if processes > 1 else None
+    if not join:
+        many = f", {processes} processes" if processes > 1 else ""
+        click.echo(f"operator API on {server.scheme}://{server.host}:{server.port}/api/v1 "
+                   f"(OpenAPI: /api/v1/openapi.json{many}); Ctrl-C stops it", err=True)
+    while not stop.wait(1.0):
+        if copies is not None:
+            copies.watch()
+    if copies is not None:
+        copies.stop()
     console.console.closing.set()  # open console event streams end at their next look
     server.stop()
     deps.workers.shutdown(wait=True)  # running rollouts drain, recorded interrupted (resumable)
@@ -105,6 +125,17 @@ def _oidc_client(issuer: str | None, client_id: str | None, redirect: str | None
     if not secret:
         raise click.UsageError("single sign-on needs the client secret in PROVISIONER_OIDC_CLIENT_SECRET")
     return OidcClient(issuer.rstrip("/"), client_id, secret, redirect)
+
+
+def _start_copies(ctx: Context, count: int, host: str, port: int, threads: int, tls_cert, tls_key, oidc, verbose):
+    from provisioner.api.operator.copies import Copies, copy_argv, copy_env
+    from provisioner.spec.files import MAX_FILE_BYTES_ENV
+
+    env = copy_env(ctx.settings.db_url)
+    env[MAX_FILE_BYTES_ENV] = str(ctx.settings.spec_limits.max_file_bytes)
+    return Copies(count, copy_argv(spec_dir=ctx.settings.spec_dir, data_dir=ctx.settings.data_dir, host=host,
+                                   port=port, threads=threads, tls_cert=tls_cert, tls_key=tls_key, oidc=oidc,
+                                   verbose=verbose), env).start()
 
 
 def _start_signer(ctx: Context, stop: threading.Event) -> threading.Thread:

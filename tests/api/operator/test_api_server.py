@@ -168,3 +168,57 @@ def test_many_polling_clients_keep_their_connections(tls_api):
     finally:
         for c in conns:
             c.close()
+
+
+def _listeners(port: int) -> list[int]:
+    """Inodes of the sockets listening on 127.0.0.1:port (/proc/net/tcp: state 0A is LISTEN)."""
+    rows = open("/proc/net/tcp").read().splitlines()[1:]
+    return [int(r.split()[9]) for r in rows if r.split()[1] == f"0100007F:{port:04X}" and r.split()[3] == "0A"]
+
+
+def _copies(parent: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(parent), "-f", "provisioner .*api --join"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_several_processes_answer_on_one_port_and_end_with_the_first(spec_dir, tmp_path):
+    """`provisioner api --processes 2`: two listening sockets on the one port, every request
+    answered; a copy killed is started again; SIGTERM to the first process ends them all."""
+    import time
+
+    data = tmp_path / "data"
+    ctx = Context(Settings(spec_dir=spec_dir, data_dir=data, actor="alice"))
+    ctx.store.accounts.add("bob", "viewer", "test set-up")
+    token = ctx.store.accounts.create_token("bob", "tests", "test set-up")[0]
+    proc = subprocess.Popen([sys.executable, "-m", "provisioner", "--spec", str(spec_dir), "--data", str(data),
+                             "api", "--bind", "127.0.0.1:0", "--processes", "2"], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        m = re.search(r"on http://127\.0\.0\.1:(\d+)/api/v1 \(OpenAPI: /api/v1/openapi.json, 2 processes\)", line)
+        assert m, line
+        port = int(m.group(1))
+
+        def until(check):
+            for _ in range(1200):  # the copies import and load the spec: slow on a loaded machine
+                if check():
+                    return True
+                time.sleep(0.05)
+            return False
+
+        assert until(lambda: len(_listeners(port)) == 2)
+        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(30)]
+        for c in conns:
+            c.request("GET", "/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+            r = c.getresponse()
+            assert (r.status, json.loads(r.read())["username"]) == (200, "bob")
+            c.close()
+        victim = _copies(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert until(lambda: len(_copies(proc.pid)) == 1 and victim not in _copies(proc.pid)
+                     and len(_listeners(port)) == 2)
+        copies = _copies(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert not [p for p in copies if os.path.exists(f"/proc/{p}") and "zombie" not in open(f"/proc/{p}/status").read()]
+    assert _listeners(port) == []
