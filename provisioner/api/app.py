@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import logging
 import os
-from http import HTTPStatus
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
 
+from provisioner.api.problems import problem_handler
 from provisioner.api.ranges import UNSATISFIABLE, byte_range
 from provisioner.api.reports import json_body, parse_report
-from provisioner.errors import ArtifactMismatch, ArtifactMissing, BadRequest, NetbootError, ProvisionerError
+from provisioner.errors import ArtifactMismatch, ArtifactMissing, BadRequest, NetbootError
 from provisioner.netboot.service import BootService
 from provisioner.observability import metrics
 
 log = logging.getLogger("provisioner.http")
 IPXE = "text/plain; charset=utf-8"  # given as content_type: Flask adds no second charset
-PROBLEM = "application/problem+json"  # RFC 9457 §3
 CHUNK = 256 * 1024
 
 
@@ -113,29 +111,6 @@ def create_app(service: BootService) -> Flask:
         token = credentials.strip() if scheme.lower() == "bearer" else request.args.get("token", "")
         return jsonify(service.callback(node, token, event, lambda: parse_report(event, body)))
 
-    @app.errorhandler(Exception)
-    def problem(e: Exception):
-        headers = {}
-        if isinstance(e, HTTPException):
-            if e.code is None:
-                return e
-            status, detail = e.code, e.description
-            headers = {k: v for k, v in e.get_headers() if k.lower() not in ("content-type", "content-length")}
-        elif isinstance(e, ProvisionerError):
-            status, detail = e.http_status, str(e)
-            if status == 429:
-                headers["Retry-After"] = "1"  # RFC 6585 §4
-        else:
-            log.exception("http.bug path=%s", request.path[:200])
-            status, detail = 500, "internal error; the boot server's log has the details"
-        if status >= 500:
-            log.error("http.error status=%d path=%s detail=%s", status, request.path[:200], detail)
-        elif status != 404:
-            log.info("http.refused status=%d path=%s detail=%s", status, request.path[:200], detail)
-        title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-        resp = jsonify(type="about:blank", title=title, status=status, detail=detail)
-        resp.status_code, resp.content_type = status, PROBLEM
-        resp.headers.update(headers)
-        return resp
+    app.register_error_handler(Exception, problem_handler(log, "http", "boot server"))
 
     return app

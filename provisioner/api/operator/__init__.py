@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
 
 from flask import Flask, Response, g, jsonify, make_response, request
-from werkzeug.exceptions import HTTPException
 
+from provisioner.api.problems import problem_handler
 from provisioner.auth.authenticate import with_password
 from provisioner.context import Context
-from provisioner.errors import Forbidden, InputError, ProvisionerError
+from provisioner.errors import Forbidden, InputError
 from provisioner.operations.common import who_of
 from provisioner.policy.authz import Facts, decide
 
@@ -33,7 +32,6 @@ from .routes import ROUTES, Call
 from .workers import RolloutWorkers
 
 log = logging.getLogger("provisioner.api.operator")
-PROBLEM = "application/problem+json"  # RFC 9457 §3
 # The role check before a handler: the case's facts are the operation's to check (with decide too)
 ROLE_ONLY = Facts(gate_passes=True, was_active_before=True)
 
@@ -134,30 +132,7 @@ def create_operator_app(deps: OperatorDeps, blueprints: list | tuple = ()) -> Fl
     for bp in blueprints:
         app.register_blueprint(bp)
 
-    @app.errorhandler(Exception)
-    def problem(e: Exception):
-        headers = {}
-        if isinstance(e, HTTPException):
-            if e.code is None:
-                return e
-            status, detail = e.code, e.description
-            headers = {k: v for k, v in e.get_headers() if k.lower() not in ("content-type", "content-length")}
-        elif isinstance(e, ProvisionerError):
-            status, detail = e.http_status, str(e)
-        else:
-            log.exception("api.bug path=%s", request.path[:200])
-            status, detail = 500, "internal error; the API server's log has the details"
-        if status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="provisioner"'  # RFC 9110 §11.6.1
-        if status >= 500:
-            log.error("api.error status=%d path=%s detail=%s", status, request.path[:200], detail)
-        elif status != 404:
-            log.info("api.refused status=%d path=%s detail=%s", status, request.path[:200], detail)
-        title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-        resp = jsonify(type="about:blank", title=title, status=status, detail=detail,
-                       **({"exit_code": e.exit_code} if isinstance(e, ProvisionerError) else {}))
-        resp.status_code, resp.content_type = status, PROBLEM
-        resp.headers.update(headers)
-        return resp
+    app.register_error_handler(Exception, problem_handler(log, "api", "API server", realm="provisioner",
+                                                          exit_codes=True))
 
     return app
