@@ -330,8 +330,13 @@ class RolloutEngine:
 
     def _step_oob_flash(self, driver, row) -> dict:
         # a node that cannot netboot gets its in-band components through the BMC, or needs hands
+        def announce(event: str, details: dict) -> None:  # as every flash: a fenced write, then the lease
+            self.record.node_write(row.node, event=("rollout", event, details))
+            self._check_lease()
+
         flashed = recover_out_of_band(self.store, self.artifacts, driver, row.node, row.plan["model"],
-                                      self._differing(driver, row, fresh=False), self.endpoints[row.node].key)
+                                      self._differing(driver, row, fresh=False), self.endpoints[row.node].key,
+                                      announce)
         if flashed:
             self._last_read.pop(row.node, None)
         for c in self._differing(driver, row, fresh=False):

@@ -19,6 +19,7 @@ knows the engine.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlalchemy import and_, or_, select
 
@@ -64,12 +65,15 @@ def presumed_boot_looping(store, node: str) -> str | None:
 
 
 def recover_out_of_band(store, artifacts, driver: BmcDriver, node: str, model: str,
-                        differing: list[FirmwareComponent],
-                        bmc: str) -> list[str]:
+                        differing: list[FirmwareComponent], bmc: str,
+                        announce: Callable[[str, dict], None]) -> list[str]:
     """Flash a node that cannot netboot through its BMC; [] when it can netboot or nothing in-band differs.
 
-    `differing`: the release's components (its view's pins) not at their pin. Raises NeedsHands when a
-    component has no recovery path the BMC can take; DriverError from the flash itself.
+    `differing`: the release's components (its view's pins) not at their pin. `announce(event,
+    details)` records the node event before the BMC is touched, as the rollout's fenced write of
+    the node: a holder that lost the node's lease raises there (LeaseLost) and flashes nothing.
+    Raises NeedsHands when a component has no recovery path the BMC can take; DriverError from
+    the flash itself.
     """
     inband = [c for c in differing if c.method == "inband"]
     if not inband:
@@ -80,16 +84,15 @@ def recover_out_of_band(store, artifacts, driver: BmcDriver, node: str, model: s
     stuck = [c for c in inband if not c.recovery or not driver.supports_oob_flash(c.name)]
     if stuck:
         raise _needs_hands(store, node, model, stuck, bmc, why, driver)
-    # a looping server resets every few seconds: stop it, so no reset lands in the middle of the flash
-    driver.power_off()
     flashed = []
-    for c in inband:
+    for i, c in enumerate(inband):
         sha = c.image.sha256
         image = artifacts.read(sha)  # verified against its digest on read
         log.warning("recovery.flash node=%s component=%s version=%s path=%s bmc=%s", node, c.name,
                     c.version, c.recovery, bmc)
-        store.node_event(node, "rollout", "recovery_flash", {"component": c.name, "version": c.version,
-                                                             "path": c.recovery, "because": why})
+        announce("recovery_flash", {"component": c.name, "version": c.version, "path": c.recovery, "because": why})
+        if i == 0:  # a looping server resets every few seconds: stop it, so no reset lands mid-flash
+            driver.power_off()
         driver.flash(c.name, image, sha, c.version)  # verifies by a fresh inventory read
         flashed.append(f"{c.name} {c.version} ({c.recovery}, recovery)")
     return flashed

@@ -121,3 +121,32 @@ def test_the_lab_bmc_flashes_over_hpm_only_what_the_manifest_says_it_can(lab_sit
                 d.flash(component, image, pin.image.sha256, pin.version)
     assert [e["event"] for e in lab_site.bmc_log("s1n01") if e["event"] in ("uploaded", "activated")] == (
         ["uploaded", "activated"] if can else [])
+
+
+def test_a_recovery_flash_is_a_fenced_write_first_and_a_holder_that_lost_the_node_flashes_nothing(make_site,
+                                                                                                    tmp_path):
+    """As every flash: the recovery's node event goes through the rollout's fenced write before the
+    BMC is touched. Here the fence finds the node's lease gone (taken over by another holder while
+    this one was stalled): the rollback stops with LeaseLost and the looping node is not flashed."""
+    from provisioner.errors import LeaseLost
+
+    site = make_site(nodes=NODES, rollout={"timeouts": LOOP_TIMEOUTS})
+    _, canary = boot_looping_canary(site, tmp_path)
+    pipeline.block(site.ctx, "bios", "1.14.0", "boot loop after an in-band flash")
+    since = time.time()
+
+    def lose_the_node_at_recovery(engine, rid):
+        fenced = engine.record.node_write
+
+        def node_write(node, **kw):
+            if (kw.get("event") or (None, None))[1] == "recovery_flash":
+                raise LeaseLost(f"the lease on node {node} was taken over by another holder")
+            return fenced(node, **kw)
+
+        engine.record.node_write = node_write
+
+    with pytest.raises(LeaseLost):
+        pipeline.rollback(site.ctx, "staging", on_engine=lose_the_node_at_recovery)
+    assert site.firmware()[canary]["bios"] == "1.14.0"
+    touched = [e["event"] for e in site.bmc_log(canary) if e["at"] >= since and e["event"] != "boot_override"]
+    assert not {"power", "upload_started", "activated"} & set(touched), touched
