@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
+from provisioner.cli.remote import on_this_host, remote_for
 from provisioner.context import Context
 from provisioner.drivers import open_driver
 from provisioner.errors import DriverError, PolicyViolation, ReleaseError
@@ -45,9 +46,15 @@ def node():
 @click.pass_obj
 def list_cmd(ctx: Context, environment: str | None):
     """Every node with its state and why. Example: provisioner node list -e staging"""
-    ctx.store.sync_nodes(ctx.spec)
-    data = [{"node": r.name, "environment": r.environment, "rack": r.rack, "model": r.model, "state": r.state,
-             "why": r.state_reason, "release": r.release_id} for r in ctx.store.nodes(environment)]
+    remote = remote_for(ctx.settings)
+    if remote:
+        data = [{"node": r["node"], "environment": r["environment"], "rack": r["rack"], "model": r["model"],
+                 "state": r["state"], "why": r["state_reason"], "release": r["release"]}
+                for r in remote.call("GET", "/api/v1/nodes", query={"environment": environment})]
+    else:
+        ctx.store.sync_nodes(ctx.spec)
+        data = [{"node": r.name, "environment": r.environment, "rack": r.rack, "model": r.model, "state": r.state,
+                 "why": r.state_reason, "release": r.release_id} for r in ctx.store.nodes(environment)]
 
     def render(d):
         table("nodes", ["node", "env", "rack", "model", "state", "why"],
@@ -81,6 +88,8 @@ def node_detail(ctx: Context, name: str) -> dict:
             "events": ctx.store.node_events(name, limit=10), "last_rollout": last_rollout}
 
 
+@on_this_host(refuse="works on the server host's store only (no API route yet): run it there, "
+              "or `provisioner node list` and `status` from here")
 @node.command()
 @click.argument("name")
 @json_option
@@ -116,6 +125,8 @@ def _transition(ctx: Context, name: str, event: str, reason: str, **fields) -> d
     return {"node": name, "from": row.state, "state": str(state), "reason": reason}
 
 
+@on_this_host(refuse="works on the server host's store only (no API route yet): run it there, "
+              "or `provisioner node list` and `status` from here")
 @node.command()
 @click.argument("switch", type=click.Choice(["on", "off"]))
 @click.argument("name")
@@ -134,6 +145,8 @@ def maintenance(ctx: Context, switch: str, name: str, reason: str):
     return data, lambda d: console.print(f"{name}: {d['from']} → {d['state']}")
 
 
+@on_this_host(refuse="works on the server host's store only (no API route yet): run it there, "
+              "or `provisioner node list` and `status` from here")
 @node.command()
 @click.argument("name")
 @click.option("--reason", required=True, help="What was done about the failure (audited).")

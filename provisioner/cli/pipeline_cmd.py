@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -14,8 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from provisioner.cli import cli
 from provisioner.cli.auth_input import authenticated_actor
+from provisioner.cli.follow import follow
 from provisioner.cli.output import console, err_console, json_option, table
-from provisioner.cli.remote import quote, remote_for
+from provisioner.cli.remote import Remote, RemoteError, quote, remote_for
 from provisioner.context import Context
 from provisioner.errors import (
     IncompleteRead,
@@ -108,7 +110,17 @@ def confirm_protected(ctx: Context, env: str, doing: str, yes: bool) -> None:
     """A protected environment (policy.yaml) is changed only by someone who said so: --yes, or "y"
     at a prompt on a terminal. Off a terminal without --yes it is refused (exit 3): a script that
     changes production says --yes in its own text."""
-    if yes or not ctx.spec.policy.protected(env):
+    confirm(ctx.spec.policy.protected(env), env, doing, yes)
+
+
+def environment_on(remote: Remote, env: str) -> dict:
+    """The server's view of an environment: {"release", "protected"}; an unknown one is its error."""
+    return remote.call("GET", f"/api/v1/environments/{quote(env)}")
+
+
+def confirm(protected: bool, env: str, doing: str, yes: bool) -> None:
+    """confirm_protected, told by the spec here or by the server whether `env` is protected."""
+    if yes or not protected:
         return
     if not sys.stdin.isatty():
         raise PolicyViolation(f"{env} is protected (policy.yaml): {doing} needs --yes when not run on a terminal")
@@ -150,9 +162,11 @@ def run_interruptible(start):
 @YES
 @click.option("--wait", is_flag=True, help="If another process is rolling ENVIRONMENT out, wait for it to end "
               "instead of exiting 9.")
+@click.option("--detach", is_flag=True, help="Through the operator API: print the rollout's id once it exists "
+              "and exit 0; `provisioner rollout watch ID` follows it.")
 @json_option
 @click.pass_obj
-def apply(ctx: Context, target: str, yes: bool, wait: bool):
+def apply(ctx: Context, target: str, yes: bool, wait: bool, detach: bool):
     """Roll ENVIRONMENT's release out: canary, then waves, with limits and auto-halt.
 
     \b
@@ -168,6 +182,9 @@ def apply(ctx: Context, target: str, yes: bool, wait: bool):
     Exit codes: 8 the rollout halted, or ENVIRONMENT is halted (sticky: `rollout resume` or
     `rollout abort` first); 9 another process holds ENVIRONMENT (`--wait` waits); 10 it finished
     but left unreadable nodes alone; 130 interrupted by SIGINT/SIGTERM (resumable: run apply again).
+    Through the operator API (`provisioner login`): the server runs the rollout and this command
+    follows its event stream with the same lines and exit codes; Ctrl-C stops following (exit
+    130), not the rollout. --detach prints the rollout's id and exits 0.
 
     \b
     Examples:
@@ -175,6 +192,11 @@ def apply(ctx: Context, target: str, yes: bool, wait: bool):
       provisioner apply production --yes --json
       provisioner plan production -o prod.plan && provisioner apply prod.plan
     """
+    remote = remote_for(ctx.settings)
+    if remote:
+        return _apply_remote(remote, target, yes, wait, detach)
+    if detach:
+        raise click.UsageError("--detach is for the operator API (`provisioner login`): here apply runs the rollout")
     saved = None
     if target not in ctx.spec.policy.environments and Path(target).is_file():
         saved = _load_saved_plan(Path(target))
@@ -200,18 +222,55 @@ def apply(ctx: Context, target: str, yes: bool, wait: bool):
         except RolloutBusy:  # taken between the wait and the lease: wait again
             if not wait:
                 raise
-    data = result.as_dict()
+    return result.as_dict(), _render_apply, rollout_exit(result)
 
-    def render(d):
-        console.print(f"rollout {d['rollout']} {d['status']} in {d['seconds']}s: {len(d['done'])} done, "
-                      f"{len(d['failed'])} failed, {len(d['held'])} held")
-        if d["status"] in ("halted", "interrupted"):
-            console.print(f"[red bold]{d['status'].upper()}[/red bold]: {d['reason']}")
-            for node, step in sorted(d["interrupted"].items()):
-                console.print(f"  {node}: stopped before {step}")
-        say_unread(d["unread"], "left alone: nothing was done to them")
 
-    return data, render, rollout_exit(result)
+def _render_apply(d):
+    console.print(f"rollout {d['rollout']} {d['status']} in {d['seconds']}s: {len(d['done'])} done, "
+                  f"{len(d['failed'])} failed, {len(d['held'])} held")
+    if d["status"] in ("halted", "interrupted"):
+        console.print(f"[red bold]{d['status'].upper()}[/red bold]: {d['reason']}")
+        for node, step in sorted(d["interrupted"].items()):
+            console.print(f"  {node}: stopped before {step}")
+    say_unread(d["unread"], "left alone: nothing was done to them")
+
+
+def _apply_remote(remote: Remote, target: str, yes: bool, wait: bool, detach: bool):
+    """`apply` through the operator API: the same checks in the same order, the server's rollout followed."""
+    saved = _load_saved_plan(Path(target)) if Path(target).is_file() else None
+    environment = saved["environment"] if saved else target
+    env = environment_on(remote, environment)
+    if env["release"] is not None:  # else the server says it points at no release, as apply does here
+        confirm(env["protected"], environment, f"apply release {env['release'][:12]} to {environment}"
+                + (f" (plan {target})" if saved else ""), yes)
+    told = False
+    while True:
+        try:
+            accepted = remote.call("POST", f"/api/v1/environments/{quote(environment)}/rollouts",
+                                   {"plan": saved} if saved else None)
+            break
+        except RemoteError as e:
+            if not wait or e.exit_code != RolloutBusy.exit_code:
+                raise
+            if not told:
+                err_console.print(f"waiting for {environment}: {e}")
+                told = True
+            time.sleep(1.0)
+    return follow_remote(remote, accepted, _render_apply, detach)
+
+
+def follow_remote(remote: Remote, accepted: dict, render, detach: bool = False):
+    """A rollout the server started: its id (--detach), or followed to its end as a local run prints it."""
+    rid = accepted["rollout"]
+    if detach:
+        return accepted, lambda d: console.print(f"rollout {rid} started; `provisioner rollout watch {rid}` follows it")
+    try:
+        result = follow(remote, accepted, RolloutProgress(True))
+    except KeyboardInterrupt:
+        err_console.print(f"stopped following rollout {rid}; it goes on on the server: "
+                          f"`provisioner rollout watch {rid}`")
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    return result.as_dict(), render, rollout_exit(result)
 
 
 @cli.command("gate")
@@ -249,33 +308,41 @@ def gate_cmd(ctx: Context, release_id: str):
 @click.option("--withdraw", is_flag=True, help="Take your approval back.")
 @click.option("--token", envvar="PROVISIONER_TOKEN", default=None,
               help="Your personal API token (env PROVISIONER_TOKEN) instead of a password.")
-@click.option("--password-stdin", is_flag=True, help="Read the password of the --as account from stdin.")
+@click.option("--account", default=None, metavar="NAME",
+              help="On the server host: the account that approves; its password is asked for (or read with "
+                   "--password-stdin) and checked [default: your login name].")
+@click.option("--password-stdin", is_flag=True, help="Read the --account's password from stdin.")
 @json_option
 @click.pass_obj
-def approve(ctx: Context, release_id: str, comment: str, withdraw: bool, token: str | None, password_stdin: bool):
+def approve(ctx: Context, release_id: str, comment: str, withdraw: bool, token: str | None, account: str | None,
+            password_stdin: bool):
     """Record one approval of RELEASE_ID at the staging gate, as your account.
 
     \b
-    The approval is made by an authenticated account: your API token (--token or
-    PROVISIONER_TOKEN), or the password of the account named by the global --as (default: your
-    login name), asked for on the terminal or read with --password-stdin. It is recorded in the
-    audit chain, which is what the gate counts. Refused (exit 3, and audited) for the release's
-    author, a role other than approver/admin, a release that failed on staging or pins a
-    blocked version. The same person approving twice counts once.
+    The approval is made by an authenticated account, never by a typed name: through the
+    operator API (`provisioner login`), the signed-in account; on the server host, your API token
+    (--token or PROVISIONER_TOKEN), or --account NAME with its password, asked for on the
+    terminal or read with --password-stdin. It is recorded in the audit chain, which is what the
+    gate counts. Refused (exit 3, and audited) for the release's author, a role other than
+    approver/admin, a release that failed on staging or pins a blocked version; a wrong password
+    or token is exit 11. The same person approving twice counts once.
 
     \b
     Examples:
-      provisioner --as bob approve 3f1c --comment "staging clean for 24h"
-      PROVISIONER_TOKEN=prv_... provisioner approve 3f1c
-      provisioner --as bob approve 3f1c --withdraw --comment "saw errors in the soak"
+      provisioner approve 3f1c --comment "staging clean for 24h"      # signed in with `login`
+      provisioner approve 3f1c --account bob                          # on the server host
+      echo "$PW" | provisioner approve 3f1c --account bob --password-stdin --withdraw
     """
     remote = remote_for(ctx.settings)
     if remote:  # the API's account is the token's: no password here
+        if account or password_stdin:
+            raise click.UsageError("--account and --password-stdin are for the server host; through the operator "
+                                   "API you approve as the signed-in account")
         result = remote.call("DELETE" if withdraw else "POST", f"/api/v1/releases/{quote(release_id)}/approvals",
                              {"comment": comment})
         return _approval_output(result, withdraw)
     try:
-        who = authenticated_actor(ctx, token, password_stdin)
+        who = authenticated_actor(ctx, token, account, password_stdin)
     except NotAuthenticated as e:  # a refused approval is audited, a failed sign-in included
         ctx.store.audit(ctx.settings.actor, "release.approve.refused", ctx.store.resolve_release_id(release_id),
                         {"reason": str(e)})
@@ -415,24 +482,31 @@ def rollback(ctx: Context, environment: str, to: str | None, yes: bool):
 
     \b
     Refused, with the version and what to do, if that release pins a version blocked since.
+    --to another release: one that was active in ENVIRONMENT before, or has passed the gate.
     A protected environment asks for confirmation on a terminal; elsewhere it needs --yes.
+    Through the operator API the server runs it; this command follows it as `apply` does.
     Example:
       provisioner rollback production --yes
     """
+    doing = f"roll {environment} back" + (f" to {to}" if to else "")
+    remote = remote_for(ctx.settings)
+    if remote:
+        confirm(environment_on(remote, environment)["protected"], environment, doing, yes)
+        accepted = remote.call("POST", f"/api/v1/environments/{quote(environment)}/rollback", {"to": to})
+        return follow_remote(remote, accepted, _render_rollback)
     common.known_environment(ctx, environment)
-    confirm_protected(ctx, environment, f"roll {environment} back" + (f" to {to}" if to else ""), yes)
+    confirm_protected(ctx, environment, doing, yes)
     result = run_interruptible(lambda attach: rollouts.rollback(ctx, environment, to, progress=RolloutProgress(True),
                                                                 on_engine=attach))
-    data = result.as_dict()
+    return result.as_dict(), _render_rollback, rollout_exit(result)
 
-    def render(d):
-        console.print(f"rollback rollout {d['rollout']} {d['status']} in {d['seconds']}s: "
-                      f"{len(d['done'])} re-provisioned, {len(d['failed'])} failed")
-        if d["status"] == "halted":
-            console.print(f"[red bold]HALTED[/red bold]: {d['reason']}")
-        say_unread(d["unread"], "left alone: nothing was done to them")
 
-    return data, render, rollout_exit(result)
+def _render_rollback(d):
+    console.print(f"rollback rollout {d['rollout']} {d['status']} in {d['seconds']}s: "
+                  f"{len(d['done'])} re-provisioned, {len(d['failed'])} failed")
+    if d["status"] == "halted":
+        console.print(f"[red bold]HALTED[/red bold]: {d['reason']}")
+    say_unread(d["unread"], "left alone: nothing was done to them")
 
 
 @cli.command()
