@@ -26,6 +26,6 @@ def authenticated_actor(ctx: Context, token: str | None, account: str | None, pa
     its password is checked. A typed name alone never identifies anyone."""
     if token:
         return with_token(ctx.store.accounts, token, client="local")
-    username = account or getpass.getuser()
+    username = account if account is not None else getpass.getuser()
     password = read_secret(f"password of {username}", password_stdin)
     return with_password(ctx.store.accounts, username, password, client="local")
