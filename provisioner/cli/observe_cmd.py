@@ -12,18 +12,18 @@ from pathlib import Path
 import click
 
 from provisioner.cli import cli
-from provisioner.cli.follow import follow
 from provisioner.cli.output import console, json_option, table
-from provisioner.cli.pipeline_cmd import (
+from provisioner.cli.remote import quote, remote_for
+from provisioner.cli.rollout_output import (
     ENV,
     YES,
     RolloutProgress,
-    confirm,
+    ask_if_protected,
     confirm_protected,
     environment_on,
+    follow,
     say_unread,
 )
-from provisioner.cli.remote import quote, remote_for
 from provisioner.context import Context
 from provisioner.errors import IncompleteRead, ProvisionerError, RolloutHalted, SpecError
 from provisioner.operations import nodes as node_ops
@@ -126,7 +126,7 @@ def drift(ctx: Context, environment: str | None, fix: bool, no_fix: bool, yes: b
         for env, nodes in sorted(by_env.items()):
             doing = f"re-provision {len(nodes)} drifted node(s) of {env} ({', '.join(sorted(nodes))})"
             if remote:
-                confirm(environment_on(remote, env)["protected"], env, doing, yes)
+                ask_if_protected(environment_on(remote, env)["protected"], env, doing, yes)
             else:
                 confirm_protected(ctx, env, doing, yes)
         data["fixed"] = {}

@@ -1,135 +1,42 @@
 """The pipeline commands that change things: apply, gate, approve, promote, block, unblock, rollback; history.
 
-plan, drift and status (what is, read from the BMCs) are in observe_cmd.py.
+plan, drift and status (what is, read from the BMCs) are in observe_cmd.py; what a rollout prints
+(run here or followed from the operator API) in rollout_output.py.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from provisioner.cli import cli
 from provisioner.cli.auth_input import authenticated_actor
-from provisioner.cli.follow import follow
 from provisioner.cli.output import console, err_console, json_option, table
 from provisioner.cli.remote import Remote, RemoteError, quote, remote_for
+from provisioner.cli.rollout_output import (
+    ENV,
+    YES,
+    RolloutProgress,
+    ask_if_protected,
+    confirm_protected,
+    environment_on,
+    follow_remote,
+    rollout_exit,
+    run_interruptible,
+    say_unread,
+)
 from provisioner.context import Context
 from provisioner.errors import (
-    IncompleteRead,
     LeaseLost,
     NotAuthenticated,
     PlanOutdated,
-    PolicyViolation,
     RolloutBusy,
-    RolloutHalted,
 )
 from provisioner.operations import blocks, common, nodes, releases, rollouts
 from provisioner.plan import PLAN_FORMAT
-from provisioner.rollout.signals import EXIT_INTERRUPTED, SignalStop
-
-ENV = click.argument("environment", default="production")
-
-
-class RolloutProgress:
-    """A progress bar for people (stderr), nothing for --json. It knows its total (the rollout's
-    node count) and shows the step each running node is at."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self.bar_enabled = enabled and sys.stderr.isatty()
-        self.bar = None
-        self.lines: list[str] = []
-        self.phase: dict[str, str] = {}  # running node -> its current step
-
-    def __call__(self, e: dict) -> None:
-        ev = e["event"]
-        if ev == "total" and self.bar is None and self.bar_enabled:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=err_console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("re-provisioning", total=e["nodes"], completed=e["done"])
-        elif ev == "node_step":
-            self.phase[e["node"]] = e["step"]
-            self._describe()
-        elif ev == "created":
-            counts = ", ".join(f"{v} {k}" for k, v in sorted(e["counts"].items()))
-            self._say(f"rollout {e['rollout']} created: {counts or 'nothing to do'}")
-            for node, err in sorted(e.get("unreachable", {}).items()):
-                self._say(f"  [yellow]{node}: BMC not read ({err})[/yellow]")
-        elif ev == "resume":
-            kind = f" ({e['kind']})" if e.get("kind") not in (None, "apply") else ""
-            self._say(f"resuming rollout {e['rollout']}{kind} from its record")
-        elif ev == "handoff":
-            self._say(f"rollout {e['rollout']} handed to {e['workers']} worker(s); following it (Ctrl-C interrupts it)")
-        elif ev == "wave":
-            name = "canary" if e["wave"] == 0 else f"wave {e['wave']}"
-            self._say(f"{name}: {', '.join(e['nodes'])}")
-        elif ev == "node_done":
-            self._advance(e["node"])
-        elif ev == "node_failed":
-            self._say(f"  [red]✗ {e['node']}: {e['error']}[/red]")
-            self._advance(e["node"])
-        elif ev == "node_halted":
-            self._say(f"  [yellow]‖ {e['node']} stopped before {e['step']}[/yellow]")
-            self.phase.pop(e["node"], None)
-        elif ev in ("done", "halted", "interrupted", "lost"):
-            if self.bar:
-                self.bar.stop()
-
-    def _describe(self) -> None:
-        if self.bar:
-            running = " ".join(f"{n}:{s}" for n, s in sorted(self.phase.items())[:4])
-            more = f" +{len(self.phase) - 4}" if len(self.phase) > 4 else ""
-            self.bar.update(self.task, description=f"re-provisioning {running}{more}")
-
-    def _advance(self, node: str):
-        self.phase.pop(node, None)
-        if self.bar:
-            self.bar.advance(self.task)
-            self._describe()
-
-    def _say(self, text: str) -> None:
-        if self.enabled:
-            err_console.print(text)
-
-
-def say_unread(unread: dict[str, str], what: str) -> None:
-    """Every node whose BMC could not be read, in the human output too: never a silent green."""
-    if unread:
-        console.print(f"[yellow bold]INCOMPLETE[/yellow bold]: {len(unread)} BMC(s) could not be read; {what}")
-        for node, err in sorted(unread.items()):
-            console.print(f"  [yellow]{node}: {err}[/yellow]")
-
-
-def confirm_protected(ctx: Context, env: str, doing: str, yes: bool) -> None:
-    """A protected environment (policy.yaml) is changed only by someone who said so: --yes, or "y"
-    at a prompt on a terminal. Off a terminal without --yes it is refused (exit 3): a script that
-    changes production says --yes in its own text."""
-    confirm(ctx.spec.policy.protected(env), env, doing, yes)
-
-
-def environment_on(remote: Remote, env: str) -> dict:
-    """The server's view of an environment: {"release", "protected"}; an unknown one is its error."""
-    return remote.call("GET", f"/api/v1/environments/{quote(env)}")
-
-
-def confirm(protected: bool, env: str, doing: str, yes: bool) -> None:
-    """confirm_protected, told by the spec here or by the server whether `env` is protected."""
-    if yes or not protected:
-        return
-    if not sys.stdin.isatty():
-        raise PolicyViolation(f"{env} is protected (policy.yaml): {doing} needs --yes when not run on a terminal")
-    if not click.confirm(f"{doing}: {env} is protected. Go ahead?", default=False, err=True):
-        click.echo("cancelled: nothing was changed", err=True)
-        raise click.exceptions.Exit(1)
-
-
-YES = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a protected environment.")
 
 
 def _load_saved_plan(path: Path) -> dict:
@@ -141,20 +48,6 @@ def _load_saved_plan(path: Path) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT or "environment" not in doc:
         raise PlanOutdated(f"{path}: not a saved plan; make one with `provisioner plan ENV -o FILE`")
     return doc
-
-
-def rollout_exit(result) -> int:
-    """The exit code of a rollout's result (or of its status alone): 8 halted, 130 interrupted,
-    10 finished but left unreadable nodes alone, else 0."""
-    status = getattr(result, "status", result)
-    code = {"halted": RolloutHalted.exit_code, "interrupted": EXIT_INTERRUPTED}.get(status, 0)
-    return code or (IncompleteRead.exit_code if getattr(result, "unread", None) else 0)
-
-
-def run_interruptible(start):
-    """Run `start(on_engine)` with SIGINT/SIGTERM handled as rollout/signals.py says."""
-    with SignalStop(lambda text: err_console.print(f"[yellow]{text}[/yellow]")) as stop:
-        return start(stop.attach)
 
 
 @cli.command()
@@ -241,7 +134,7 @@ def _apply_remote(remote: Remote, target: str, yes: bool, wait: bool, detach: bo
     environment = saved["environment"] if saved else target
     env = environment_on(remote, environment)
     if env["release"] is not None:  # else the server says it points at no release, as apply does here
-        confirm(env["protected"], environment, f"apply release {env['release'][:12]} to {environment}"
+        ask_if_protected(env["protected"], environment, f"apply release {env['release'][:12]} to {environment}"
                 + (f" (plan {target})" if saved else ""), yes)
     told = False
     while True:
@@ -257,20 +150,6 @@ def _apply_remote(remote: Remote, target: str, yes: bool, wait: bool, detach: bo
                 told = True
             time.sleep(1.0)
     return follow_remote(remote, accepted, _render_apply, detach)
-
-
-def follow_remote(remote: Remote, accepted: dict, render, detach: bool = False):
-    """A rollout the server started: its id (--detach), or followed to its end as a local run prints it."""
-    rid = accepted["rollout"]
-    if detach:
-        return accepted, lambda d: console.print(f"rollout {rid} started; `provisioner rollout watch {rid}` follows it")
-    try:
-        result = follow(remote, accepted, RolloutProgress(True))
-    except KeyboardInterrupt:
-        err_console.print(f"stopped following rollout {rid}; it goes on on the server: "
-                          f"`provisioner rollout watch {rid}`")
-        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-    return result.as_dict(), render, rollout_exit(result)
 
 
 @cli.command("gate")
@@ -456,7 +335,7 @@ def unblock_cmd(ctx: Context, component: str, version: str, reason: str, confirm
             return req, lambda d: console.print(
                 f"unblock of {component} {version} requested by {d['requested_by']} (audit #{d['audit_seq']}); "
                 f"another approver confirms it: `provisioner unblock {component} {version} --reason ... --confirm`")
-        data = blocks.unblock_confirm(ctx, component, version, reason).as_dict()
+        data = blocks.unblock_ask_if_protected(ctx, component, version, reason).as_dict()
     elif confirm:
         raise click.UsageError("--confirm confirms another person's request: sign in (`provisioner login`) or "
                                "use PROVISIONER_TOKEN; direct store access lifts a block at once")
@@ -491,7 +370,7 @@ def rollback(ctx: Context, environment: str, to: str | None, yes: bool):
     doing = f"roll {environment} back" + (f" to {to}" if to else "")
     remote = remote_for(ctx.settings)
     if remote:
-        confirm(environment_on(remote, environment)["protected"], environment, doing, yes)
+        ask_if_protected(environment_on(remote, environment)["protected"], environment, doing, yes)
         accepted = remote.call("POST", f"/api/v1/environments/{quote(environment)}/rollback", {"to": to})
         return follow_remote(remote, accepted, _render_rollback)
     common.known_environment(ctx, environment)

@@ -7,10 +7,15 @@ import time
 import click
 
 from provisioner.cli import cli
-from provisioner.cli.follow import follow
 from provisioner.cli.output import console, err_console, json_option, table
-from provisioner.cli.pipeline_cmd import RolloutProgress, follow_remote, rollout_exit, run_interruptible
 from provisioner.cli.remote import remote_for
+from provisioner.cli.rollout_output import (
+    RolloutProgress,
+    follow,
+    follow_remote,
+    rollout_exit,
+    run_interruptible,
+)
 from provisioner.context import Context
 from provisioner.errors import ReleaseError
 from provisioner.operations import rollouts

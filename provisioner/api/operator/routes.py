@@ -15,7 +15,7 @@ from flask import Response, request
 
 from provisioner.errors import InputError
 from provisioner.operations import audit as audit_ops
-from provisioner.operations import blocks, common, nodes, releases, rollouts
+from provisioner.operations import blocks, common, node_lifecycle, nodes, releases, rollouts
 from provisioner.plan import saved_plan
 from provisioner.policy.authz import Action
 from provisioner.policy.gate import staging_environment
@@ -218,6 +218,21 @@ def list_nodes(c: Call):
             for r in c.ctx.store.nodes(env)]
 
 
+def show_node(c: Call, name: str):
+    return node_lifecycle.detail(c.ctx, name)
+
+
+def node_maintenance(c: Call, name: str):
+    on = c.body.get("on")
+    if not isinstance(on, bool):
+        raise InputError("'on' must be true (take the node out of rollouts) or false (give it back)")
+    return node_lifecycle.maintenance(c.ctx, name, on, c.text("reason"))
+
+
+def clear_node(c: Call, name: str):
+    return node_lifecycle.clear(c.ctx, name, c.text("reason"))
+
+
 def drift_report(c: Call):
     items, unread = nodes.drift(c.ctx, c.args.get("environment"))
     return {"drift": [i.as_dict() for i in items], "unreachable": unread}
@@ -333,6 +348,13 @@ ROUTES: list[Route] = [
     Route("GET", "/api/v1/status", V, site_status, "Each node against its release (stored reads; refresh=true "
           "reads every BMC)", query={"environment": "string", "refresh": "boolean"}),
     Route("GET", "/api/v1/nodes", V, list_nodes, "Nodes as stored", query={"environment": "string"}),
+    Route("GET", "/api/v1/nodes/<name>", V, show_node, "One node: state, firmware observed vs pinned, last events "
+          "and rollout steps"),
+    Route("POST", "/api/v1/nodes/<name>/maintenance", Action.APPLY, node_maintenance,
+          "Take a node out of rollouts (on) or give it back (off)", body={"on": ("boolean", True),
+                                                                          "reason": ("string", True)}),
+    Route("POST", "/api/v1/nodes/<name>/clear", Action.APPLY, clear_node,
+          "A failed or held node back to ready, after a BMC read now", body={"reason": ("string", True)}),
     Route("GET", "/api/v1/drift", V, drift_report, "Nodes whose BMC reports other firmware than pinned",
           query={"environment": "string"}),
     Route("GET", "/api/v1/history", V, change_history, "Changes in order", query={"limit": "integer"}),

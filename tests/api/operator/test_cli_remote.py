@@ -189,9 +189,18 @@ def test_drift_reports_as_locally_and_fixes_through_the_api(srv):
     same(srv.remote("drift", "staging"), srv.local("drift", "staging"), 0)
 
 
-def test_audit_verify_and_node_list_answer_as_locally(srv):
+def test_audit_verify_and_the_node_commands_answer_as_locally(srv):
     same(srv.remote("audit", "verify"), srv.local("audit", "verify"), 0)
     same(srv.remote("node", "list", "--json"), srv.local("node", "list", "--json"), 0)
+    same(srv.remote("node", "show", "r1n01", "--json"), srv.local("node", "show", "r1n01", "--json"), 0)
+    same(srv.remote("node", "show", "nope"), srv.local("node", "show", "nope"), 4)
+    on = srv.remote("node", "maintenance", "on", "r1n01", "--reason", "DIMM swap")
+    assert on.returncode == 0 and re.fullmatch(r"r1n01: [a-z-]+ → maintenance\n", on.stdout), on.stderr
+    assert srv.site.ctx.store.audit_entries(1)[0]["actor"] == "op1"
+    viewer = srv.remote("node", "maintenance", "off", "r1n01", "--reason", "done", as_="view1")
+    assert viewer.returncode == 3 and viewer.stderr.startswith("error: view1 (viewer) may not apply"), viewer.stderr
+    off = srv.remote("node", "maintenance", "off", "r1n01", "--reason", "done")
+    assert (off.returncode, off.stdout) == (0, "r1n01: maintenance → ready\n"), off.stderr
 
 
 def test_accounts_and_tokens_are_managed_through_the_api_by_an_admin(srv):
