@@ -153,6 +153,14 @@ def test_apply_detach_prints_the_rollout_and_watch_follows_it(srv):
     assert watched.returncode == 0 and watched.stdout.splitlines()[-1].startswith(f"rollout {rid} done"), watched
 
 
+def test_a_plan_saved_through_the_api_is_applied_exactly(srv):
+    saved = srv.config / "staging.plan"
+    r = srv.remote("plan", "staging", "-o", str(saved))
+    assert r.returncode == 0 and f"plan saved to {saved}" in r.stdout, r.stdout + r.stderr
+    applied = srv.remote("apply", str(saved), "--json")
+    assert applied.returncode == 0 and json.loads(applied.stdout)["status"] == "done", applied.stderr
+
+
 def test_rollback_to_an_unapproved_release_is_refused_as_locally(srv):
     template = next((srv.site.spec / "templates").iterdir())
     template.write_text(template.read_text() + "\n# R2: a change nobody approved\n")
@@ -183,6 +191,10 @@ def test_drift_reports_as_locally_and_fixes_through_the_api(srv):
     same(srv.remote("drift"), srv.local("drift"), 0)
     srv.site.lab.site.hand_flash("s1n01", "bios", "0.0.0-by-hand")
     same(srv.remote("drift", "staging", "--json"), srv.local("drift", "staging", "--json"), 2)
+    stale = srv.config / "staging.plan"  # saved before the hand flash: no longer holds
+    refused = srv.remote("apply", str(stale))
+    same(refused, srv.local("apply", str(stale)))
+    assert refused.returncode == 1 and "the saved plan no longer holds" in refused.stderr
     fixed = srv.remote("drift", "staging", "--fix")
     assert fixed.returncode == 0, fixed.stderr
     assert "staging: re-provisioned 1, failed 0 (done)" in fixed.stdout
