@@ -73,8 +73,7 @@ def audit_verify(ctx: Context, checkpoint_file: Path | None, public_key: Path | 
 @click.pass_obj
 def audit_checkpoint(ctx: Context, watch: bool):
     """Sign the chain's head now (creating the signing key, 0600, on first use) and append the
-    checkpoint to the checkpoint file and the log. On the server host only: with a server set it
-    refuses (exit 2).
+    checkpoint to the checkpoint file and the log.
 
     \b
     Examples:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import http.client
+import inspect
 import json
 import os
 import ssl
@@ -184,6 +185,9 @@ def on_this_host(what: str = "", refuse: str | None = None):
             return callback(*args, **kwargs)
 
         cmd.callback = wrapper
+        cmd.help = inspect.cleandoc(cmd.help or "") + "\n\n" + (
+            f"With a server set (`provisioner login`) it refuses: it {refuse}." if refuse else
+            f"With a server set (`provisioner login`) it still acts on this host ({what}) and says so on stderr.")
         return cmd
 
     return mark
