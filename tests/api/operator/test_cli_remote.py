@@ -155,6 +155,7 @@ def test_apply_detach_prints_the_rollout_and_watch_follows_it(srv):
 
 def test_a_plan_saved_through_the_api_is_applied_exactly(srv):
     saved = srv.config / "staging.plan"
+    srv.config.mkdir(parents=True, exist_ok=True)
     r = srv.remote("plan", "staging", "-o", str(saved))
     assert r.returncode == 0 and f"plan saved to {saved}" in r.stdout, r.stdout + r.stderr
     applied = srv.remote("apply", str(saved), "--json")
