@@ -135,7 +135,7 @@ def _apply_remote(remote: Remote, target: str, yes: bool, wait: bool, detach: bo
     env = environment_on(remote, environment)
     if env["release"] is not None:  # else the server says it points at no release, as apply does here
         ask_if_protected(env["protected"], environment, f"apply release {env['release'][:12]} to {environment}"
-                + (f" (plan {target})" if saved else ""), yes)
+                         + (f" (plan {target})" if saved else ""), yes)
     told = False
     while True:
         try:
@@ -335,7 +335,7 @@ def unblock_cmd(ctx: Context, component: str, version: str, reason: str, confirm
             return req, lambda d: console.print(
                 f"unblock of {component} {version} requested by {d['requested_by']} (audit #{d['audit_seq']}); "
                 f"another approver confirms it: `provisioner unblock {component} {version} --reason ... --confirm`")
-        data = blocks.unblock_ask_if_protected(ctx, component, version, reason).as_dict()
+        data = blocks.unblock_confirm(ctx, component, version, reason).as_dict()
     elif confirm:
         raise click.UsageError("--confirm confirms another person's request: sign in (`provisioner login`) or "
                                "use PROVISIONER_TOKEN; direct store access lifts a block at once")
