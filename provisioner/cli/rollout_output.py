@@ -116,7 +116,7 @@ def ask_if_protected(protected: bool, env: str, doing: str, yes: bool) -> None:
         return
     if not sys.stdin.isatty():
         raise PolicyViolation(f"{env} is protected (policy.yaml): {doing} needs --yes when not run on a terminal")
-    if not click.ask_if_protected(f"{doing}: {env} is protected. Go ahead?", default=False, err=True):
+    if not click.confirm(f"{doing}: {env} is protected. Go ahead?", default=False, err=True):
         click.echo("cancelled: nothing was changed", err=True)
         raise click.exceptions.Exit(1)
 
