@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 def default_actor() -> str:
-    return os.environ.get("PROVISIONER_USER") or getpass.getuser()
+    """The OS login: what direct store access records beside `root@HOST (local store)`."""
+    return getpass.getuser()
 
 
 @dataclass

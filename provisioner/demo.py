@@ -50,28 +50,30 @@ def say(title: str) -> None:
     mark(title)
 
 
-def run(*args: str, spec: Path, data: Path, who: str = "alice", ok=(0,), stdin: str | None = None,
+def run(*args: str, spec: Path, data: Path, ok=(0,), stdin: str | None = None,
         token: str | None = None, remote: bool = False) -> int:
     """One `provisioner` command, in process; `stdin` is what is piped in, `token` PROVISIONER_TOKEN;
-    `remote`: a workstation signed in to the operator API (`provisioner login`), not the server host."""
+    `remote`: a workstation signed in to the operator API (`provisioner login`), not the server host,
+    where commands act as the installation's root (direct store access)."""
     server = os.environ.get("PROVISIONER_SERVER") if remote else None
     prefix = (f"PROVISIONER_SERVER={server} " if server else "") + ("PROVISIONER_TOKEN=prv_… " if token else "")
     piped = "echo *** | " if stdin is not None else ""
-    named = not remote and (who != "alice" or args[0] == "approve")  # approve authenticates the --as account
-    console.print(f"[dim]$ {piped}{prefix}provisioner {'--as ' + who + ' ' if named else ''}"
-                  f"{' '.join(args)}[/dim]")
-    saved = sys.stdin, os.environ.get("PROVISIONER_TOKEN")
+    console.print(f"[dim]$ {piped}{prefix}provisioner {' '.join(args)}[/dim]")
+    saved = sys.stdin, os.environ.get("PROVISIONER_TOKEN"), os.environ.get("PROVISIONER_SERVER")
     if stdin is not None:
         sys.stdin = io.StringIO(stdin + "\n")
     if token:
         os.environ["PROVISIONER_TOKEN"] = token
+    if not remote:  # the server host's store, even if whoever runs the demo is signed in somewhere
+        os.environ["PROVISIONER_SERVER"] = "local"
     try:
-        code = cli([*(() if remote else ("--spec", str(spec), "--data", str(data), "--as", who)), *args])
+        code = cli([*(() if remote else ("--spec", str(spec), "--data", str(data))), *args])
     finally:
         sys.stdin = saved[0]
-        os.environ.pop("PROVISIONER_TOKEN", None)
-        if saved[1] is not None:
-            os.environ["PROVISIONER_TOKEN"] = saved[1]
+        for name, value in (("PROVISIONER_TOKEN", saved[1]), ("PROVISIONER_SERVER", saved[2])):
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
     if code not in ok:
         raise SystemExit(f"demo step failed: provisioner {' '.join(args)} exited {code}")
     return code
@@ -139,11 +141,16 @@ def main() -> int:
     if data.exists():
         shutil.rmtree(data)
     spec = REPO
-    ctx = Context(Settings(spec_dir=spec, data_dir=data, actor="alice"))
+    ctx = Context(Settings(spec_dir=spec, data_dir=data))
 
-    say("1. The spec, frozen into a release")
+    say("1. Accounts, and the spec frozen into a release by one of them")
+    # the server host's admin creates the accounts (passwords hashed, argon2id); direct store access is root
+    for name in ("alice", "bob", "carol"):
+        run("user", "add", name, "--role", "approver", "--password-stdin", spec=spec, data=data,
+            stdin=PASSWORDS[name])
+    alice_token, _ = ctx.store.accounts.create_token("alice", "demo", ctx.actor, days=1)  # shown once
     run("validate", spec=spec, data=data)
-    run("release", "build", spec=spec, data=data)
+    run("release", "build", spec=spec, data=data, token=alice_token)  # alice is its author
     r1 = release_id(data, spec)
 
     say("2. A simulated site: 20 BMCs on real IPMI and Redfish, hosts that netboot over our TFTP and HTTP")
@@ -186,13 +193,11 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
     run("promote", r1[:12], "--to", "staging", spec=spec, data=data)
     run("apply", "staging", spec=spec, data=data)
     run("gate", r1[:12], spec=spec, data=data, ok=(1,))
-    # Approvals are made by accounts: the server host's admin creates them (passwords hashed, argon2id)
-    for name in ("alice", "bob", "carol"):
-        run("user", "add", name, "--role", "approver", "--password-stdin", spec=spec, data=data,
-            stdin=PASSWORDS[name])
     carol_token, _ = ctx.store.accounts.create_token("carol", "demo", ctx.actor, days=1)  # shown once
-    run("approve", r1[:12], "--password-stdin", spec=spec, data=data, who="alice", stdin=PASSWORDS["alice"],
-        ok=(3,))  # the author cannot approve, under any spelling of her name; the refusal is audited
+    # approvals are an authenticated account's (here: alice's password, checked); the author cannot
+    # approve, under any spelling of her name, and the refusal is audited
+    run("approve", r1[:12], "--account", "alice", "--password-stdin", spec=spec, data=data, stdin=PASSWORDS["alice"],
+        ok=(3,))
     # The approvers work from their own machines, through the operator API (`provisioner api`)
     with operator_api(ctx) as url:
         console.print(f"[dim]operator API on {url} (provisioner api)[/dim]")
@@ -226,9 +231,9 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
 
     say("6. On call: block the version everywhere, roll staging back")
     run("block", BAD_COMPONENT, BAD_VERSION, "--reason", "boot loop after flash, INC-4411", "--incident", "INC-4411",
-        spec=spec2, data=data, who="dana")
+        spec=spec2, data=data)
     run("release", "build", spec=spec2, data=data, ok=(3,))  # nothing pinning it can be built any more
-    run("rollback", "staging", spec=spec, data=data, who="dana")
+    run("rollback", "staging", spec=spec, data=data)
 
     say("7. Drift: someone hand-flashed a production NIC")
     lab.site.hand_flash("r2n05", "nic", "14.30.0")

@@ -71,7 +71,7 @@ def _story(ctx: Context, lab, spec: Path, data: Path, r1: str) -> int:
 
     say("3. Roll staging back: the looping canary is reflashed through its BMC (HPM.1)")
     seen = len(lab.site.state(canary)["log"])
-    run("rollback", "staging", spec=spec, data=data, who="dana")
+    run("rollback", "staging", spec=spec, data=data)
     table(f"{canary}'s BMC log during the rollback", ["event", "details"],
           [[e["event"], ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("at", "event"))]
            for e in lab.site.state(canary)["log"][seen:]])

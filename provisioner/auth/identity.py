@@ -6,8 +6,8 @@ address. The store's writers keep taking a plain name; `audit.append` reads the 
 they are there, so an authenticated write is recorded as such without changing every signature.
 
 Direct store access has no authenticated identity: it is the installation's root, labelled
-`root@HOST (local store)`, with the name typed by `--as` (or the login name) kept as an
-unverified claim. Such an actor can never approve.
+`root@HOST (local store)`, with the OS login name kept as an unverified claim. Such an actor can
+never approve: `approve` on the server host authenticates an account (token or password).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Actor(str):
     account: Account | None
     method: Method
     client: str | None
-    claimed: str | None  # the unverified name typed in local mode (--as, or the login name)
+    claimed: str | None  # the unverified name in local mode (the OS login name)
 
     def __new__(cls, label: str, *, account: Account | None = None, method: Method = Method.LOCAL_STORE,
                 client: str | None = None, claimed: str | None = None):

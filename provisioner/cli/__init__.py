@@ -35,9 +35,11 @@ Examples:
   provisioner user add bob --role approver  an account (password asked for)
 
 Global options can also be set as environment variables:
-PROVISIONER_SPEC, PROVISIONER_DATA, PROVISIONER_DB, PROVISIONER_USER,
-PROVISIONER_SPEC_MAX_FILE_BYTES; and PROVISIONER_TOKEN, a personal API token: build, promote,
-rollback and approve then act as its account.
+PROVISIONER_SPEC, PROVISIONER_DATA, PROVISIONER_DB, PROVISIONER_SPEC_MAX_FILE_BYTES.
+PROVISIONER_SERVER (or `provisioner login --server URL`): operator commands go through that
+operator API; PROVISIONER_TOKEN is then your personal API token (on the server host without a
+server, commands act as its account). Without either, commands act on the local store as the
+installation's root (root@HOST, with your login name).
 """
 
 
@@ -48,9 +50,6 @@ rollback and approve then act as its account.
               type=click.Path(path_type=Path), help="Data directory: store, artifacts, lab state.")
 @click.option("--db", "db_url", envvar="PROVISIONER_DB", default=None,
               help="SQLAlchemy URL of the store [default: SQLite in the data directory].")
-@click.option("--as", "actor", envvar="PROVISIONER_USER", default=None,
-              help="Your account's name in local mode: `approve` asks for its password; other local commands "
-                   "run as the store's root and record the name as unverified [default: your login name].")
 @click.option("--spec-max-file-bytes", envvar=MAX_FILE_BYTES_ENV, type=click.IntRange(1), default=None,
               help=f"Largest spec file (YAML or template) read [default: {DEFAULT_MAX_FILE_BYTES:,}].")
 @click.option("--log", "log_level", envvar="PROVISIONER_LOG", default=None,
@@ -58,7 +57,7 @@ rollback and approve then act as its account.
               help="Print log records of this level and above to stderr [default: none].")
 @click.version_option(package_name="provisioner")
 @click.pass_context
-def cli(ctx: click.Context, spec_dir: Path, data_dir: Path, db_url: str | None, actor: str | None,
+def cli(ctx: click.Context, spec_dir: Path, data_dir: Path, db_url: str | None,
         spec_max_file_bytes: int | None, log_level: str | None) -> None:
     """Bare-metal provisioning as immutable infrastructure.
 
@@ -67,12 +66,11 @@ def cli(ctx: click.Context, spec_dir: Path, data_dir: Path, db_url: str | None, 
     """
     configure_logging(log_level)
     limits = SpecLimits(**({"max_file_bytes": spec_max_file_bytes} if spec_max_file_bytes else {}))
-    # Direct store access is the installation's root; the typed name is only a claim (auth/identity.py).
-    # PROVISIONER_TOKEN, when set, makes build, promote, rollback and approve act as its account.
-    if actor is not None and not actor.strip():
-        raise click.BadParameter("a name cannot be empty", param_hint="--as")
+    # Direct store access is the installation's root, labelled with the OS login (auth/identity.py);
+    # PROVISIONER_TOKEN, when set, makes the commands act as its account. With a server set
+    # (`provisioner login`, PROVISIONER_SERVER) commands go through the operator API (remote.py).
     ctx.obj = Context(Settings(spec_dir=spec_dir, data_dir=data_dir, db_url=db_url,
-                               actor=Actor.local_store(claimed=actor or default_actor()),
+                               actor=Actor.local_store(claimed=default_actor()),
                                token=os.environ.get("PROVISIONER_TOKEN") or None,
                                spec_limits=limits))
 

@@ -11,9 +11,11 @@ from pathlib import Path
 import click
 
 from provisioner.cli import cli
+from provisioner.cli.remote import on_this_host
 from provisioner.context import Context
 
 
+@on_this_host("the operator API served from here")
 @cli.command("api")
 @click.option("--bind", "bind", default="127.0.0.1:8443", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

@@ -10,6 +10,7 @@ import click
 
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
+from provisioner.cli.remote import on_this_host, remote_for
 from provisioner.context import Context
 from provisioner.errors import AuditError, InputError
 from provisioner.operations import audit as audit_ops
@@ -39,9 +40,15 @@ def audit_verify(ctx: Context, checkpoint_file: Path | None, public_key: Path | 
     Examples:
       provisioner audit verify --json     # {"ok": true, "entries": 42, "problems": []}
       provisioner audit verify --checkpoints /backup/audit-checkpoints.jsonl --public-key /backup/audit.pub
+    Through the operator API the server verifies its store against its own checkpoints.
     """
+    remote = remote_for(ctx.settings)
+    if remote and (checkpoint_file or public_key):
+        raise click.UsageError("--checkpoints and --public-key are checked where the files are: through the operator "
+                               "API the server verifies against its own; run it on a host with a copy of the store")
     try:
-        data = audit_ops.verify(ctx, checkpoint_file, public_key)
+        data = remote.call("GET", "/api/v1/audit/verify") if remote else audit_ops.verify(ctx, checkpoint_file,
+                                                                                           public_key)
     except InputError as e:
         raise click.UsageError(str(e)) from None
     problems = data["problems"]
@@ -59,6 +66,7 @@ def audit_verify(ctx: Context, checkpoint_file: Path | None, public_key: Path | 
     return data, render
 
 
+@on_this_host(refuse="signs with the server host's key: run it there (PROVISIONER_SERVER=local)")
 @audit.command("checkpoint")
 @click.option("--watch", is_flag=True, help="Keep running: sign every N entries and M minutes (DATA/site.yaml).")
 @json_option
@@ -97,8 +105,6 @@ def audit_checkpoint(ctx: Context, watch: bool):
 @click.pass_obj
 def audit_log(ctx: Context, limit: int):
     """Show the newest audit entries: who did what, how they were identified, when."""
-    from provisioner.cli.remote import remote_for
-
     remote = remote_for(ctx.settings)
     rows = remote.call("GET", "/api/v1/audit", query={"limit": limit}) if remote else ctx.store.audit_entries(limit)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import sys
 
 import click
@@ -20,11 +21,11 @@ def read_secret(what: str, from_stdin: bool, confirm: bool = False) -> str:
     return click.prompt(what.capitalize(), hide_input=True, confirmation_prompt=confirm)
 
 
-def authenticated_actor(ctx: Context, token: str | None, password_stdin: bool) -> Actor:
-    """The account behind this command: the token's, else the `--as` account after its password."""
+def authenticated_actor(ctx: Context, token: str | None, account: str | None, password_stdin: bool) -> Actor:
+    """The account behind this command: the token's, else `account` (default: the login name) after
+    its password is checked. A typed name alone never identifies anyone."""
     if token:
         return with_token(ctx.store.accounts, token, client="local")
-    actor = ctx.settings.actor
-    username = getattr(actor, "claimed", None) or str(actor)
+    username = account if account is not None else getpass.getuser()
     password = read_secret(f"password of {username}", password_stdin)
     return with_password(ctx.store.accounts, username, password, client="local")

@@ -6,12 +6,14 @@ import click
 
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
+from provisioner.cli.remote import on_this_host
 from provisioner.context import Context
 from provisioner.store.copy import copy_store
 from provisioner.store.db import Database, schema_state
 from provisioner.store.errors import mask_url
 
 
+@on_this_host("the store of --data/--db here")
 @cli.group()
 def db():
     """The store: its schema revision, migrations, and copying it to PostgreSQL.

@@ -13,10 +13,12 @@ import click
 
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
+from provisioner.cli.remote import on_this_host
 from provisioner.context import Context
 from provisioner.spec.suggest import did_you_mean
 
 
+@on_this_host("the simulated lab runs here")
 @cli.group()
 def lab():
     """A simulated site: BMCs speaking real IPMI or Redfish on loopback, hosts that really netboot.

@@ -29,8 +29,12 @@ def login(ctx: Context, server: str, username: str | None, password_stdin: bool,
     \b
     With a password, a personal API token named after this host is issued to your account and
     kept (0600) in $XDG_CONFIG_HOME/provisioner/login.json; `provisioner logout` forgets it.
-    Commands that go through the API: status, gate, approve, promote, block, unblock (two people:
-    request, then --confirm), history, audit log, rollout list, rollout show.
+    Every operator command then goes through the API: release, gate, approve, promote, plan,
+    apply, rollback, rollout, drift, status, node, block, unblock (two people: request, then
+    --confirm), history, audit log/verify, user, token. The server runs rollouts; apply,
+    rollback, rollout resume and drift --fix follow them. Commands of the host they run on
+    (lab, serve, dhcp, netboot, worker, db, api, validate) act here and say so on stderr;
+    audit checkpoint refuses.
     Examples:
       provisioner login --server https://prov.example:8443 --user bob
       provisioner login --server http://127.0.0.1:8443 --token prv_...

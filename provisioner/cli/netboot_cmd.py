@@ -16,6 +16,7 @@ import click
 
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option
+from provisioner.cli.remote import on_this_host
 from provisioner.context import Context
 
 
@@ -26,6 +27,7 @@ def boot_service(ctx: Context, http_base: str, retention=None):
     return BootService(ctx.store, ctx.artifacts, http_base, retention=retention)
 
 
+@on_this_host("the boot services served from here")
 @cli.command()
 @click.option("--tftp-bind", default="0.0.0.0:69", show_default=True, help="TFTP address:port, or 'off'.")
 @click.option("--http-bind", default="0.0.0.0:8080", show_default=True, help="HTTP address:port, or 'off'.")
@@ -133,6 +135,7 @@ def serve(ctx: Context, tftp_bind: str, http_bind: str, boot_files: Path | None,
 serve.prints_no_data = True
 
 
+@on_this_host("dnsmasq on this host")
 @cli.group()
 def dhcp():
     """DHCP for PXE clients (dnsmasq configuration)."""
@@ -209,6 +212,7 @@ def dhcp_render(ctx: Context, server_ip, interface, mode, dhcp_range, http_port,
 dhcp_render.prints_no_data = True
 
 
+@on_this_host("the spec and store of --spec/--data here")
 @cli.group()
 def netboot():
     """Inspect what the netboot gate hands a node."""

@@ -13,8 +13,17 @@ import click
 
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
-from provisioner.cli.pipeline_cmd import ENV, YES, RolloutProgress, confirm_protected, say_unread
-from provisioner.cli.remote import remote_for
+from provisioner.cli.remote import quote, remote_for
+from provisioner.cli.rollout_output import (
+    ENV,
+    YES,
+    RolloutProgress,
+    ask_if_protected,
+    confirm_protected,
+    environment_on,
+    follow,
+    say_unread,
+)
 from provisioner.context import Context
 from provisioner.errors import IncompleteRead, ProvisionerError, RolloutHalted, SpecError
 from provisioner.operations import nodes as node_ops
@@ -56,22 +65,29 @@ def plan(ctx: Context, environment: str, no_refresh: bool, out: Path | None):
       provisioner plan production -o prod.plan    # then: provisioner apply prod.plan
       provisioner plan staging --json | jq '.nodes[] | select(.action != "nothing")'
     """
+    remote = remote_for(ctx.settings)
     try:
-        p, errors, observed = node_ops.plan_observed(ctx, environment, refresh=not no_refresh)
+        if remote:  # the server reads its BMCs; `-o` keeps the plan it made
+            data = remote.call("GET", f"/api/v1/environments/{quote(environment)}/plan",
+                               query={"refresh": "false" if no_refresh else "true", "saved": "true" if out else None})
+            kept, errors, changes = data.pop("saved_plan", None), data["unreachable"], \
+                any(n["action"] not in ("nothing", "unknown") for n in data["nodes"])  # Plan.changes
+        else:
+            p, errors, observed = node_ops.plan_observed(ctx, environment, refresh=not no_refresh)
+            data, kept, changes = {**p.as_dict(), "unreachable": errors}, None, bool(p.changes)
     except ProvisionerError as e:
         # 2 means "changes" here: every error, a spec error (normally 2) included, must be 1
         for line in e.problems if isinstance(e, SpecError) else [e]:
             click.echo(f"error: {line}", err=True)
         raise click.exceptions.Exit(1) from None
-    data = {**p.as_dict(), "unreachable": errors}
     if out is not None:
         try:
-            out.write_text(json.dumps(saved_plan(p, errors, observed), indent=2) + "\n")
+            out.write_text(json.dumps(kept or saved_plan(p, errors, observed), indent=2) + "\n")
         except OSError as e:
             click.echo(f"error: cannot save the plan to {out}: {e.strerror}", err=True)
             raise click.exceptions.Exit(1) from None
         data["saved_to"] = str(out)
-    return data, _render_plan, IncompleteRead.exit_code if errors else (2 if p.changes else 0)
+    return data, _render_plan, IncompleteRead.exit_code if errors else (2 if changes else 0)
 
 
 @cli.command()
@@ -92,21 +108,35 @@ def drift(ctx: Context, environment: str | None, fix: bool, no_fix: bool, yes: b
     Examples:
       provisioner drift                    # every environment, report only
       provisioner drift production --fix --yes
+    Through the operator API the server reads its BMCs and runs the fix; this command follows it.
     """
-    items, errors = node_ops.drift(ctx, environment)
-    data = {"drift": [i.as_dict() for i in items], "unreachable": errors, "fixed": None}
+    remote = remote_for(ctx.settings)
+    if remote:
+        answer = remote.call("GET", "/api/v1/drift", query={"environment": environment})
+        items, errors = answer["drift"], answer["unreachable"]
+    else:
+        found, errors = node_ops.drift(ctx, environment)
+        items = [i.as_dict() for i in found]
+    data = {"drift": items, "unreachable": errors, "fixed": None}
     halted = False
     if fix and not no_fix and items:
         by_env: dict[str, set] = {}
         for i in items:
-            by_env.setdefault(i.environment, set()).add(i.node)
+            by_env.setdefault(i["environment"], set()).add(i["node"])
         for env, nodes in sorted(by_env.items()):
-            confirm_protected(ctx, env, f"re-provision {len(nodes)} drifted node(s) of {env} "
-                              f"({', '.join(sorted(nodes))})", yes)
+            doing = f"re-provision {len(nodes)} drifted node(s) of {env} ({', '.join(sorted(nodes))})"
+            if remote:
+                ask_if_protected(environment_on(remote, env)["protected"], env, doing, yes)
+            else:
+                confirm_protected(ctx, env, doing, yes)
         data["fixed"] = {}
         for env, nodes in sorted(by_env.items()):
-            r = rollouts.apply(ctx, env, kind="drift", reason="drift correction", only=nodes,
-                               progress=RolloutProgress(True))
+            if remote:
+                r = follow(remote, remote.call("POST", f"/api/v1/environments/{quote(env)}/drift-fix",
+                                               {"nodes": sorted(nodes)}), RolloutProgress(True))
+            else:
+                r = rollouts.apply(ctx, env, kind="drift", reason="drift correction", only=nodes,
+                                   progress=RolloutProgress(True))
             data["fixed"][env] = r.as_dict()
             halted = halted or r.status == "halted"
 

@@ -1,123 +1,42 @@
 """The pipeline commands that change things: apply, gate, approve, promote, block, unblock, rollback; history.
 
-plan, drift and status (what is, read from the BMCs) are in observe_cmd.py.
+plan, drift and status (what is, read from the BMCs) are in observe_cmd.py; what a rollout prints
+(run here or followed from the operator API) in rollout_output.py.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+import time
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from provisioner.cli import cli
 from provisioner.cli.auth_input import authenticated_actor
 from provisioner.cli.output import console, err_console, json_option, table
-from provisioner.cli.remote import quote, remote_for
+from provisioner.cli.remote import Remote, RemoteError, quote, remote_for
+from provisioner.cli.rollout_output import (
+    ENV,
+    YES,
+    RolloutProgress,
+    ask_if_protected,
+    confirm_protected,
+    environment_on,
+    follow_remote,
+    rollout_exit,
+    run_interruptible,
+    say_unread,
+)
 from provisioner.context import Context
 from provisioner.errors import (
-    IncompleteRead,
     LeaseLost,
     NotAuthenticated,
     PlanOutdated,
-    PolicyViolation,
     RolloutBusy,
-    RolloutHalted,
 )
 from provisioner.operations import blocks, common, nodes, releases, rollouts
 from provisioner.plan import PLAN_FORMAT
-from provisioner.rollout.signals import EXIT_INTERRUPTED, SignalStop
-
-ENV = click.argument("environment", default="production")
-
-
-class RolloutProgress:
-    """A progress bar for people (stderr), nothing for --json. It knows its total (the rollout's
-    node count) and shows the step each running node is at."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self.bar_enabled = enabled and sys.stderr.isatty()
-        self.bar = None
-        self.lines: list[str] = []
-        self.phase: dict[str, str] = {}  # running node -> its current step
-
-    def __call__(self, e: dict) -> None:
-        ev = e["event"]
-        if ev == "total" and self.bar is None and self.bar_enabled:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=err_console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("re-provisioning", total=e["nodes"], completed=e["done"])
-        elif ev == "node_step":
-            self.phase[e["node"]] = e["step"]
-            self._describe()
-        elif ev == "created":
-            counts = ", ".join(f"{v} {k}" for k, v in sorted(e["counts"].items()))
-            self._say(f"rollout {e['rollout']} created: {counts or 'nothing to do'}")
-            for node, err in sorted(e.get("unreachable", {}).items()):
-                self._say(f"  [yellow]{node}: BMC not read ({err})[/yellow]")
-        elif ev == "resume":
-            kind = f" ({e['kind']})" if e.get("kind") not in (None, "apply") else ""
-            self._say(f"resuming rollout {e['rollout']}{kind} from its record")
-        elif ev == "handoff":
-            self._say(f"rollout {e['rollout']} handed to {e['workers']} worker(s); following it (Ctrl-C interrupts it)")
-        elif ev == "wave":
-            name = "canary" if e["wave"] == 0 else f"wave {e['wave']}"
-            self._say(f"{name}: {', '.join(e['nodes'])}")
-        elif ev == "node_done":
-            self._advance(e["node"])
-        elif ev == "node_failed":
-            self._say(f"  [red]✗ {e['node']}: {e['error']}[/red]")
-            self._advance(e["node"])
-        elif ev == "node_halted":
-            self._say(f"  [yellow]‖ {e['node']} stopped before {e['step']}[/yellow]")
-            self.phase.pop(e["node"], None)
-        elif ev in ("done", "halted", "interrupted", "lost"):
-            if self.bar:
-                self.bar.stop()
-
-    def _describe(self) -> None:
-        if self.bar:
-            running = " ".join(f"{n}:{s}" for n, s in sorted(self.phase.items())[:4])
-            more = f" +{len(self.phase) - 4}" if len(self.phase) > 4 else ""
-            self.bar.update(self.task, description=f"re-provisioning {running}{more}")
-
-    def _advance(self, node: str):
-        self.phase.pop(node, None)
-        if self.bar:
-            self.bar.advance(self.task)
-            self._describe()
-
-    def _say(self, text: str) -> None:
-        if self.enabled:
-            err_console.print(text)
-
-
-def say_unread(unread: dict[str, str], what: str) -> None:
-    """Every node whose BMC could not be read, in the human output too: never a silent green."""
-    if unread:
-        console.print(f"[yellow bold]INCOMPLETE[/yellow bold]: {len(unread)} BMC(s) could not be read; {what}")
-        for node, err in sorted(unread.items()):
-            console.print(f"  [yellow]{node}: {err}[/yellow]")
-
-
-def confirm_protected(ctx: Context, env: str, doing: str, yes: bool) -> None:
-    """A protected environment (policy.yaml) is changed only by someone who said so: --yes, or "y"
-    at a prompt on a terminal. Off a terminal without --yes it is refused (exit 3): a script that
-    changes production says --yes in its own text."""
-    if yes or not ctx.spec.policy.protected(env):
-        return
-    if not sys.stdin.isatty():
-        raise PolicyViolation(f"{env} is protected (policy.yaml): {doing} needs --yes when not run on a terminal")
-    if not click.confirm(f"{doing}: {env} is protected. Go ahead?", default=False, err=True):
-        click.echo("cancelled: nothing was changed", err=True)
-        raise click.exceptions.Exit(1)
-
-
-YES = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a protected environment.")
 
 
 def _load_saved_plan(path: Path) -> dict:
@@ -131,28 +50,16 @@ def _load_saved_plan(path: Path) -> dict:
     return doc
 
 
-def rollout_exit(result) -> int:
-    """The exit code of a rollout's result (or of its status alone): 8 halted, 130 interrupted,
-    10 finished but left unreadable nodes alone, else 0."""
-    status = getattr(result, "status", result)
-    code = {"halted": RolloutHalted.exit_code, "interrupted": EXIT_INTERRUPTED}.get(status, 0)
-    return code or (IncompleteRead.exit_code if getattr(result, "unread", None) else 0)
-
-
-def run_interruptible(start):
-    """Run `start(on_engine)` with SIGINT/SIGTERM handled as rollout/signals.py says."""
-    with SignalStop(lambda text: err_console.print(f"[yellow]{text}[/yellow]")) as stop:
-        return start(stop.attach)
-
-
 @cli.command()
 @click.argument("target", default="production", metavar="[ENVIRONMENT | PLAN_FILE]")
 @YES
 @click.option("--wait", is_flag=True, help="If another process is rolling ENVIRONMENT out, wait for it to end "
               "instead of exiting 9.")
+@click.option("--detach", is_flag=True, help="Through the operator API: print the rollout's id once it exists "
+              "and exit 0; `provisioner rollout watch ID` follows it.")
 @json_option
 @click.pass_obj
-def apply(ctx: Context, target: str, yes: bool, wait: bool):
+def apply(ctx: Context, target: str, yes: bool, wait: bool, detach: bool):
     """Roll ENVIRONMENT's release out: canary, then waves, with limits and auto-halt.
 
     \b
@@ -168,6 +75,9 @@ def apply(ctx: Context, target: str, yes: bool, wait: bool):
     Exit codes: 8 the rollout halted, or ENVIRONMENT is halted (sticky: `rollout resume` or
     `rollout abort` first); 9 another process holds ENVIRONMENT (`--wait` waits); 10 it finished
     but left unreadable nodes alone; 130 interrupted by SIGINT/SIGTERM (resumable: run apply again).
+    Through the operator API (`provisioner login`): the server runs the rollout and this command
+    follows its event stream with the same lines and exit codes; Ctrl-C stops following (exit
+    130), not the rollout. --detach prints the rollout's id and exits 0.
 
     \b
     Examples:
@@ -175,6 +85,11 @@ def apply(ctx: Context, target: str, yes: bool, wait: bool):
       provisioner apply production --yes --json
       provisioner plan production -o prod.plan && provisioner apply prod.plan
     """
+    remote = remote_for(ctx.settings)
+    if remote:
+        return _apply_remote(remote, target, yes, wait, detach)
+    if detach:
+        raise click.UsageError("--detach is for the operator API (`provisioner login`): here apply runs the rollout")
     saved = None
     if target not in ctx.spec.policy.environments and Path(target).is_file():
         saved = _load_saved_plan(Path(target))
@@ -200,18 +115,41 @@ def apply(ctx: Context, target: str, yes: bool, wait: bool):
         except RolloutBusy:  # taken between the wait and the lease: wait again
             if not wait:
                 raise
-    data = result.as_dict()
+    return result.as_dict(), _render_apply, rollout_exit(result)
 
-    def render(d):
-        console.print(f"rollout {d['rollout']} {d['status']} in {d['seconds']}s: {len(d['done'])} done, "
-                      f"{len(d['failed'])} failed, {len(d['held'])} held")
-        if d["status"] in ("halted", "interrupted"):
-            console.print(f"[red bold]{d['status'].upper()}[/red bold]: {d['reason']}")
-            for node, step in sorted(d["interrupted"].items()):
-                console.print(f"  {node}: stopped before {step}")
-        say_unread(d["unread"], "left alone: nothing was done to them")
 
-    return data, render, rollout_exit(result)
+def _render_apply(d):
+    console.print(f"rollout {d['rollout']} {d['status']} in {d['seconds']}s: {len(d['done'])} done, "
+                  f"{len(d['failed'])} failed, {len(d['held'])} held")
+    if d["status"] in ("halted", "interrupted"):
+        console.print(f"[red bold]{d['status'].upper()}[/red bold]: {d['reason']}")
+        for node, step in sorted(d["interrupted"].items()):
+            console.print(f"  {node}: stopped before {step}")
+    say_unread(d["unread"], "left alone: nothing was done to them")
+
+
+def _apply_remote(remote: Remote, target: str, yes: bool, wait: bool, detach: bool):
+    """`apply` through the operator API: the same checks in the same order, the server's rollout followed."""
+    saved = _load_saved_plan(Path(target)) if Path(target).is_file() else None
+    environment = saved["environment"] if saved else target
+    env = environment_on(remote, environment)
+    if env["release"] is not None:  # else the server says it points at no release, as apply does here
+        ask_if_protected(env["protected"], environment, f"apply release {env['release'][:12]} to {environment}"
+                         + (f" (plan {target})" if saved else ""), yes)
+    told = False
+    while True:
+        try:
+            accepted = remote.call("POST", f"/api/v1/environments/{quote(environment)}/rollouts",
+                                   {"plan": saved} if saved else None)
+            break
+        except RemoteError as e:
+            if not wait or e.exit_code != RolloutBusy.exit_code:
+                raise
+            if not told:
+                err_console.print(f"waiting for {environment}: {e}")
+                told = True
+            time.sleep(1.0)
+    return follow_remote(remote, accepted, _render_apply, detach)
 
 
 @cli.command("gate")
@@ -249,33 +187,41 @@ def gate_cmd(ctx: Context, release_id: str):
 @click.option("--withdraw", is_flag=True, help="Take your approval back.")
 @click.option("--token", envvar="PROVISIONER_TOKEN", default=None,
               help="Your personal API token (env PROVISIONER_TOKEN) instead of a password.")
-@click.option("--password-stdin", is_flag=True, help="Read the password of the --as account from stdin.")
+@click.option("--account", default=None, metavar="NAME",
+              help="On the server host: the account that approves; its password is asked for (or read with "
+                   "--password-stdin) and checked [default: your login name].")
+@click.option("--password-stdin", is_flag=True, help="Read the --account's password from stdin.")
 @json_option
 @click.pass_obj
-def approve(ctx: Context, release_id: str, comment: str, withdraw: bool, token: str | None, password_stdin: bool):
+def approve(ctx: Context, release_id: str, comment: str, withdraw: bool, token: str | None, account: str | None,
+            password_stdin: bool):
     """Record one approval of RELEASE_ID at the staging gate, as your account.
 
     \b
-    The approval is made by an authenticated account: your API token (--token or
-    PROVISIONER_TOKEN), or the password of the account named by the global --as (default: your
-    login name), asked for on the terminal or read with --password-stdin. It is recorded in the
-    audit chain, which is what the gate counts. Refused (exit 3, and audited) for the release's
-    author, a role other than approver/admin, a release that failed on staging or pins a
-    blocked version. The same person approving twice counts once.
+    The approval is made by an authenticated account, never by a typed name: through the
+    operator API (`provisioner login`), the signed-in account; on the server host, your API token
+    (--token or PROVISIONER_TOKEN), or --account NAME with its password, asked for on the
+    terminal or read with --password-stdin. It is recorded in the audit chain, which is what the
+    gate counts. Refused (exit 3, and audited) for the release's author, a role other than
+    approver/admin, a release that failed on staging or pins a blocked version; a wrong password
+    or token is exit 11. The same person approving twice counts once.
 
     \b
     Examples:
-      provisioner --as bob approve 3f1c --comment "staging clean for 24h"
-      PROVISIONER_TOKEN=prv_... provisioner approve 3f1c
-      provisioner --as bob approve 3f1c --withdraw --comment "saw errors in the soak"
+      provisioner approve 3f1c --comment "staging clean for 24h"      # signed in with `login`
+      provisioner approve 3f1c --account bob                          # on the server host
+      echo "$PW" | provisioner approve 3f1c --account bob --password-stdin --withdraw
     """
     remote = remote_for(ctx.settings)
     if remote:  # the API's account is the token's: no password here
+        if account or password_stdin:
+            raise click.UsageError("--account and --password-stdin are for the server host; through the operator "
+                                   "API you approve as the signed-in account")
         result = remote.call("DELETE" if withdraw else "POST", f"/api/v1/releases/{quote(release_id)}/approvals",
                              {"comment": comment})
         return _approval_output(result, withdraw)
     try:
-        who = authenticated_actor(ctx, token, password_stdin)
+        who = authenticated_actor(ctx, token, account, password_stdin)
     except NotAuthenticated as e:  # a refused approval is audited, a failed sign-in included
         ctx.store.audit(ctx.settings.actor, "release.approve.refused", ctx.store.resolve_release_id(release_id),
                         {"reason": str(e)})
@@ -415,24 +361,31 @@ def rollback(ctx: Context, environment: str, to: str | None, yes: bool):
 
     \b
     Refused, with the version and what to do, if that release pins a version blocked since.
+    --to another release: one that was active in ENVIRONMENT before, or has passed the gate.
     A protected environment asks for confirmation on a terminal; elsewhere it needs --yes.
+    Through the operator API the server runs it; this command follows it as `apply` does.
     Example:
       provisioner rollback production --yes
     """
+    doing = f"roll {environment} back" + (f" to {to}" if to else "")
+    remote = remote_for(ctx.settings)
+    if remote:
+        ask_if_protected(environment_on(remote, environment)["protected"], environment, doing, yes)
+        accepted = remote.call("POST", f"/api/v1/environments/{quote(environment)}/rollback", {"to": to})
+        return follow_remote(remote, accepted, _render_rollback)
     common.known_environment(ctx, environment)
-    confirm_protected(ctx, environment, f"roll {environment} back" + (f" to {to}" if to else ""), yes)
+    confirm_protected(ctx, environment, doing, yes)
     result = run_interruptible(lambda attach: rollouts.rollback(ctx, environment, to, progress=RolloutProgress(True),
                                                                 on_engine=attach))
-    data = result.as_dict()
+    return result.as_dict(), _render_rollback, rollout_exit(result)
 
-    def render(d):
-        console.print(f"rollback rollout {d['rollout']} {d['status']} in {d['seconds']}s: "
-                      f"{len(d['done'])} re-provisioned, {len(d['failed'])} failed")
-        if d["status"] == "halted":
-            console.print(f"[red bold]HALTED[/red bold]: {d['reason']}")
-        say_unread(d["unread"], "left alone: nothing was done to them")
 
-    return data, render, rollout_exit(result)
+def _render_rollback(d):
+    console.print(f"rollback rollout {d['rollout']} {d['status']} in {d['seconds']}s: "
+                  f"{len(d['done'])} re-provisioned, {len(d['failed'])} failed")
+    if d["status"] == "halted":
+        console.print(f"[red bold]HALTED[/red bold]: {d['reason']}")
+    say_unread(d["unread"], "left alone: nothing was done to them")
 
 
 @cli.command()

@@ -6,12 +6,14 @@ import click
 
 from provisioner.cli import cli
 from provisioner.cli.output import console, json_option, table
+from provisioner.cli.remote import on_this_host, quote, remote_for
 from provisioner.context import Context
 from provisioner.operations import releases
 from provisioner.releases.diff import diff_releases
 from provisioner.releases.view import ReleaseView
 
 
+@on_this_host("the spec directory here, not the server's")
 @cli.command()
 @json_option
 @click.pass_obj
@@ -53,12 +55,15 @@ def release_build(ctx: Context):
     The release id is the sha256 of the release's canonical JSON: the same spec always gives
     the same id, whatever the key order, formatting or comments; any change gives a new one.
     Artifacts are copied into the content-addressed store (DATA/artifacts/sha256/<hex>).
+    Through the operator API (`provisioner login`) it freezes the server's spec (its --spec
+    directory), not a spec directory here.
 
     \b
     Example:
       provisioner release build --json      # {"id": "3f1c…", "created": true, ...}
     """
-    data = releases.build(ctx)
+    remote = remote_for(ctx.settings)
+    data = remote.call("POST", "/api/v1/releases") if remote else releases.build(ctx)
 
     def render(d):
         state = "new release" if d["created"] else "already stored (same content, same id)"
@@ -74,7 +79,8 @@ def release_build(ctx: Context):
 @click.pass_obj
 def release_list(ctx: Context):
     """List stored releases, oldest first, and which environments point at each."""
-    rows = ctx.store.list_releases()
+    remote = remote_for(ctx.settings)
+    rows = remote.call("GET", "/api/v1/releases") if remote else ctx.store.list_releases()
 
     def render(d):
         table("releases", ["id", "created", "author", "environments"],
@@ -92,7 +98,8 @@ def release_show(ctx: Context, release_id: str):
 
     RELEASE_ID may be a unique prefix (at least 4 hex digits).
     """
-    data = releases.show(ctx, release_id)
+    remote = remote_for(ctx.settings)
+    data = remote.call("GET", f"/api/v1/releases/{quote(release_id)}") if remote else releases.show(ctx, release_id)
     doc = data["document"]
 
     def render(d):
@@ -121,8 +128,14 @@ def release_diff(ctx: Context, a: str, b: str):
     Example:
       provisioner release diff 3f1c 9ab0
     """
-    ra, rb = ctx.store.get_release(a), ctx.store.get_release(b)
-    changes = diff_releases(ReleaseView.of(ra), ReleaseView.of(rb))
+    remote = remote_for(ctx.settings)
+    if remote:  # both documents from the server, compared here
+        ra, rb = (ReleaseView.of_document(d["id"], d["document"])
+                  for d in (remote.call("GET", f"/api/v1/releases/{quote(ref)}") for ref in (a, b)))
+        changes = diff_releases(ra, rb)
+    else:
+        ra, rb = ctx.store.get_release(a), ctx.store.get_release(b)
+        changes = diff_releases(ReleaseView.of(ra), ReleaseView.of(rb))
     data = {"from": ra.id, "to": rb.id, "changes": [c.as_dict() for c in changes]}
 
     def render(_d):

@@ -5,18 +5,23 @@ the command has locally.
 The login is `$XDG_CONFIG_HOME/provisioner/login.json` (default ~/.config), written 0600:
 {"server": URL, "token": prv_..., "ca": PEM file or null}. PROVISIONER_SERVER and
 PROVISIONER_TOKEN override it; PROVISIONER_SERVER=local (or `provisioner logout`) goes back to
-the local store.
+the local store. `remote_for` is the one place that decides; commands of the host they run on
+say so (`on_this_host`).
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
+import inspect
 import json
 import os
 import ssl
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+
+import click
 
 from provisioner.errors import NotAuthenticated, ProvisionerError
 
@@ -91,27 +96,103 @@ class Remote:
         return out
 
 
+    def events(self, path: str):
+        """A Server-Sent Events stream (WHATWG HTML §9.2): (event, data) pairs until the server ends it."""
+        url = urllib.parse.urlsplit(self.server)
+        cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        extra = {"context": ssl.create_default_context(cafile=self.ca)} if url.scheme == "https" else {}
+        conn = cls(url.hostname, url.port or (443 if url.scheme == "https" else 80), timeout=600, **extra)
+        headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {self.token}"}
+        try:
+            conn.request("GET", url.path.rstrip("/") + path, headers=headers)
+            r = conn.getresponse()
+            if r.status >= 400:
+                out = json.loads(r.read() or b"{}")
+                raise RemoteError(out.get("detail") or f"HTTP {r.status}", r.status, out.get("exit_code"))
+            kind, data = "message", []
+            while True:
+                line = r.readline()
+                if not line:
+                    return
+                line = line.decode().rstrip("\r\n")
+                if not line:  # a blank line dispatches the event
+                    if data:
+                        yield kind, json.loads("\n".join(data))
+                    kind, data = "message", []
+                elif line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+        except (OSError, http.client.HTTPException) as e:
+            raise RemoteError(f"lost the operator API at {self.server}: {e}", 503, 1) from None
+        finally:
+            conn.close()
+
+
 def quote(segment: str) -> str:
     """One path segment of a URL (a release prefix, an environment) as typed by the operator."""
     return urllib.parse.quote(segment, safe="")
 
 
-def remote_for(settings) -> Remote | None:
-    """The API to talk to, or None for the local store."""
-    server = os.environ.get("PROVISIONER_SERVER")
-    if server == "local":
-        return None
-    saved = {}
+def _saved() -> dict:
     path = login_path()
     if path.is_file():
         try:
-            saved = json.loads(path.read_text())
+            return json.loads(path.read_text())
         except (OSError, ValueError):
-            saved = {}
-    server = server or saved.get("server")
+            return {}
+    return {}
+
+
+def server_set() -> str | None:
+    """The operator API's URL when one is set (PROVISIONER_SERVER, or `provisioner login`); None: local."""
+    server = os.environ.get("PROVISIONER_SERVER")
+    if server == "local":
+        return None
+    return server or _saved().get("server") or None
+
+
+def remote_for(settings) -> Remote | None:
+    """The API to talk to, or None for the local store: the one place that decides."""
+    server = server_set()
     if not server:
         return None
+    saved = _saved()
     token = os.environ.get("PROVISIONER_TOKEN") or saved.get("token")
     if not token:
         raise NotAuthenticated(f"no token for {server}: `provisioner login --server {server}`")
     return Remote(server, token, os.environ.get("PROVISIONER_CA") or saved.get("ca"))
+
+
+def on_this_host(what: str = "", refuse: str | None = None):
+    """Mark a command (or group) of the host it runs on (lab, serve, worker, db, netboot, api).
+
+    With a server set, it says so in one line on stderr and acts here; with `refuse`, it stops
+    with that reason (a usage error, exit 2) instead: it would do the wrong thing here.
+    """
+
+    def mark(cmd):
+        callback = cmd.callback
+
+        @functools.wraps(callback)
+        def wrapper(*args, **kwargs):
+            server = server_set()
+            if server and refuse:
+                raise click.UsageError(f"`provisioner {cmd_path(cmd)}` {refuse}")
+            if server:
+                click.echo(f"note: `provisioner {cmd_path(cmd)}` acts on this host ({what}), not through {server}",
+                           err=True)
+            return callback(*args, **kwargs)
+
+        cmd.callback = wrapper
+        cmd.help = inspect.cleandoc(cmd.help or "") + "\n\n" + (
+            f"With a server set (`provisioner login`) it refuses: it {refuse}." if refuse else
+            f"With a server set (`provisioner login`) it still acts on this host ({what}) and says so on stderr.")
+        return cmd
+
+    return mark
+
+
+def cmd_path(cmd) -> str:
+    ctx = click.get_current_context(silent=True)
+    return ctx.command_path.removeprefix("provisioner ") if ctx else cmd.name

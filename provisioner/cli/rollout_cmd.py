@@ -8,8 +8,14 @@ import click
 
 from provisioner.cli import cli
 from provisioner.cli.output import console, err_console, json_option, table
-from provisioner.cli.pipeline_cmd import RolloutProgress, rollout_exit, run_interruptible
 from provisioner.cli.remote import remote_for
+from provisioner.cli.rollout_output import (
+    RolloutProgress,
+    follow,
+    follow_remote,
+    rollout_exit,
+    run_interruptible,
+)
 from provisioner.context import Context
 from provisioner.errors import ReleaseError
 from provisioner.operations import rollouts
@@ -85,11 +91,28 @@ def watch(ctx: Context, rollout_id: int, interval: float):
     """
     import json
 
+    as_json = click.get_current_context().params.get("as_json", False)
+    remote = remote_for(ctx.settings)
+    if remote:  # the steps from the rollout's event stream, the outcome from its record
+        def say(s):
+            if as_json:
+                click.echo(json.dumps(s, default=str))
+            else:
+                console.print(f"{s['at'][11:19]} {s['node']} {s['step']} {s['phase']}"
+                              + (f": {s['error']}" if s.get("error") else ""))
+
+        try:
+            follow(remote, {"rollout": rollout_id}, lambda e: None, on_step=say)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
+        d = {k: v for k, v in remote.call("GET", f"/api/v1/rollouts/{rollout_id}").items()
+             if k not in ("holder", "nodes")}
+        return (d, lambda d: console.print(f"rollout {d['id']} {d['status']}: {d['reason']}"),
+                rollout_exit(d["status"]))
     record = RolloutRecord(ctx.store)
     r = record.rollout(rollout_id)
     if r is None:
         raise ReleaseError(f"no rollout {rollout_id}; `provisioner rollout list` shows them")
-    as_json = click.get_current_context().params.get("as_json", False)
     seen = 0
     while True:
         r = record.rollout(rollout_id)
@@ -119,12 +142,20 @@ def resume(ctx: Context, rollout_id: int, reason: str):
     \b
     Example:
       provisioner rollout resume 12 --reason "lab fault cleared, INC-4411"
+    Through the operator API the server resumes it; this command follows it as `apply` does.
     """
+    remote = remote_for(ctx.settings)
+    if remote:
+        return follow_remote(remote, remote.call("POST", f"/api/v1/rollouts/{rollout_id}/resume", {"reason": reason}),
+                             _render_resumed)
     result = run_interruptible(lambda attach: rollouts.resume(ctx, rollout_id, reason,
                                                               progress=RolloutProgress(True), on_engine=attach))
-    return result.as_dict(), lambda d: console.print(
-        f"rollout {d['rollout']} {d['status']} in {d['seconds']}s: {len(d['done'])} done, {len(d['failed'])} failed"
-        + (f"\n{d['reason']}" if d["status"] != "done" else "")), rollout_exit(result.status)
+    return result.as_dict(), _render_resumed, rollout_exit(result.status)
+
+
+def _render_resumed(d):
+    console.print(f"rollout {d['rollout']} {d['status']} in {d['seconds']}s: {len(d['done'])} done, "
+                  f"{len(d['failed'])} failed" + (f"\n{d['reason']}" if d["status"] != "done" else ""))
 
 
 @rollout.command()
@@ -140,6 +171,10 @@ def abort(ctx: Context, rollout_id: int, reason: str):
     as `recover`). Example:
       provisioner rollout abort 12 --reason "superseded by a fixed BIOS in the next release"
     """
-    r = rollouts.abort(ctx, rollout_id, reason)
-    err_console.print(f"rollout {r.id} aborted; `provisioner apply {r.environment}` starts a new one")
-    return rollout_dict(r), lambda d: console.print(f"rollout {d['id']} {d['status']}: {reason}")
+    remote = remote_for(ctx.settings)
+    if remote:
+        d = remote.call("POST", f"/api/v1/rollouts/{rollout_id}/abort", {"reason": reason})
+    else:
+        d = rollout_dict(rollouts.abort(ctx, rollout_id, reason))
+    err_console.print(f"rollout {d['id']} aborted; `provisioner apply {d['environment']}` starts a new one")
+    return d, lambda d: console.print(f"rollout {d['id']} {d['status']}: {reason}")

@@ -1,7 +1,8 @@
-"""`provisioner user add|list|disable` and `provisioner token create|list|revoke`: accounts, on the server host.
+"""`provisioner user add|list|disable` and `provisioner token create|list|revoke`: accounts.
 
-These work on the store directly, so they are the installation's root's bootstrap tools (recorded
-as `root@HOST (local store)`); acting with PROVISIONER_TOKEN, they need the admin role.
+On the server host they work on the store directly: the installation's root's bootstrap tools
+(recorded as `root@HOST (local store)`); acting with PROVISIONER_TOKEN, they need the admin role.
+Through the operator API (`provisioner login`) they are an admin's calls, authorised by the matrix.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from provisioner.auth.identity import Role
 from provisioner.cli import cli
 from provisioner.cli.auth_input import read_secret
 from provisioner.cli.output import console, json_option, table
+from provisioner.cli.remote import quote, remote_for
 from provisioner.context import Context
 from provisioner.errors import PolicyViolation
 from provisioner.operations.common import authorise
@@ -45,14 +47,19 @@ def user_add(ctx: Context, name: str, role: str, password_stdin: bool, no_passwo
       provisioner user add bob --role approver            # asks for the password twice
       echo "$PW" | provisioner user add ci --role operator --password-stdin
     """
-    _admin(ctx, name)
+    remote = remote_for(ctx.settings)
+    if not remote:
+        _admin(ctx, name)
     password = None
     if not no_password:
         password = read_secret(f"password for {name}", password_stdin, confirm=True)
         if len(password) < MIN_PASSWORD:
             raise PolicyViolation(f"a password needs at least {MIN_PASSWORD} characters")
-    account = ctx.store.accounts.add(name, role, ctx.actor, password=password)
-    return account.as_dict(), lambda d: console.print(f"account {d['username']} ({d['role']}) created")
+    if remote:
+        data = remote.call("POST", "/api/v1/accounts", {"username": name, "role": role, "password": password})
+    else:
+        data = ctx.store.accounts.add(name, role, ctx.actor, password=password).as_dict()
+    return data, lambda d: console.print(f"account {d['username']} ({d['role']}) created")
 
 
 @user.command("list")
@@ -60,7 +67,8 @@ def user_add(ctx: Context, name: str, role: str, password_stdin: bool, no_passwo
 @click.pass_obj
 def user_list(ctx: Context):
     """Every account, with its role and whether it is disabled."""
-    rows = ctx.store.accounts.list()
+    remote = remote_for(ctx.settings)
+    rows = remote.call("GET", "/api/v1/accounts") if remote else ctx.store.accounts.list()
 
     def render(d):
         table("accounts", ["id", "username", "role", "password", "sso", "disabled", "created by"],
@@ -77,8 +85,12 @@ def user_list(ctx: Context):
 @click.pass_obj
 def user_disable(ctx: Context, name: str, reason: str):
     """Disable an account: it can no longer sign in, its tokens are revoked, its approvals stop counting."""
-    _admin(ctx, name)
-    changed = ctx.store.accounts.disable(name, ctx.actor, reason)
+    remote = remote_for(ctx.settings)
+    if remote:
+        changed = remote.call("POST", f"/api/v1/accounts/{quote(name)}/disable", {"reason": reason})["disabled"]
+    else:
+        _admin(ctx, name)
+        changed = ctx.store.accounts.disable(name, ctx.actor, reason)
     return {"username": name, "disabled": changed}, \
         lambda d: console.print(f"account {name} disabled" if changed else f"account {name} was already disabled")
 
@@ -102,9 +114,13 @@ def token_create(ctx: Context, username: str, name: str, days: float):
     Example:
       provisioner token create --user bob --name laptop --days 30
     """
-    _admin(ctx, username)
-    secret, rec = ctx.store.accounts.create_token(username, name, ctx.actor, days)
-    data = {**rec, "token": secret}
+    remote = remote_for(ctx.settings)
+    if remote:
+        data = remote.call("POST", f"/api/v1/accounts/{quote(username)}/tokens", {"name": name, "days": days})
+    else:
+        _admin(ctx, username)
+        secret, rec = ctx.store.accounts.create_token(username, name, ctx.actor, days)
+        data = {**rec, "token": secret}
 
     def render(d):
         console.print(f"token {d['id']} ({d['name']}) for {d['account']}, expires {d['expires_at'][:19]}:\n"
@@ -119,7 +135,9 @@ def token_create(ctx: Context, username: str, name: str, days: float):
 @click.pass_obj
 def token_list(ctx: Context, username: str | None):
     """Tokens (never their secret): owner, name, expiry, revocation, last use."""
-    rows = ctx.store.accounts.tokens(username)
+    remote = remote_for(ctx.settings)
+    rows = remote.call("GET", "/api/v1/tokens", query={"user": username}) if remote \
+        else ctx.store.accounts.tokens(username)
 
     def render(d):
         table("API tokens", ["id", "account", "name", "expires", "revoked", "last used"],
@@ -135,7 +153,11 @@ def token_list(ctx: Context, username: str | None):
 @click.pass_obj
 def token_revoke(ctx: Context, token_id: int):
     """Revoke token TOKEN_ID (from `token list`) at once."""
-    _admin(ctx, str(token_id))
-    changed = ctx.store.accounts.revoke_token(token_id, ctx.actor)
+    remote = remote_for(ctx.settings)
+    if remote:
+        changed = remote.call("DELETE", f"/api/v1/tokens/{token_id}")["revoked"]
+    else:
+        _admin(ctx, str(token_id))
+        changed = ctx.store.accounts.revoke_token(token_id, ctx.actor)
     return {"id": token_id, "revoked": changed}, \
         lambda d: console.print(f"token {token_id} revoked" if changed else f"token {token_id} was already revoked")

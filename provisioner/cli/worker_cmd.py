@@ -9,9 +9,11 @@ import click
 
 from provisioner.cli import cli
 from provisioner.cli.output import console, err_console
+from provisioner.cli.remote import on_this_host
 from provisioner.context import Context
 
 
+@on_this_host("a rollout worker on the store of --data/--db here")
 @cli.command()
 @click.option("--slots", type=click.IntRange(1, 256), default=16, show_default=True,
               help="Nodes this worker runs at once (the rollout's policy still limits the total).")

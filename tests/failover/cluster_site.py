@@ -51,7 +51,7 @@ class Cluster:
         self._n += 1
         path = self.logs / f"{name}-{self._n}.log"
         with open(path, "w") as out:
-            p = subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", *args],
+            p = subprocess.Popen([sys.executable, "-m", "provisioner", *args],
                                  env={**self.env(), **(env or {})},
                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         p.log_path = path
@@ -155,7 +155,7 @@ def log_lengths(lab) -> dict[str, int]:
 
 def round_apply(site) -> subprocess.Popen:
     env = {**{k: v for k, v in os.environ.items() if k != "PROVISIONER_DB"}, **site.env}
-    return subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", "apply", "production", "--yes",
+    return subprocess.Popen([sys.executable, "-m", "provisioner", "apply", "production", "--yes",
                              "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -130,8 +130,10 @@ class Site:
 
     def cli(self, *args: str, who: str = "alice", spec: Path | None = None, timeout: float = 120,
             env: dict | None = None):
-        env = {**({"PROVISIONER_DB": self.db_url} if self.db_url else {}), **(env or {})} or None
-        return run_cli("--as", who, *args, spec=spec or self.spec, data=self.data, timeout=timeout, env=env)
+        """`provisioner ARGS` on the server host, run by the OS login `who` (direct store access records
+        it beside `root@HOST (local store)`; it authenticates nobody)."""
+        env = {**({"PROVISIONER_DB": self.db_url} if self.db_url else {}), "LOGNAME": who, "USER": who, **(env or {})}
+        return run_cli(*args, spec=spec or self.spec, data=self.data, timeout=timeout, env=env)
 
 
 def read_json(stdout: str):

@@ -30,7 +30,7 @@ CHANGES = {"r1": ["bmc"], "r2": ["nic"]}  # one component changes per model from
 def popen_apply(site, *args, env=None):
     e = {**os.environ, "PROVISIONER_SPEC": str(site.spec), "PROVISIONER_DATA": str(site.data), **(env or {})}
     e.pop("PROVISIONER_DB", None)
-    return subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", "apply", "production", "--yes", *args],
+    return subprocess.Popen([sys.executable, "-m", "provisioner", "apply", "production", "--yes", *args],
                             env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -126,7 +126,7 @@ def test_a_frozen_holder_is_taken_over_after_its_lease_expires_and_writes_nothin
 def run_apply(site, env: dict):
     from helpers import run_cli
 
-    return run_cli("--as", "alice", "apply", "production", "--yes", "--json", spec=site.spec, data=site.data, env=env,
+    return run_cli("apply", "production", "--yes", "--json", spec=site.spec, data=site.data, env=env,
                    timeout=300)
 
 

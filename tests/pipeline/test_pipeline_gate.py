@@ -32,13 +32,14 @@ def accounts(site, **roles: str) -> dict[str, str]:
 
 
 def approve(site, rid: str, *args: str, token: str | None = None, who: str | None = None,
-            password: str | None = None) -> subprocess.CompletedProcess:
-    """`provisioner [--as WHO] approve RID ARGS...`, authenticated by a token or a password on stdin."""
-    env = {**os.environ, "PROVISIONER_SPEC": str(site.spec), "PROVISIONER_DATA": str(site.data)}
-    env.pop("PROVISIONER_TOKEN", None)
+            password: str | None = None, before: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`provisioner approve RID [--account WHO] ARGS...`, authenticated by a token or WHO's password on stdin."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    env.update({"PROVISIONER_SPEC": str(site.spec), "PROVISIONER_DATA": str(site.data)})
     if token:
         env["PROVISIONER_TOKEN"] = token
-    cmd = [sys.executable, "-m", "provisioner", *(["--as", who] if who is not None else []), "approve", rid, *args]
+    cmd = [sys.executable, "-m", "provisioner", *before, "approve", rid,
+           *(["--account", who] if who is not None else []), *args]
     if password is not None:
         cmd.append("--password-stdin")
     return subprocess.run(cmd, env=env, input=(password or "") + "\n", capture_output=True, text=True, timeout=60)
@@ -94,7 +95,7 @@ def unstaged(make_site):
     """A release built by u1 (local store, name claimed), never staged; accounts u1, u2 and a viewer."""
     site = make_site(lab=False)
     tok = accounts(site, u1="approver", u2="approver", vic="viewer")
-    return site, site.build(author="u1"), tok  # what `provisioner --as u1 release build` stores
+    return site, site.build(author="u1"), tok  # what `release build` stores when run by the OS login u1
 
 
 @pytest.mark.parametrize("spelling", ["U1", "u1 ", "ｕ１"], ids=["upper", "trailing-space", "fullwidth"])
@@ -111,12 +112,13 @@ def test_the_author_cannot_approve_under_another_spelling_of_the_name(unstaged, 
 def test_an_empty_name_approves_nothing(unstaged):
     site, rid, _ = unstaged
     r = approve(site, rid[:12], who="", password=PASSWORD)
-    assert r.returncode == 2 and "--as" in r.stderr and "cannot be empty" in r.stderr
+    assert r.returncode == 11 and r.stderr.strip() == "error: a username cannot be empty", r.stderr
     assert site.ctx.store.approvals(rid) == []
 
 
-def test_the_global_as_names_the_account_that_approves(unstaged):
-    """`provisioner --as u2 approve ID` once failed with "Missing option '--as'"."""
+def test_approve_on_the_server_host_checks_the_named_accounts_password(unstaged):
+    """`provisioner --as u2 approve ID` once failed with "Missing option '--as'"; `--as` is gone, and
+    `approve --account u2` counts only with u2's password."""
     site, rid, _ = unstaged
     r = approve(site, rid[:12], who="u2", password=PASSWORD)
     assert r.returncode == 0, r.stderr
@@ -125,8 +127,11 @@ def test_the_global_as_names_the_account_that_approves(unstaged):
     assert wrong.returncode == 11 and wrong.stderr.strip() == "error: wrong username or password for 'u2'"
     (failed,) = audit_actions(site, "release.approve.refused")  # a failed sign-in to approve is audited too
     assert failed["details"]["reason"] == "wrong username or password for 'u2'" and failed["auth_method"] == "local-store"
-    old_style = approve(site, rid[:12], "--as", "u2", token=None)
-    assert old_style.returncode == 2 and "No such option '--as'" in old_style.stderr
+    old_style = approve(site, rid[:12], before=("--as", "u2"))
+    assert old_style.returncode == 2 and old_style.stderr.startswith("error: No such option '--as'")
+    nobody = approve(site, rid[:12], password=PASSWORD)  # no account named: the OS login, no such account
+    assert nobody.returncode == 11 and "wrong username or password" in nobody.stderr, nobody.stderr
+    assert [a["approver"] for a in site.ctx.store.approvals(rid)] == ["u2"]
 
 
 def test_an_approval_needs_an_account_with_the_approver_role(unstaged):

@@ -100,7 +100,7 @@ class TwoOperators(RuleBasedStateMachine):
     def apply_and_kill(self, after: float) -> None:
         e = {**os.environ, "PROVISIONER_SPEC": str(self.site.spec), "PROVISIONER_DATA": str(self.site.data)}
         e.pop("PROVISIONER_DB", None)
-        proc = subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "carol", "apply", "staging"], env=e,
+        proc = subprocess.Popen([sys.executable, "-m", "provisioner", "apply", "staging"], env=e,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             proc.wait(after)

@@ -91,7 +91,7 @@ def test_apply_killed_mid_rollout_resumes_the_same_rollout_without_flashing_any_
     assert up.returncode == 0, up.stderr
     db = create_engine(normalize_url(store_url))
     env = {**{k: v for k, v in os.environ.items() if k != "PROVISIONER_DB"}, **site.env}
-    proc = subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", "apply", "production", "--yes", "--json"],
+    proc = subprocess.Popen([sys.executable, "-m", "provisioner", "apply", "production", "--yes", "--json"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         caught = kill_when(proc, db, point)

@@ -23,7 +23,7 @@ NODES = {"r1n01", "r1n02", "r2n01"}
 def start(site, *args):
     e = {**os.environ, "PROVISIONER_SPEC": str(site.spec), "PROVISIONER_DATA": str(site.data)}
     e.pop("PROVISIONER_DB", None)
-    return subprocess.Popen([sys.executable, "-m", "provisioner", "--as", "alice", *args], env=e,
+    return subprocess.Popen([sys.executable, "-m", "provisioner", *args], env=e,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

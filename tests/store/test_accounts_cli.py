@@ -20,7 +20,7 @@ def run(tmp_path):
         env.pop("PROVISIONER_TOKEN", None)
         if token:
             env["PROVISIONER_TOKEN"] = token
-        return subprocess.run([sys.executable, "-m", "provisioner", "--as", "ops", *args], env=env, input=stdin,
+        return subprocess.run([sys.executable, "-m", "provisioner", *args], env=env, input=stdin,
                               capture_output=True, text=True, timeout=60)
     return run
 

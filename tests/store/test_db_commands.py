@@ -61,11 +61,11 @@ def test_opening_a_store_at_the_newest_schema_runs_no_migration(store_url, monke
 
 
 def history(spec_dir, data, url):
-    assert cli(spec_dir, data, url, "--as", "alice", "release", "build").returncode == 0
+    assert cli(spec_dir, data, url, "release", "build").returncode == 0
     rid = json.loads(cli(spec_dir, data, url, "release", "list", "--json").stdout)[0]["id"]
     for args in (["promote", rid[:12], "--to", "staging"], ["block", "bios", "9.9.9", "--reason", "INC-1 bricks"],
                  ["unblock", "bios", "9.9.9", "--reason", "false alarm"]):
-        r = cli(spec_dir, data, url, "--as", "ops", *args)
+        r = cli(spec_dir, data, url, *args)
         assert r.returncode == 0, r.stderr
     return rid
 
@@ -85,7 +85,7 @@ def test_db_copy_moves_a_sqlite_installation_to_postgresql(spec_dir, tmp_path, p
     for what in (["release", "list", "--json"], ["history", "--json"], ["audit", "log", "--json"]):
         assert cli(spec_dir, tmp_path / "data", pg, *what).stdout == cli(spec_dir, tmp_path / "data", sqlite, *what).stdout
     # The store goes on from where the copy ended: new rows get new ids, the chain grows.
-    r = cli(spec_dir, tmp_path / "data", pg, "--as", "ops", "promote", rid[:12], "--to", "staging")
+    r = cli(spec_dir, tmp_path / "data", pg, "promote", rid[:12], "--to", "staging")
     assert r.returncode == 0, r.stderr
     assert cli(spec_dir, tmp_path / "data", pg, "block", "nic", "1.0.0", "--reason", "x").returncode == 0
     assert json.loads(cli(spec_dir, tmp_path / "data", pg, "audit", "verify", "--json").stdout)["entries"] == \

@@ -15,7 +15,8 @@ from flask import Response, request
 
 from provisioner.errors import InputError
 from provisioner.operations import audit as audit_ops
-from provisioner.operations import blocks, common, nodes, releases, rollouts
+from provisioner.operations import blocks, common, node_lifecycle, nodes, releases, rollouts
+from provisioner.plan import saved_plan
 from provisioner.policy.authz import Action
 from provisioner.policy.gate import staging_environment
 
@@ -65,6 +66,7 @@ def list_releases(c: Call):
 
 
 def build_release(c: Call):
+    c.ctx.__dict__.pop("spec", None)  # this request's context: the spec directory as it is now, as a CLI reads it
     return releases.build(c.ctx)
 
 
@@ -92,26 +94,54 @@ def promote_release(c: Call, env: str):
 
 
 # -- plans and rollouts --------------------------------------------------------------------------
+def show_environment(c: Call, env: str):
+    """What a client asks before changing an environment: its release, and whether it is protected."""
+    common.known_environment(c.ctx, env)
+    return {"environment": env, "release": c.ctx.store.current_release_id(env),
+            "protected": bool(c.ctx.spec.policy.protected(env))}
+
+
 def plan_environment(c: Call, env: str):
-    p, unread = nodes.plan(c.ctx, env, refresh=c.flag("refresh", True))
-    return {**p.as_dict(), "unreachable": unread}
+    p, unread, observed = nodes.plan_observed(c.ctx, env, refresh=c.flag("refresh", True))
+    out = {**p.as_dict(), "unreachable": unread}
+    if c.flag("saved"):  # what `plan -o FILE` keeps, for `apply FILE` later
+        out["saved_plan"] = saved_plan(p, unread, observed)
+    return out
 
 
-def _accepted(rid: int):
-    return {"rollout": rid, "events": f"/api/v1/rollouts/{rid}/events", "status": "running"}
+def _accepted(c: Call, rid: int):
+    """202: the rollout's id, its event stream, and how it started (created with counts, or resumed)."""
+    return {"rollout": rid, "events": f"/api/v1/rollouts/{rid}/events", "status": "running",
+            "started": c.deps.workers.started.get(rid)}
 
 
 def apply_environment(c: Call, env: str):
     common.known_environment(c.ctx, env)
-    ctx = c.ctx
-    return _accepted(c.deps.workers.start(lambda progress, on_engine: rollouts.apply(
+    ctx, plan = c.ctx, c.body.get("plan")
+    if plan is not None:  # `apply PLAN_FILE`: exactly that plan, refused if it no longer holds
+        if not isinstance(plan, dict) or plan.get("environment") != env:
+            raise InputError(f"'plan' must be a plan saved for {env} (`provisioner plan {env} -o FILE`)")
+        return _accepted(c, c.deps.workers.start(lambda progress, on_engine: rollouts.apply_saved(
+            ctx, plan, progress=progress, on_engine=on_engine)))
+    return _accepted(c, c.deps.workers.start(lambda progress, on_engine: rollouts.apply(
         ctx, env, progress=progress, on_engine=on_engine)))
+
+
+def fix_drift(c: Call, env: str):
+    """Re-provision the given drifted nodes of the environment: a rollout of kind drift."""
+    common.known_environment(c.ctx, env)
+    only, ctx = c.body.get("nodes"), c.ctx
+    if not isinstance(only, list) or not only or not all(isinstance(n, str) for n in only):
+        raise InputError("'nodes' must be a non-empty list of node names (from GET /api/v1/drift)")
+    return _accepted(c, c.deps.workers.start(lambda progress, on_engine: rollouts.apply(
+        ctx, env, kind="drift", reason="drift correction", only=set(only), progress=progress,
+        on_engine=on_engine)))
 
 
 def rollback_environment(c: Call, env: str):
     to, ctx = c.text("to", False), c.ctx
     common.known_environment(ctx, env)
-    return _accepted(c.deps.workers.start(lambda progress, on_engine: rollouts.rollback(
+    return _accepted(c, c.deps.workers.start(lambda progress, on_engine: rollouts.rollback(
         ctx, env, to, progress=progress, on_engine=on_engine)))
 
 
@@ -132,7 +162,7 @@ def rollout_event_stream(c: Call, rid: int):
 
 def resume_rollout(c: Call, rid: int):
     reason, ctx = c.text("reason"), c.ctx
-    return _accepted(c.deps.workers.start(lambda progress, on_engine: rollouts.resume(
+    return _accepted(c, c.deps.workers.start(lambda progress, on_engine: rollouts.resume(
         ctx, rid, reason, progress=progress, on_engine=on_engine)))
 
 
@@ -188,6 +218,21 @@ def list_nodes(c: Call):
             for r in c.ctx.store.nodes(env)]
 
 
+def show_node(c: Call, name: str):
+    return node_lifecycle.detail(c.ctx, name)
+
+
+def node_maintenance(c: Call, name: str):
+    on = c.body.get("on")
+    if not isinstance(on, bool):
+        raise InputError("'on' must be true (take the node out of rollouts) or false (give it back)")
+    return node_lifecycle.maintenance(c.ctx, name, on, c.text("reason"))
+
+
+def clear_node(c: Call, name: str):
+    return node_lifecycle.clear(c.ctx, name, c.text("reason"))
+
+
 def drift_report(c: Call):
     items, unread = nodes.drift(c.ctx, c.args.get("environment"))
     return {"drift": [i.as_dict() for i in items], "unreachable": unread}
@@ -215,12 +260,35 @@ def add_account(c: Call):
                                     password=c.text("password", False)).as_dict()
 
 
+def disable_account(c: Call, name: str):
+    changed = c.ctx.store.accounts.disable(name, c.ctx.actor, c.text("reason", False, ""))
+    return {"username": name, "disabled": changed}
+
+
+def _days(c: Call) -> float:
+    days = c.body.get("days", 90)
+    if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= 366:
+        raise InputError("days must be a number of days from 1 to 366")
+    return days
+
+
+def create_token_for(c: Call, name: str):
+    """A personal API token for any account (an admin's bootstrap, as `provisioner token create`)."""
+    secret, record = c.ctx.store.accounts.create_token(name, c.text("name"), c.ctx.actor, _days(c))
+    return {**record, "token": secret}
+
+
+def list_tokens(c: Call):
+    return c.ctx.store.accounts.tokens(c.args.get("user"))
+
+
+def revoke_token(c: Call, tid: int):
+    return {"id": tid, "revoked": c.ctx.store.accounts.revoke_token(tid, c.ctx.actor)}
+
+
 def create_own_token(c: Call):
     """A personal API token for the caller's own account (what `provisioner login` keeps)."""
-    days = c.body.get("days", 90)
-    if not isinstance(days, int | float) or not 0 < days <= 366:
-        raise InputError("days must be a number of days from 1 to 366")
-    secret, record = c.ctx.store.accounts.create_token(c.ctx.actor.name, c.text("name"), c.ctx.actor, days)
+    secret, record = c.ctx.store.accounts.create_token(c.ctx.actor.name, c.text("name"), c.ctx.actor, _days(c))
     return {**record, "token": secret}
 
 
@@ -245,10 +313,15 @@ ROUTES: list[Route] = [
           "Withdraw the caller's approval", body={"comment": ("string", False)}),
     Route("PUT", "/api/v1/environments/<env>/release", _promote_action, promote_release,
           "Promote: point the environment at a release", body={"release": ("string", True)}),
-    Route("GET", "/api/v1/environments/<env>/plan", V, plan_environment, "What would change, node by node",
-          query={"refresh": "boolean"}),
+    Route("GET", "/api/v1/environments/<env>", V, show_environment,
+          "An environment: its release, and whether policy.yaml protects it"),
+    Route("GET", "/api/v1/environments/<env>/plan", V, plan_environment, "What would change, node by node "
+          "(saved=true: with the plan to keep for apply)", query={"refresh": "boolean", "saved": "boolean"}),
     Route("POST", "/api/v1/environments/<env>/rollouts", Action.APPLY, apply_environment,
-          "Apply: start (or resume) a rollout of the environment's release", 202),
+          "Apply: start (or resume) a rollout of the environment's release; with `plan`, exactly a saved plan",
+          202, body={"plan": ("object", False)}),
+    Route("POST", "/api/v1/environments/<env>/drift-fix", Action.APPLY, fix_drift,
+          "Re-provision drifted nodes of the environment (a rollout)", 202, body={"nodes": ("array", True)}),
     Route("POST", "/api/v1/environments/<env>/rollback", _rollback_action, rollback_environment,
           "Roll back to the previous release, or `to` one", 202, body={"to": ("string", False)}),
     Route("GET", "/api/v1/rollouts", V, list_rollouts, "Rollouts, newest last",
@@ -275,6 +348,13 @@ ROUTES: list[Route] = [
     Route("GET", "/api/v1/status", V, site_status, "Each node against its release (stored reads; refresh=true "
           "reads every BMC)", query={"environment": "string", "refresh": "boolean"}),
     Route("GET", "/api/v1/nodes", V, list_nodes, "Nodes as stored", query={"environment": "string"}),
+    Route("GET", "/api/v1/nodes/<name>", V, show_node, "One node: state, firmware observed vs pinned, last events "
+          "and rollout steps"),
+    Route("POST", "/api/v1/nodes/<name>/maintenance", Action.APPLY, node_maintenance,
+          "Take a node out of rollouts (on) or give it back (off)", body={"on": ("boolean", True),
+                                                                          "reason": ("string", True)}),
+    Route("POST", "/api/v1/nodes/<name>/clear", Action.APPLY, clear_node,
+          "A failed or held node back to ready, after a BMC read now", body={"reason": ("string", True)}),
     Route("GET", "/api/v1/drift", V, drift_report, "Nodes whose BMC reports other firmware than pinned",
           query={"environment": "string"}),
     Route("GET", "/api/v1/history", V, change_history, "Changes in order", query={"limit": "integer"}),
@@ -283,4 +363,12 @@ ROUTES: list[Route] = [
     Route("GET", "/api/v1/accounts", Action.MANAGE_USERS, list_accounts, "Accounts"),
     Route("POST", "/api/v1/accounts", Action.MANAGE_USERS, add_account, "Add an account", 201,
           body={"username": ("string", True), "role": ("string", True), "password": ("string", False)}),
+    Route("POST", "/api/v1/accounts/<name>/disable", Action.MANAGE_USERS, disable_account,
+          "Disable an account: no sign-in, tokens revoked, approvals stop counting", body={"reason": ("string", False)}),
+    Route("POST", "/api/v1/accounts/<name>/tokens", Action.MANAGE_USERS, create_token_for,
+          "A personal API token for an account (shown once)", 201,
+          body={"name": ("string", True), "days": ("number", False)}),
+    Route("GET", "/api/v1/tokens", Action.MANAGE_USERS, list_tokens, "API tokens (never their secret)",
+          query={"user": "string"}),
+    Route("DELETE", "/api/v1/tokens/<int:tid>", Action.MANAGE_USERS, revoke_token, "Revoke an API token"),
 ]

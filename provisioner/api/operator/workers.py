@@ -21,6 +21,7 @@ class RolloutWorkers:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="api-rollout")
         self.running: dict[int, Future] = {}
         self.engines: dict[int, object] = {}
+        self.started: dict[int, dict] = {}  # rollout -> its first event (created: counts, unread BMCs; or resume)
 
     def attach(self, engine, rid: int) -> None:
         """on_engine: keep the engine, so that stopping the server interrupts it (resumable)."""
@@ -33,6 +34,7 @@ class RolloutWorkers:
         def progress(e: dict) -> None:
             if e.get("event") in ("created", "resume") and "rollout" not in box:
                 box["rollout"] = e["rollout"]
+                self.started[e["rollout"]] = dict(e)
                 known.set()
 
         def job():
