@@ -45,8 +45,10 @@ _TAKE_OVER = (update(_leases).where(_c.key == bindparam("k"), or_(_c.expires_at 
                                                                    _c.holder == bindparam("dead")))
               .values(holder=bindparam("h"), purpose=bindparam("p"), token=_c.token + 1,
                       acquired_at=bindparam("at"), heartbeat_at=bindparam("at"), expires_at=bindparam("exp")))
+# A lease let go ends now; its heartbeat_at moves to now too, which the heartbeat's UPDATE requires
+# to be before the round's start: a round that read `held` before the release cannot revive it.
 _RELEASE = (update(_leases).where(_c.key == bindparam("k"), _c.holder == bindparam("h"), _c.token == bindparam("t"))
-            .values(expires_at=bindparam("at")))
+            .values(expires_at=bindparam("at"), heartbeat_at=bindparam("at")))
 _INSERTS: dict[str, object] = {}
 
 
@@ -217,7 +219,8 @@ class Leases:
                 log.exception("lease.heartbeat_failed")
 
     def renew(self) -> None:
-        """One UPDATE for every lease of this holder; an expired one is not revived (fencing)."""
+        """One UPDATE for every lease of this holder; an expired one is not revived (fencing), nor one let
+        go after this round read `held` (it would keep a BMC from the next claim until it expired)."""
         with self._lock:
             held = dict(self.held)
         if not held:
@@ -232,11 +235,13 @@ class Leases:
             for key in sorted(held):
                 with self.db.write() as c:
                     n += c.execute(update(_leases).where(_leases.c.key == key, _leases.c.holder == self.holder,
-                                                         _leases.c.expires_at > at).values(**values)).rowcount
+                                                         _leases.c.expires_at > at, _leases.c.heartbeat_at < at)
+                                   .values(**values)).rowcount
         else:  # one writer at a time: no deadlock, and one commit instead of one per lease
             with self.db.write() as c:
                 n = c.execute(update(_leases).where(_leases.c.holder == self.holder, _leases.c.key.in_(list(held)),
-                                                    _leases.c.expires_at > at).values(**values)).rowcount
+                                                    _leases.c.expires_at > at, _leases.c.heartbeat_at < at)
+                              .values(**values)).rowcount
         if n != len(held):  # one let go meanwhile (released: fine), or one expired or taken over (lost)
             with self.db.read() as c:
                 rows = {r.key: r for r in c.execute(select(_leases).where(_leases.c.key.in_(list(held))))}
