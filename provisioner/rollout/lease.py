@@ -229,10 +229,18 @@ class Leases:
         started, at = time.monotonic(), now()
         values = {"heartbeat_at": at, "expires_at": at + timedelta(seconds=self.seconds)}
         if self.db.engine.dialect.name == "postgresql":
-            # One row per transaction: a transaction of ours holding one lease's row (a fence) and
-            # waiting for another's would deadlock with one UPDATE locking them in another order.
-            n = 0
-            for key in sorted(held):
+            # One UPDATE of every lease no transaction holds (SKIP LOCKED: it never waits, so it
+            # cannot deadlock with a fenced write of ours holding one lease and waiting for
+            # another); then the few skipped, one row per transaction (a row-at-a-time wait
+            # cannot close a cycle). Not one transaction per lease: 64 nodes in flight hold 129.
+            with self.db.write() as c:
+                free = (select(_leases.c.key).where(_leases.c.key.in_(list(held)), _leases.c.holder == self.holder,
+                                                     _leases.c.expires_at > at, _leases.c.heartbeat_at < at)
+                        .with_for_update(skip_locked=True))
+                renewed = set(c.execute(update(_leases).where(_leases.c.key.in_(free)).values(**values)
+                                        .returning(_leases.c.key)).scalars())
+            n = len(renewed)
+            for key in sorted(set(held) - renewed):
                 with self.db.write() as c:
                     n += c.execute(update(_leases).where(_leases.c.key == key, _leases.c.holder == self.holder,
                                                          _leases.c.expires_at > at, _leases.c.heartbeat_at < at)
