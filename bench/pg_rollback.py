@@ -53,10 +53,14 @@ def fleet(n: int, url: str | None, work: Path):
     ctx.store.point_environment("production", r1, "bench", "bench")
     cli = [sys.executable, "-m", "provisioner", "--spec", str(spec), "--data", str(data), *(["--db", url] if url else [])]
     subprocess.run(cli + ["lab", "up", "--timeout", "300"], check=True)
-    first = pipeline.apply(ctx, "production")
-    r2 = release(ctx, spec2, "bench")
-    ctx.store.point_environment("production", r2, "bench", "bench: firmware release R2")
-    second = pipeline.apply(ctx, "production")
+    try:
+        first = pipeline.apply(ctx, "production")
+        r2 = release(ctx, spec2, "bench")
+        ctx.store.point_environment("production", r2, "bench", "bench: firmware release R2")
+        second = pipeline.apply(ctx, "production")
+    except BaseException:  # a set-up that fails leaves no lab behind
+        subprocess.run(cli + ["lab", "down"], check=False)
+        raise
     print(f"  set-up: re-provision {first.status} ({len(first.failed)} failed), R2 {second.status} "
           f"({len(second.failed)} failed); load average {loadavg()}", flush=True)
     return ctx, cli, r1, r2
