@@ -16,7 +16,7 @@ A plan never contains a flash to a blocked version, nor a flash of a component a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from provisioner.netboot.gate import Blocked, find_blocked, release_blocklist
 from provisioner.releases.view import ReleaseView
@@ -117,39 +117,49 @@ def make_plan(release: ReleaseView, environment: str, observed: list[Observed], 
     """
     unread = unread or {}
     everything = blocked + release_blocks(release)
+    covered: dict[tuple, Blocked | None] = {}  # (model, component, version) -> its block: a fleet repeats them
+
+    def block_of(model: str, component: str, version: str | None) -> Blocked | None:
+        key = (model, component, version)
+        if key not in covered:
+            covered[key] = find_blocked(everything, model, component, version)
+        return covered[key]
+
     out = []
     for o in sorted(observed, key=lambda o: (o.rack, o.name)):
         if o.environment != environment:
             continue
+        mode = boot_mode(release, o.name)
         if o.name in unread:
-            out.append(NodePlan(o.name, o.rack, o.model, "unknown", f"BMC not read: {unread[o.name]}"))
+            out.append(NodePlan(o.name, o.rack, o.model, "unknown", f"BMC not read: {unread[o.name]}", boot_mode=mode))
             continue
         comps = release.pins(o.model)
         if comps is None:
-            out.append(NodePlan(o.name, o.rack, o.model, "hold", f"release has no manifest for {o.model}"))
+            out.append(NodePlan(o.name, o.rack, o.model, "hold", f"release has no manifest for {o.model}",
+                                boot_mode=mode))
             continue
-        bad = next((b for c in comps if (b := find_blocked(everything, o.model, c.name, c.version))), None)
+        bad = next((b for c in comps if (b := block_of(o.model, c.name, c.version))), None)
         if bad:
             out.append(NodePlan(o.name, o.rack, o.model, "hold",
-                                f"release pins blocked {bad.component} {bad.version} ({bad.reason})"))
+                                f"release pins blocked {bad.component} {bad.version} ({bad.reason})", boot_mode=mode))
             continue
         allowed = release.allowed(o.model)
         unapproved = next((c for c in comps if c.name in allowed and c.version not in allowed[c.name]), None)
         if unapproved:
             out.append(NodePlan(o.name, o.rack, o.model, "hold",
-                                f"{unapproved.name} {unapproved.version} is not on the allow-list"))
+                                f"{unapproved.name} {unapproved.version} is not on the allow-list", boot_mode=mode))
             continue
         if o.state == "maintenance":
-            out.append(NodePlan(o.name, o.rack, o.model, "hold", f"in maintenance: {o.state_reason}"))
+            out.append(NodePlan(o.name, o.rack, o.model, "hold", f"in maintenance: {o.state_reason}", boot_mode=mode))
             continue
         if o.state == "needs-hands":  # no remote path: a person acts, then `node clear`
             out.append(NodePlan(o.name, o.rack, o.model, "hold", f"needs hands: {o.state_reason}; "
-                                f"`provisioner node clear {o.name} --reason ...` once done"))
+                                f"`provisioner node clear {o.name} --reason ...` once done", boot_mode=mode))
             continue
         flashes = tuple(Flash(c.name, o.firmware.get(c.name), c.version, c.method, c.image.sha256)
                         for c in comps if o.firmware.get(c.name) != c.version)
         running_blocked = next((b for comp, ver in sorted(o.firmware.items())
-                                if (b := find_blocked(everything, o.model, comp, ver))), None)
+                                if (b := block_of(o.model, comp, ver))), None)
         image_stale = reimage and o.installed_release != release.id and (
             o.installed_image is None or o.installed_image != image_key(release, o.name))
         if o.state == "failed":
@@ -168,14 +178,13 @@ def make_plan(release: ReleaseView, environment: str, observed: list[Observed], 
             reason = f"runs image of {o.installed_release[:12] if o.installed_release else 'no release'}"
         else:
             action, reason = "nothing", "at the pins, image of this release"
-        out.append(NodePlan(o.name, o.rack, o.model, action, reason, flashes))
-    return Plan(release.id, environment, tuple(replace(n, boot_mode=boot_mode(release, n.node)) for n in out))
+        out.append(NodePlan(o.name, o.rack, o.model, action, reason, flashes, boot_mode=mode))
+    return Plan(release.id, environment, tuple(out))
 
 
 def boot_mode(release: ReleaseView, node_name: str) -> str:
     """A node's boot mode ("bios" | "uefi", the spec's `firmware` field; "uefi" if unset)."""
-    node = release.node(node_name)
-    return (node.firmware if node is not None else None) or "uefi"
+    return release.boot_mode(node_name) or "uefi"
 
 
 def _flash_words(flashes: tuple[Flash, ...]) -> str:

@@ -27,7 +27,7 @@ def observe(ctx: Context, env: str | None = None, refresh: bool = True, workers:
     `Observed` carries the last stored read, so callers must treat them as unknown, not as green.
     """
     ctx.store.sync_nodes(ctx.spec)
-    rows = {r.name: r for r in ctx.store.nodes(env)}
+    rows = {r.name: r for r in ctx.store.node_readings(env)}
     errors: dict[str, str] = {}
     if refresh and rows:
         eps = endpoints(ctx)
@@ -45,7 +45,7 @@ def observe(ctx: Context, env: str | None = None, refresh: bool = True, workers:
         with ThreadPoolExecutor(min(workers, len(rows))) as pool:
             for name, fw in pool.map(read, sorted(rows)):
                 if fw is not None:
-                    rows[name].observed = fw
+                    rows[name] = rows[name]._replace(observed=fw)
     views: dict[str, ReleaseView] = {}
 
     def installed_image(r) -> str | None:
@@ -55,7 +55,7 @@ def observe(ctx: Context, env: str | None = None, refresh: bool = True, workers:
             views[r.installed_release] = ReleaseView.of(ctx.store.get_release(r.installed_release))
         return image_key(views[r.installed_release], r.name)
 
-    return [Observed(r.name, r.rack, r.model, r.environment, dict(r.observed or {}), r.installed_release,
+    return [Observed(r.name, r.rack, r.model, r.environment, dict(r.observed), r.installed_release,
                      installed_image(r), r.state, r.state_reason) for r in rows.values()], errors
 
 
@@ -97,7 +97,7 @@ def drift(ctx: Context, env: str | None = None) -> tuple[list[DriftItem], dict]:
         known_environment(ctx, env)
     observed, errors = observe(ctx, env, refresh=True)
     items = []
-    rows = {r.name: r for r in ctx.store.nodes()}
+    rows = {r.name: r for r in ctx.store.node_readings()}
     views: dict[str, ReleaseView | None] = {}  # environment -> its release
     for o in observed:
         if o.environment not in views:
@@ -124,7 +124,15 @@ def compliance(ctx: Context, envs: list[str] | None = None, unread: dict[str, st
     runtime_blocks = active_blocks(ctx)
     per_release: dict[str, tuple[dict, list]] = {}  # release -> (pins by model, deny-list)
     env_release: dict[str, str | None] = {}
-    for r in ctx.store.nodes():
+    covered: dict[tuple, bool] = {}  # (release, model, component, version) -> blocked: a fleet repeats them
+
+    def is_blocked(rid, blocked, model, component, version) -> bool:
+        key = (rid, model, component, version)
+        if key not in covered:
+            covered[key] = bool(find_blocked(blocked, model, component, version))
+        return covered[key]
+
+    for r in ctx.store.node_readings():
         if envs and r.environment not in envs:
             continue
         if r.environment not in env_release:
@@ -136,7 +144,7 @@ def compliance(ctx: Context, envs: list[str] | None = None, unread: dict[str, st
                                 release_blocks(view) + runtime_blocks)
         pins, blocked = per_release[rid] if rid else ({}, [])
         pins = pins.get(r.model, {})
-        fw = r.observed or {}
+        fw = r.observed
         out.append({"node": r.name, "environment": r.environment, "rack": r.rack, "model": r.model,
                     "state": r.state, "release": rid, "node_release": r.release_id,
                     "compliant": None if r.name in unread else
@@ -144,7 +152,7 @@ def compliance(ctx: Context, envs: list[str] | None = None, unread: dict[str, st
                     and r.state not in NOT_COMPLIANT,
                     "bmc_error": unread.get(r.name),
                     "components": {k: {"pinned": v, "observed": fw.get(k),
-                                       "blocked": bool(find_blocked(blocked, r.model, k, fw.get(k)))}
+                                       "blocked": is_blocked(rid, blocked, r.model, k, fw.get(k))}
                                    for k, v in pins.items()}})
     return out
 

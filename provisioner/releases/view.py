@@ -121,6 +121,16 @@ class ReleaseView:
         found = self._nodes.get(name)
         return found[1] if found else None
 
+    def boot_mode(self, name: str) -> str | None:
+        """The node's spec `firmware` ("uefi" | "bios"); None for a node not in the release."""
+        return self._boot_modes.get(name)
+
+    @cached_property
+    def _boot_modes(self) -> dict[str, str]:
+        # From the frozen document (validated when it was frozen), not the typed inventory: a plan
+        # asks it of every node, and typing 10,000 nodes cost more than planning them.
+        return {n["name"]: n.get("firmware") or "uefi" for r in self._doc["inventory"]["racks"] for n in r["nodes"]}
+
     def rack_of(self, name: str) -> str | None:
         found = self._nodes.get(name)
         return found[0] if found else None

@@ -131,8 +131,12 @@ def _claim(s, conn, leases: Leases, rid: int, policy: RolloutPolicy, endpoints: 
         for key in keys:
             taken.append(key)
             leases.take(conn, key, f"rollout {rid}: {x.node}")
-        conn.execute(update(_N).where(_N.c.rollout_id == rid, _N.c.node == x.node)
-                     .values(status="running", started_at=func.coalesce(_N.c.started_at, now())))
+        # Only if the node is as read: on PostgreSQL each statement sees the store as of its own
+        # start, so a node that ended after the read of the nodes and before that of the leases
+        # looks like a dead worker's; it is done, not to be run (and marked running) again.
+        if conn.execute(update(_N).where(_N.c.rollout_id == rid, _N.c.node == x.node, _N.c.status == x.status)
+                        .values(status="running", started_at=func.coalesce(_N.c.started_at, now()))).rowcount != 1:
+            raise RolloutBusy(f"{x.node} changed while it was being claimed")  # nothing written: look again
         takeover = x.status == "running"
         if takeover:
             metrics.lease_takeover("node")

@@ -99,10 +99,14 @@ class WatchedRollout:
         return result
 
     def _read(self, rid: int):
-        with self.store.db.session() as s:
-            r = s.get(RolloutRow, rid)
-            rows = list(s.scalars(select(RolloutNodeRow).where(RolloutNodeRow.rollout_id == rid)
-                                  .order_by(RolloutNodeRow.position)))
+        # Core rows of the four columns followed, twice a second: not the rollout's every node as
+        # ORM objects (1,000 of them per poll cost the watching process more than a worker's node)
+        with self.store.db.read() as c:
+            r = c.execute(select(RolloutRow.status, RolloutRow.kind, RolloutRow.reason)
+                          .where(RolloutRow.id == rid)).one()
+            rows = c.execute(select(RolloutNodeRow.node, RolloutNodeRow.status, RolloutNodeRow.error,
+                                    RolloutNodeRow.step).where(RolloutNodeRow.rollout_id == rid)
+                             .order_by(RolloutNodeRow.position)).all()
             return r, rows
 
     def _still_running(self, rid: int, rows) -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from functools import cached_property
+from typing import NamedTuple
 
-from sqlalchemy import bindparam, event, select, update
+from sqlalchemy import Text, bindparam, cast, event, select, update
 from sqlalchemy.exc import IntegrityError
 
 from provisioner.errors import ReleaseError
@@ -28,6 +30,23 @@ from provisioner.store.models import (
     NodeRow,
     ReleaseRow,
 )
+
+
+class NodeReading(NamedTuple):
+    """A node's row without its MACs: what plan, observe and compliance need."""
+    name: str
+    rack: str
+    model: str
+    environment: str
+    state: str
+    state_reason: str
+    release_id: str | None
+    installed_release: str | None
+    observed: dict  # component -> version, the last BMC read; {} if never read
+
+
+_READING_COLUMNS = (NodeRow.name, NodeRow.rack, NodeRow.model, NodeRow.environment, NodeRow.state,
+                    NodeRow.state_reason, NodeRow.release_id, NodeRow.installed_release)
 
 
 @event.listens_for(ReleaseRow, "before_update")
@@ -171,19 +190,22 @@ class Store:
         added = 0
         with self.db.session() as s:
             # One read of what the inventory sets, for every node (not a query per node: a round trip
-            # each on PostgreSQL), and an UPDATE only for a node whose inventory entry changed.
-            known = {r.name: (r.rack, r.model, r.environment, list(r.macs)) for r in s.execute(
-                select(NodeRow.name, NodeRow.rack, NodeRow.model, NodeRow.environment, NodeRow.macs))}
+            # each on PostgreSQL), and an UPDATE only for a node whose inventory entry changed. The
+            # MACs come as their JSON text, decoded only if it is not what this process would write.
+            known = {r[0]: r[1:] for r in s.execute(select(NodeRow.name, NodeRow.rack, NodeRow.model,
+                                                           NodeRow.environment, cast(NodeRow.macs, Text))).all()}
             for rack, n in spec.nodes():
-                entry = (rack, n.model, n.environment, list(n.macs))
-                if n.name not in known:
+                macs = list(n.macs)
+                have = known.get(n.name)
+                if have is None:
                     s.add(NodeRow(name=n.name, rack=rack, model=n.model, environment=n.environment,
-                                  macs=list(n.macs), state="new", state_reason="added from inventory",
+                                  macs=macs, state="new", state_reason="added from inventory",
                                   observed={}, updated_at=now()))
                     added += 1
-                elif known[n.name] != entry:
+                elif have[:3] != (rack, n.model, n.environment) or (
+                        have[3] != json.dumps(macs) and (json.loads(have[3]) if have[3] else None) != macs):
                     s.execute(update(NodeRow).where(NodeRow.name == n.name).values(
-                        rack=rack, model=n.model, environment=n.environment, macs=list(n.macs)))
+                        rack=rack, model=n.model, environment=n.environment, macs=macs))
         return added
 
     def nodes(self, environment: str | None = None) -> list[NodeRow]:
@@ -192,6 +214,23 @@ class Store:
             if environment:
                 q = q.where(NodeRow.environment == environment)
             return list(s.scalars(q))
+
+    def node_readings(self, environment: str | None = None) -> list[NodeReading]:
+        """Every node (of `environment`) as plan and compliance read it, by name: one Core select of
+        the columns they use (10,000 ORM rows cost more than the plan made from them), each
+        distinct firmware JSON decoded once (a fleet runs a handful of firmware sets)."""
+        q = select(*_READING_COLUMNS, cast(NodeRow.observed, Text)).order_by(NodeRow.name)
+        if environment:
+            q = q.where(NodeRow.environment == environment)
+        decoded: dict[str | None, dict] = {}
+        out = []
+        with self.db.read() as c:
+            for *columns, text in c.execute(q).all():
+                fw = decoded.get(text)
+                if fw is None:
+                    fw = decoded[text] = (json.loads(text) if text else None) or {}
+                out.append(NodeReading(*columns, dict(fw)))  # its own dict: callers may change it
+        return out
 
     def node(self, name: str) -> NodeRow | None:
         with self.db.session() as s:
