@@ -6,7 +6,8 @@ When a simulated BMC powers its host on with the one-time boot device set to PXE
      (`firmware_type`, from the spec) is not honoured, as on real servers: no PXE, it boots from
      disk and nothing reports back;
   1. fetches its bootloader over TFTP, chosen by the flags (undionly.kpxe for legacy, snponly.efi
-     for EFI);
+     for EFI); a UEFI host asks for RFC 7440's windowsize 4, as EDK2's PXE does
+     (NetworkPkg's PcdPxeTftpWindowSize), a legacy PXE ROM sends one block per ACK;
   2. runs "iPXE": BIOS hosts fetch their per-MAC script over TFTP (boot-<mac>.ipxe), UEFI hosts
      fetch the HTTP bootstrap and chain to /boot/<mac>.ipxe, as real iPXE does;
   3. interprets the script (imgfetch, kernel, initrd, chain, boot, echo, exit, goto, ||), checking
@@ -35,6 +36,9 @@ from typing import Protocol
 from provisioner.netboot.tftp_client import TftpFetchError, fetch
 
 log = logging.getLogger("provisioner.lab.host")
+# EDK2's UEFI PXE asks for this TFTP windowsize (RFC 7440) when it downloads the boot program
+# (NetworkPkg.dec PcdPxeTftpWindowSize = 4, used by UefiPxeBcDxe's MTFTP read)
+UEFI_TFTP_WINDOW = 4
 
 
 class Site(Protocol):
@@ -138,7 +142,8 @@ class NetbootHost:
         host, port = self.tftp
         loader = "undionly.kpxe" if mode == "bios" else "snponly.efi"
         try:
-            nbp = fetch(host, port, loader, blksize=1468, timeout=0.5, retries=6)
+            nbp = fetch(host, port, loader, blksize=1468, timeout=0.5, retries=6,
+                        windowsize=UEFI_TFTP_WINDOW if mode == "uefi" else None)
         except TftpFetchError as e:
             raise PxeRetry(f"PXE: {e}") from None
         self._note(node, "pxe", loader=loader, bytes=len(nbp))
