@@ -19,7 +19,7 @@ from provisioner.drivers import pyghmi_fixes
 
 def test_fixes_are_applied_once_at_import_and_applying_again_changes_nothing():
     before = (session.Session._timedout, session.Session.awaitresponse, session._io_wait)
-    assert pyghmi_fixes.apply() == ("D", "E", "F", "H", "I", "J", "O", "P", "Q", "R", "S")
+    assert pyghmi_fixes.apply() == ("D", "E", "F", "H", "I", "J", "O", "P", "Q", "R", "S", "T")
     assert (session.Session._timedout, session.Session.awaitresponse, session._io_wait) == before
     assert session._io_sendto is pyghmi_fixes._io_sendto and session._io_recvfrom is pyghmi_fixes._io_recvfrom
     assert not hasattr(session.Session._timedout.__wrapped__, "__wrapped__")  # wrapped exactly once
