@@ -179,9 +179,14 @@ class IpmiDriver(BmcDriver):
         if cmd is not None:
             pyghmi_fixes.logout(cmd)  # idle too long: the BMC may have dropped it already
         ep = self.endpoint
-        # bytes credentials (fix I): str ones made a second Command() to the same BMC hang
-        cmd = ipmi_command.Command(bmc=ep.address, userid=ep.username.encode(),
-                                   password=ep.password.encode(), port=ep.port)
+        try:
+            # bytes credentials (fix I): str ones made a second Command() to the same BMC hang
+            cmd = ipmi_command.Command(bmc=ep.address, userid=ep.username.encode(),
+                                       password=ep.password.encode(), port=ep.port)
+        except BaseException:
+            pyghmi_fixes.forget_cipher(ep.address, ep.port)
+            raise
+        pyghmi_fixes.remember_cipher(cmd)  # fix T: the next login offers the suite this one settled on
         pyghmi_fixes.without_keepalive(cmd)
         a.session = cmd
         a.check()

@@ -173,6 +173,13 @@ class SimSite:
     def states(self) -> dict[str, dict]:
         return {n: self.state(n) for n in self.nodes}
 
+    def last_boot(self, node: str) -> dict | None:
+        """What the host's firmware read at its last power-on (device, EFI flag), without copying
+        the rest of the state: a booting host asks at every POST."""
+        with self._lock:
+            last = self._states[node].get("last_boot")
+            return dict(last) if last else None
+
     def firmware(self, node: str) -> dict[str, str]:
         with self._lock:
             return {c: fw["active"] for c, fw in self._states[node]["firmware"].items()}

@@ -115,6 +115,9 @@ class LabSites:
     def states(self) -> dict[str, dict]:
         return {n: st for s in self.sites for n, st in s.states().items()}
 
+    def last_boot(self, node: str) -> dict | None:
+        return self.site_of(node).last_boot(node)
+
     def firmware(self, node: str) -> dict[str, str]:
         return self.site_of(node).firmware(node)
 

@@ -205,3 +205,36 @@ def test_a_session_idle_too_long_is_replaced_by_a_fresh_login(sim_site, monkeypa
     monkeypatch.setattr(ipmi, "SESSION_IDLE_S", 0.0)
     assert driver.power_status() == "off"
     assert driver._cmd.ipmi_session is not first and first.broken
+
+
+def test_a_bmc_that_took_cipher_suite_3_is_offered_it_first_at_the_next_login(sim_site, monkeypatch):
+    """Fix T: the first login proposes SHA-256 (suite 17), is refused by a suite-3-only BMC and
+    falls back; the next logins to that BMC propose SHA-1 at once (one round trip less); a failed
+    login forgets it."""
+    from provisioner.drivers import pyghmi_fixes
+    from provisioner.lab import ipmi_server
+
+    site, node, ep = one(sim_site)
+    proposals = []
+    original = ipmi_server.SimSession.create_open_session_response
+
+    def record(self, request):
+        proposals.append(request[12] if len(request) >= 32 else None)  # the authentication algorithm
+        return original(self, request)
+
+    monkeypatch.setattr(ipmi_server.SimSession, "create_open_session_response", record)
+    pyghmi_fixes.forget_cipher(ep.address, ep.port)
+    for _ in range(2):
+        d = IpmiDriver(ep, timeout=5)
+        assert d.power_status() in ("on", "off")
+        d.close()
+    assert proposals == [3, 1, 1]  # RAKP-HMAC-SHA256 refused, SHA1; then SHA1 straight away
+    site.set_fault(node, wrong_password=True)
+    with pytest.raises(BmcAuthError):
+        IpmiDriver(ep, timeout=5, retries=0).power_status()
+    site.set_fault(node, wrong_password=False)
+    del proposals[:]
+    d = IpmiDriver(ep, timeout=5)
+    assert d.power_status() in ("on", "off")
+    d.close()
+    assert proposals == [3, 1]  # forgotten after the failed login: SHA-256 first again

@@ -19,11 +19,29 @@ from provisioner.drivers import pyghmi_fixes
 
 def test_fixes_are_applied_once_at_import_and_applying_again_changes_nothing():
     before = (session.Session._timedout, session.Session.awaitresponse, session._io_wait)
-    assert pyghmi_fixes.apply() == ("D", "E", "F", "H", "I", "J", "O", "P", "Q")
+    assert pyghmi_fixes.apply() == ("D", "E", "F", "H", "I", "J", "O", "P", "Q", "R", "S", "T")
     assert (session.Session._timedout, session.Session.awaitresponse, session._io_wait) == before
     assert session._io_sendto is pyghmi_fixes._io_sendto and session._io_recvfrom is pyghmi_fixes._io_recvfrom
     assert not hasattr(session.Session._timedout.__wrapped__, "__wrapped__")  # wrapped exactly once
     assert hasattr(command.Command.oem_init, "__wrapped__")
+
+
+def test_pyghmis_clock_is_the_monotonic_clock_not_os_times_fix_r():
+    import time
+
+    import pyghmi.ipmi.private.util as util
+
+    assert session._monotonic_time is time.monotonic and util._monotonic_time is time.monotonic
+
+
+def test_a_session_transmits_without_holding_the_keepalive_lock_fix_s():
+    held = []
+    transmit = pyghmi_fixes._wrap_xmit_packet(lambda self: held.append(session.KEEPALIVE_SESSIONS._is_owned()))
+    with session.KEEPALIVE_SESSIONS:  # as send_payload holds it
+        transmit(object())
+        assert session.KEEPALIVE_SESSIONS._is_owned()  # held again for the caller's own bookkeeping
+    assert held == [False]
+    assert hasattr(session.Session._xmit_packet, "__wrapped__")
 
 
 def test_str_credentials_reach_pyghmi_as_bytes():

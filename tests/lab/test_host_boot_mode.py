@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import logging
 import os
 import subprocess
 import threading
@@ -84,16 +85,22 @@ def ipmitool(ep, *args: str) -> str:
 
 @pytest.mark.parametrize("node, mode, loader", [(UEFI_HOST, "uefi", "snponly.efi"),
                                                 (BIOS_HOST, "bios", "undionly.kpxe")])
-def test_a_host_asked_in_its_own_boot_mode_netboots_the_loader_of_that_mode(lab, node, mode, loader):
+def test_a_host_asked_in_its_own_boot_mode_netboots_the_loader_of_that_mode(lab, node, mode, loader, caplog):
     site, host = lab
     since = len(host.journal)
     driver = IpmiDriver(site.endpoints()[node])
-    driver.set_one_time_boot("pxe", mode=mode)
-    driver.power_cycle()
-    events = boot_outcome(host, node, since)
+    with caplog.at_level(logging.INFO, logger="provisioner.netboot.tftp"):
+        driver.set_one_time_boot("pxe", mode=mode)
+        driver.power_cycle()
+        events = boot_outcome(host, node, since)
     assert [e["loader"] for ev, e in events if ev == "pxe"] == [loader]
     assert "ipxe_exit" in [ev for ev, _ in events] and "boot_mode_mismatch" not in [ev for ev, _ in events]
     assert site.state(node)["last_boot"]["efi"] is (mode == "uefi")
+    # the loader's download as the server saw it: UEFI firmware (EDK2) asks for RFC 7440's
+    # windowsize 4, a legacy PXE ROM for none (one block per ACK)
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tftp.done")
+            and f"file={loader}" in r.getMessage()]
+    assert len(done) == 1 and f"windowsize={4 if mode == 'uefi' else 1} " in done[0], done
 
 
 @pytest.mark.parametrize("node, bootdev, asked", [

@@ -428,3 +428,49 @@ def wait_for(condition, timeout: float = 2.0) -> None:
     while not condition():
         assert time.monotonic() < end, "condition not reached"
         time.sleep(0.01)
+
+
+def test_one_download_resends_its_last_packet_when_a_block_is_lost_and_gives_up_on_silence():
+    """`fetch` (one download, as a booting host makes) against a server that loses block 2 once:
+    the client's ACK of block 1 goes again after the timeout and the file arrives whole; a server
+    that never answers gets the RRQ `retries` more times, then the download fails."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    blocks = [b"a" * 512, b"b" * 512, b"c" * 10]
+    seen: list[tuple[int, int]] = []
+
+    def serve():
+        _, client = srv.recvfrom(1024)  # the RRQ
+        srv.sendto(struct.pack("!HH", 3, 1) + blocks[0], client)
+        lost = False
+        while True:
+            packet, _ = srv.recvfrom(1024)
+            seen.append(struct.unpack("!HH", packet[:4]))
+            n = seen[-1][1] + 1
+            if n > len(blocks):
+                return
+            if n == 2 and not lost:
+                lost = True  # block 2 never reaches the client
+                continue
+            srv.sendto(struct.pack("!HH", 3, n) + blocks[n - 1], client)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert fetch("127.0.0.1", srv.getsockname()[1], "f.bin", timeout=0.2, retries=3) == b"".join(blocks)
+    t.join(5)
+    assert seen == [(4, 1), (4, 1), (4, 2), (4, 3)]  # the ACK of block 1 was resent once
+    srv.close()
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    with pytest.raises(TftpFetchError, match="no answer after 2 retries"):
+        fetch("127.0.0.1", silent.getsockname()[1], "f.bin", timeout=0.1, retries=2)
+    silent.settimeout(0)
+    rrqs = 0
+    try:
+        while silent.recvfrom(1024):
+            rrqs += 1
+    except BlockingIOError:
+        pass
+    assert rrqs == 3  # the RRQ and two resends
+    silent.close()
