@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -31,6 +32,27 @@ def wait_for(proc, db, what, within: float = 120.0):
     deadline = time.monotonic() + within
     while not what(*read_record(db)):
         assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "never reached"
+        time.sleep(0.01)
+
+
+def read_lines(stream) -> tuple[list[str], threading.Thread]:
+    """Lines of `stream` as they come, read by a thread of their own (join it for the rest)."""
+    lines: list[str] = []
+
+    def pump():
+        for line in stream:
+            lines.append(line)
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    return lines, t
+
+
+def wait_until(proc, what, within: float = 60.0):
+    deadline = time.monotonic() + within
+    while not what():
+        assert proc.poll() is None, "exited before the condition held"
         assert time.monotonic() < deadline, "never reached"
         time.sleep(0.01)
 
@@ -78,10 +100,15 @@ def test_a_second_sigterm_stops_at_once_recorded_interrupted(production):
     proc = start(site, "apply", "production", "--yes")
     wait_for(proc, site.data / "provisioner.db", canary_install_began)
     site.lab.set_boot_loop("bmc", "7.10.30")  # the canary never reports: only a second signal ends the wait
+    lines, reader = read_lines(proc.stderr)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    # As an operator does: the second signal after the first one's message. Python runs a handler
+    # once for signals that arrive before it gets to run, so a fixed pause is not enough on a busy host.
+    wait_until(proc, lambda: any(line.startswith("SIGTERM: rollout 1") for line in lines))
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    reader.join(10)
+    err = "".join(lines)
 
     assert proc.returncode == 130, err
     assert "SIGTERM again: rollout 1 stops now, recorded interrupted" in err
