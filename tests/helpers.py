@@ -166,8 +166,9 @@ class PgCluster:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 self.port = s.getsockname()[1]
+            # PROVISIONER_TEST_PG_OPTS: more server settings, to look into a run (e.g. pg_stat_statements)
             opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                    f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+                    f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=300" + os.environ.get("PROVISIONER_TEST_PG_OPTS", ""))
             r = self._as_owner(self.pg_ctl, "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"),
                                "-w", "start", check=False)
             if r.returncode == 0:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from provisioner.errors import RolloutBusy
 from provisioner.observability import metrics
@@ -78,19 +78,36 @@ def claim(store: Store, leases: Leases, rid: int, policy: RolloutPolicy, endpoin
           blocked: str = "") -> Claimed | str:
     """The next node of rollout `rid` this worker may run, its leases taken; or BUSY / STOPPED.
     `blocked`: why the release may not go on (a block covering one of its pins), if it may not."""
-    taken: list[str] = []
+    got = claim_many(store, leases, rid, policy, endpoints, by=by, blocked=blocked, want=1)
+    return got[0] if isinstance(got, list) else got
+
+
+def claim_many(store: Store, leases: Leases, rid: int, policy: RolloutPolicy, endpoints: dict, *, by: str,
+               blocked: str = "", want: int = 1) -> list[Claimed] | str:
+    """Up to `want` nodes of rollout `rid`, in one transaction (a worker with free slots fills them
+    with one look at the rollout, not one per slot); or BUSY / STOPPED when it got none."""
     try:
-        with store.db.session() as s:
-            return _claim(s, s.connection(), leases, rid, policy, endpoints, by, blocked, taken)
-    except RolloutBusy:  # a BMC taken between our look and our take: nothing was written
-        with leases._lock:
-            for key in taken:
-                leases.held.pop(key, None)
+        with leases.tentative(), store.db.session() as s:  # held once committed, not before
+            got = _claim(s, s.connection(), leases, rid, policy, endpoints, by, blocked, want)
+    except RolloutBusy as e:  # a BMC taken between our look and our take: nothing was written
+        log.info("worker.claim_busy rollout=%s reason=%s", rid, e)
         return BUSY
+    return got or BUSY
+
+
+def _live_claims(conn, holder: str) -> dict[str, str]:
+    """Every live node and BMC lease: key -> holder (ours included). At most a few per node
+    running anywhere, read through the index on expires_at; not an IN list per look."""
+    at, out = now(), {}
+    for row in conn.execute(select(_L.c.key, _L.c.holder).where(
+            _L.c.expires_at > at, or_(_L.c.key.startswith("node:"), _L.c.key.startswith("bmc:")))):
+        if row.holder == holder or not _dead_here(row.holder):
+            out[row.key] = row.holder
+    return out
 
 
 def _claim(s, conn, leases: Leases, rid: int, policy: RolloutPolicy, endpoints: dict, by: str, blocked: str,
-           taken: list[str]):
+           want: int) -> list[Claimed] | str:
     r = _lock_rollout(conn, rid)
     if r is None:
         return BUSY
@@ -113,36 +130,43 @@ def _claim(s, conn, leases: Leases, rid: int, policy: RolloutPolicy, endpoints: 
         return _end(s, r, "finish", f"{counts.get('done', 0)} node(s) at release {r.release_id[:12]}"
                     + (f", {held} held" if held else ""), by)
     running = [x for x in active if x.status == "running"]
-    live = _live(conn, [node_key(x.node) for x in running], leases.holder)
+    live = _live_claims(conn, leases.holder)
     orphans = [x for x in running if node_key(x.node) not in live]
     racks: dict[str, int] = {}
     for x in running:
         racks[x.rack] = racks.get(x.rack, 0) + 1
     wave = active[0].wave
-    fresh = [x for x in active if x.status == "pending" and x.wave == wave]
     room = policy.max_concurrency - len(running)
-    candidates = orphans + [x for x in fresh if room > 0 and racks.get(x.rack, 0) < policy.max_unavailable_per_rack]
-    bmcs = {x.node: bmc_key(endpoints[x.node].address, endpoints[x.node].port) for x in candidates}
-    busy_bmcs = _live(conn, sorted(set(bmcs.values())), leases.holder)
-    for x in candidates:
-        if bmcs[x.node] in busy_bmcs:
+    got: list[Claimed] = []
+    for x in orphans + [x for x in active if x.status == "pending" and x.wave == wave]:
+        if len(got) >= want:
+            break
+        fresh = x.status == "pending"
+        if fresh and (room <= 0 or racks.get(x.rack, 0) >= policy.max_unavailable_per_rack):
+            continue
+        bmc = bmc_key(endpoints[x.node].address, endpoints[x.node].port)
+        if bmc in live:
             continue  # a node on this BMC runs (here or elsewhere): one operation per BMC
-        keys = (node_key(x.node), bmcs[x.node])
-        for key in keys:
-            taken.append(key)
-            leases.take(conn, key, f"rollout {rid}: {x.node}")
         # Only if the node is as read: on PostgreSQL each statement sees the store as of its own
         # start, so a node that ended after the read of the nodes and before that of the leases
-        # looks like a dead worker's; it is done, not to be run (and marked running) again.
+        # looks like a dead worker's; it is done, not to be run (and marked running) again. Marked
+        # first, before its leases are taken, so such a node is passed over with nothing written.
         if conn.execute(update(_N).where(_N.c.rollout_id == rid, _N.c.node == x.node, _N.c.status == x.status)
                         .values(status="running", started_at=func.coalesce(_N.c.started_at, now()))).rowcount != 1:
-            raise RolloutBusy(f"{x.node} changed while it was being claimed")  # nothing written: look again
-        takeover = x.status == "running"
-        if takeover:
+            log.info("worker.claim_skip rollout=%s node=%s reason=changed while it was being claimed", rid, x.node)
+            continue
+        keys = (node_key(x.node), bmc)
+        for key in keys:
+            leases.take(conn, key, f"rollout {rid}: {x.node}")
+        live[bmc] = live[keys[0]] = leases.holder
+        if fresh:
+            room -= 1
+            racks[x.rack] = racks.get(x.rack, 0) + 1
+        else:
             metrics.lease_takeover("node")
             log.warning("worker.takeover rollout=%s node=%s", rid, x.node)
-        return Claimed(rid, x.node, keys, takeover)
-    return BUSY
+        got.append(Claimed(rid, x.node, keys, not fresh))
+    return got
 
 
 def _end(s, r, event: str, reason: str, by: str) -> str:

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -126,6 +127,7 @@ class Leases:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._local = threading.local()  # .pending: leases taken in a transaction not yet committed
         self.lost: str = ""
 
     # -- inside a write transaction ---------------------------------------------------------------
@@ -151,6 +153,22 @@ class Leases:
         if aware(row.expires_at) > at:
             log.warning("lease.takeover key=%s dead_holder=%s", key, row.holder)
         return self._keep(Held(key, row.token + 1))
+
+    @contextmanager
+    def tentative(self):
+        """Leases this thread takes inside the block count as held only if it ends without an error,
+        after the caller's transaction committed (end the transaction inside the block). Until then
+        a heartbeat round leaves them alone: it would read their rows as they were before that
+        transaction, see another holder, and call them lost; and, the transaction rolled back,
+        nothing of them is kept."""
+        pending: dict[str, Held] = {}
+        self._local.pending = pending
+        try:
+            yield
+        finally:
+            self._local.pending = None
+        with self._lock:
+            self.held.update(pending)
 
     def fence(self, conn, key: str) -> None:
         """First statement of every write of the holder: the lease is still ours and not expired."""
@@ -262,6 +280,10 @@ class Leases:
         self._renewed = started
 
     def _keep(self, held: Held) -> Held:
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending[held.key] = held
+            return held
         with self._lock:
             self.held[held.key] = held
         return held

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import bindparam, func, insert, select, update
 
@@ -171,7 +171,8 @@ class RolloutRecord:
         if begin is not None:
             rows.append({"rollout_id": rid, "node": node, "step": begin, "phase": "begin", "details": {}, "at": at})
             node_fields["step"] = begin
-        with self.write(node) as c:
+        # taken leases count as held once this commits (Leases.tentative: the heartbeat meanwhile)
+        with self.leases.tentative() if take else nullcontext(), self.write(node) as c:
             for key in take:  # the node's and its BMC's leases, with the node's first step
                 self.leases.take(c, key, f"rollout {rid}: {node}")
             if rows:

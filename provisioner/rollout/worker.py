@@ -150,12 +150,13 @@ class Worker:
                 continue  # an `apply` runs this rollout in its own process
             engine = self._engine(r)
             while len(self.inflight) < self.slots:
-                got = claims.claim(self.store, self.leases, r.id, engine.policy, self.endpoints, by=self.actor,
-                                   blocked=self._blocked(engine))
-                if not isinstance(got, claims.Claimed):
+                got = claims.claim_many(self.store, self.leases, r.id, engine.policy, self.endpoints, by=self.actor,
+                                        blocked=self._blocked(engine), want=self.slots - len(self.inflight))
+                if not isinstance(got, list):
                     break
-                metrics.worker_claim("takeover" if got.takeover else "new")
-                self.inflight[pool.submit(self._run_node, engine, got)] = (r.id, got.node)
+                for one in got:
+                    metrics.worker_claim("takeover" if one.takeover else "new")
+                    self.inflight[pool.submit(self._run_node, engine, one)] = (r.id, one.node)
 
     def _engine(self, r) -> RolloutEngine:
         engine = self.engines.get(r.id)

@@ -58,3 +58,64 @@ def test_a_lease_let_go_during_a_heartbeat_round_is_not_renewed(store_url):
             worker.fence(c, "node:r1n01")
     finally:
         store.db.engine.dispose()
+
+
+def test_a_heartbeat_while_a_claim_rolls_back_loses_nothing(store_url, monkeypatch):
+    """A claim takes a node's lease, then finds its BMC taken by another worker and rolls back.
+    A heartbeat round that runs right after the rollback, before the claim's thread has moved on,
+    reads the node's row as it was (another holder's, let go): it must not call the lease lost
+    (the worker exited "expired before their heartbeat" in the 300-node benchmark)."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import event, insert
+
+    from provisioner.rollout import claims
+    from provisioner.spec.models import RolloutPolicy
+    from provisioner.store.models import RolloutNodeRow, RolloutRow
+    from provisioner.store.repo import now
+
+    store = Store(Database(store_url))
+    try:
+        with store.db.write() as c:
+            rid = c.execute(insert(RolloutRow).values(environment="production", release_id="f" * 64, kind="apply",
+                                                      status="running", by="alice", created_at=now())
+                            .returning(RolloutRow.id)).scalar()
+            c.execute(insert(RolloutNodeRow).values(rollout_id=rid, node="r1n01", position=0, wave=0, rack="r1",
+                                                    action="reflash", plan={}, status="pending"))
+        earlier = Leases(store, seconds=30, holder="host-b:2:bbbb")  # an earlier rollout's holder, done
+        with store.db.write() as c:
+            earlier.take(c, "node:r1n01", "rollout 0: r1n01")
+        earlier.release_all()
+        worker = Leases(store, seconds=30, holder="host-a:1:aaaa")
+        with store.db.write() as c:
+            worker.take(c, "worker:host-a:1:aaaa", "rollout worker")
+
+        real_take = Leases.take
+
+        def bmc_taken_meanwhile(self, conn, key, purpose):
+            if key.startswith("bmc:"):
+                raise RolloutBusy(f"{key} is busy: taken by another worker")
+            return real_take(self, conn, key, purpose)
+
+        monkeypatch.setattr(Leases, "take", bmc_taken_meanwhile)
+        beats = []
+
+        def heartbeat_now(_session, *_):
+            try:
+                worker.renew()
+                beats.append("ok")
+            except Exception as e:  # LeaseLost: recorded for the assertion below
+                beats.append(repr(e))
+
+        event.listen(store.db._factory, "after_rollback", heartbeat_now)
+        endpoints = {"r1n01": SimpleNamespace(address="127.0.0.10", port=623)}
+        policy = RolloutPolicy(canary=1, wave_size=1, max_concurrency=1, max_unavailable_per_rack=1)
+        got = claims.claim(store, worker, rid, policy, endpoints, by="worker a")
+        event.remove(store.db._factory, "after_rollback", heartbeat_now)
+
+        assert got == claims.BUSY
+        assert beats == ["ok"], beats
+        assert not worker.lost
+        assert set(worker.held) == {"worker:host-a:1:aaaa"}
+    finally:
+        store.db.engine.dispose()
